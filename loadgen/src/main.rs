@@ -1,0 +1,1 @@
+fn main() { println!("ringcast-loadgen: not yet implemented (issue 4)"); }

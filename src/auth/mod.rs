@@ -1,0 +1,1 @@
+//! Authentication: apps, keys, JWTs, channel patterns.

@@ -1,0 +1,1 @@
+//! The wire vocabulary: client message parsing and server frame encoding (sans-IO).
