@@ -1,0 +1,305 @@
+"""Compatibility: Metered's published Python SDK (PyPI metered-realtime 1.0.2, unmodified) against ringcast.
+
+The SDK is pointed at ringcast with its documented ``url`` option, given the origin only
+(``ws://127.0.0.1:PORT``; the SDK itself appends ``/v1?token=…`` and allows plain ``ws:``
+only for localhost / 127.0.0.1 / ::1). Tokens come through the documented
+``token_provider`` option. Nothing in the SDK is patched.
+
+Each test runs its own event loop (``asyncio.run``) under a hard ``asyncio.wait_for``
+bound, so no wait can hang; pytest-timeout is the outer backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import jwt
+import pytest
+
+from helpers import Broker, mint
+
+metered = pytest.importorskip(
+    "metered_realtime", reason="metered-realtime is listed in tests/requirements.txt"
+)
+from metered_realtime import (  # noqa: E402
+    Connected,
+    Direct,
+    Disconnected,
+    GoingAway,
+    Message,
+    Presence,
+    PresencePeer,
+    ServerError,
+    ServerRequestError,
+    SignallingClient,
+    SignallingConnectError,
+)
+
+CONFIG = """\
+[[apps]]
+id = "test"
+[[apps.secret_keys]]
+id = "sk_id_test1"
+secret = "sk_secret_abcdefghijklmnopqrstuvwxyz012345"
+"""
+
+STEP = 5.0  # seconds: bound for any single expected event / request
+E = TypeVar("E")
+
+
+def _origin(broker: Broker) -> str:
+    return f"ws://127.0.0.1:{broker.port}"
+
+
+def _run(coro_fn: Callable[[], Awaitable[None]], limit: float) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(coro_fn(), limit)
+
+    asyncio.run(bounded())
+
+
+class Recorder:
+    """Collects every SDK event of interest so a test can await a matching one."""
+
+    TYPES = (Connected, Disconnected, Message, Direct, Presence, ServerError, GoingAway)
+
+    def __init__(self, label: str, client: SignallingClient) -> None:
+        self.label = label
+        self.events: list[Any] = []
+        self._changed = asyncio.Event()
+        for t in self.TYPES:
+            client.on(t, self._push)
+
+    def _push(self, ev: Any) -> None:
+        self.events.append(ev)
+        self._changed.set()
+
+    def all(self, t: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, t)]
+
+    async def wait_for(
+        self, t: type[E], pred: Callable[[E], bool] = lambda _e: True, timeout: float = STEP
+    ) -> E:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for e in self.events:
+                if isinstance(e, t) and pred(e):
+                    return e
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"{self.label}: no matching {t.__name__} within {timeout}s; "
+                    f"recorded: {self.events!r}"
+                )
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+
+def _client(broker: Broker, token: str, **opts: Any) -> SignallingClient:
+    async def provider() -> str:
+        return token
+
+    opts.setdefault("reconnect", False)  # an unexpected drop must fail, not be retried away
+    return SignallingClient(token_provider=provider, url=_origin(broker), **opts)
+
+
+@pytest.fixture
+def broker():
+    b = Broker(CONFIG)
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def test_url_option_accepts_local_ws_origin_and_builds_v1_token_url() -> None:
+    # Documents (and pins) how the SDK is pointed at ringcast: origin only, ws: allowed
+    # for loopback, /v1 + ?token= appended by the SDK, paths refused.
+    from metered_realtime._signalling.url import Credential, build_connect_url, validate_base_url
+
+    origin = validate_base_url("ws://127.0.0.1:8080")
+    assert origin == "ws://127.0.0.1:8080"
+    assert build_connect_url(origin, Credential("token", "a.b.c")) == "ws://127.0.0.1:8080/v1?token=a.b.c"
+    assert build_connect_url(origin, Credential("apiKey", "pk_live_x")) == "ws://127.0.0.1:8080/v1?key=pk_live_x"
+    with pytest.raises(ValueError):
+        validate_base_url("ws://127.0.0.1:8080/v1")  # the SDK appends /v1 itself
+    with pytest.raises(ValueError):
+        validate_base_url("ws://10.1.2.3:8080")  # plain ws: only for loopback
+
+
+@pytest.mark.timeout(60)
+def test_python_sdk_pubsub_presence_direct(broker: Broker) -> None:
+    channel = f"room-{uuid.uuid4().hex[:8]}"
+    alice_meta = {"name": "Alice", "role": "host"}
+    bob_meta = {"name": "Bob"}
+    ice = [{"urls": "stun:127.0.0.1:3478"}]
+    alice_tok = mint("alice", peerMetadata=alice_meta, metadata={"iceServers": ice})
+    alice_exp = jwt.decode(alice_tok, options={"verify_signature": False})["exp"]
+    bob_tok = mint("bob", peerMetadata=bob_meta)
+
+    async def scenario() -> None:
+        alice = _client(broker, alice_tok)
+        a = Recorder("alice", alice)
+        bob = _client(broker, bob_tok)
+        b = Recorder("bob", bob)
+        try:
+            now = int(time.time())
+            await asyncio.wait_for(alice.connect(), STEP)
+            assert alice.state == "connected"
+            w = await a.wait_for(Connected)
+            assert w.peer_id == "alice"
+            assert w.expires_at == alice_exp
+            assert abs(w.server_time - now) <= 60
+            assert w.max_message_size > 0
+            assert w.is_reconnect is False
+            # welcome.metadata is passed through; the SDK reads metadata.iceServers from it.
+            assert w.ice_servers is not None and [s.urls for s in w.ice_servers] == [ice[0]["urls"]]
+
+            # subscribe -> ack (the call returns) -> presence snapshot (empty roster)
+            await asyncio.wait_for(alice.subscribe(channel, _sub_opts(True)), STEP)
+            snap_a = await a.wait_for(Presence, lambda p: p.channel == channel)
+            assert snap_a.joined == () and snap_a.left == ()
+
+            await asyncio.wait_for(bob.connect(), STEP)
+            assert (await b.wait_for(Connected)).peer_id == "bob"
+            await asyncio.wait_for(bob.subscribe(channel), STEP)
+            snap_b = await b.wait_for(Presence, lambda p: p.channel == channel)
+            assert snap_b.joined == (PresencePeer(peer_id="alice", metadata=alice_meta),)
+            assert snap_b.left == ()
+            joined = await a.wait_for(
+                Presence, lambda p: any(j.peer_id == "bob" for j in p.joined)
+            )
+            assert joined.channel == channel
+            assert joined.joined == (PresencePeer(peer_id="bob", metadata=bob_meta),)
+            assert joined.left == ()
+
+            # publish bob -> alice (alice subscribed with include_sender_metadata)
+            payload = {"text": "hello from bob", "n": 1, "nested": {"ok": True}, "list": [1, "two", None]}
+            await asyncio.wait_for(bob.publish(channel, payload), STEP)
+            m = await a.wait_for(Message, lambda m: m.sender_peer_id == "bob")
+            assert m.channel == channel and m.data == payload
+            assert m.sender_metadata == bob_meta
+
+            # publish alice -> bob (no include_sender_metadata); null data is legal
+            await asyncio.wait_for(alice.publish(channel, None), STEP)
+            m2 = await b.wait_for(Message, lambda m: m.sender_peer_id == "alice")
+            assert m2.channel == channel and m2.data is None
+            assert m2.sender_metadata is None
+
+            # direct alice -> bob
+            await asyncio.wait_for(alice.send("bob", {"secret": "psst"}), STEP)
+            d = await b.wait_for(Direct, lambda d: d.sender_peer_id == "alice")
+            assert d.data == {"secret": "psst"}
+            assert d.sender_metadata == alice_meta
+
+            # correlated error: the call raises with the server's code, connection lives on
+            with pytest.raises(ServerRequestError) as ei:
+                await asyncio.wait_for(alice.send("nobody-online", 1), STEP)
+            assert ei.value.code == "peer_not_found"
+            assert alice.state == "connected"
+
+            # publishers never get their own messages back
+            assert all(m.sender_peer_id != "bob" for m in b.all(Message))
+            assert all(m.sender_peer_id != "alice" for m in a.all(Message))
+
+            # bob leaves -> alice sees presence left
+            await asyncio.wait_for(bob.close(), STEP)
+            left = await a.wait_for(Presence, lambda p: any(x.peer_id == "bob" for x in p.left))
+            assert left.channel == channel and left.joined == ()
+            assert [x.peer_id for x in left.left] == ["bob"]
+
+            assert a.all(ServerError) == [] and b.all(ServerError) == []
+            assert a.all(Disconnected) == []
+        finally:
+            await alice.close()
+            await bob.close()
+
+    _run(scenario, 45)
+
+
+def _sub_opts(include_sender_metadata: bool) -> Any:
+    from metered_realtime import SubscribeOptions
+
+    return SubscribeOptions(include_sender_metadata=include_sender_metadata)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("token_kind", "close_code"),
+    [("wrong_secret", 4001), ("unknown_kid", 4001), ("expired", 4002)],
+)
+def test_python_sdk_bad_credentials_fail_connect_with_close_code(
+    broker: Broker, token_kind: str, close_code: int
+) -> None:
+    token = {
+        "wrong_secret": lambda: mint("mallory", secret="sk_secret_not_the_right_one_0123456789abcd"),
+        "unknown_kid": lambda: mint("mallory", key_id="sk_id_nope"),
+        "expired": lambda: mint("late", exp_in=-60),
+    }[token_kind]()
+
+    async def scenario() -> None:
+        client = _client(broker, token)
+        rec = Recorder("client", client)
+        try:
+            with pytest.raises(SignallingConnectError) as ei:
+                await asyncio.wait_for(client.connect(), STEP)
+            assert ei.value.close_code == close_code
+            assert rec.all(Connected) == []
+            assert client.state == "closed"
+        finally:
+            await client.close()
+
+    _run(scenario, 20)
+
+
+@pytest.mark.timeout(60)
+def test_python_sdk_idle_connection_kept_alive_by_app_ping(broker: Broker) -> None:
+    # inactivity_timeout=3 s: the SDK sends {"type":"ping"} after 1 s without inbound
+    # frames and closes with 4000 if nothing arrives within 3 s. The broker's pong keeps it up.
+    async def scenario() -> None:
+        client = _client(broker, mint("idler"), inactivity_timeout=3.0)
+        rec = Recorder("idler", client)
+        try:
+            await asyncio.wait_for(client.connect(), STEP)
+            await asyncio.sleep(4.5)
+            assert client.state == "connected", rec.events
+            assert rec.all(Disconnected) == []
+            # still usable after the idle period
+            await asyncio.wait_for(client.subscribe("idle-room"), STEP)
+            snap = await rec.wait_for(Presence, lambda p: p.channel == "idle-room")
+            assert snap.joined == ()
+        finally:
+            await client.close()
+
+    _run(scenario, 20)
+
+
+@pytest.mark.timeout(60)
+def test_python_sdk_sees_going_away_on_graceful_shutdown() -> None:
+    b = Broker(CONFIG)
+    try:
+
+        async def scenario() -> None:
+            client = _client(b, mint("stayer"), reconnect=True)
+            rec = Recorder("stayer", client)
+            try:
+                await asyncio.wait_for(client.connect(), STEP)
+                await asyncio.get_running_loop().run_in_executor(None, b.stop)
+                ga = await rec.wait_for(GoingAway)
+                assert ga.retry_after_ms > 0
+                dis = await rec.wait_for(Disconnected)
+                assert dis.code == 1001
+                assert dis.will_reconnect is True  # 1001 is not terminal for the SDK
+            finally:
+                await client.close()
+
+        _run(scenario, 30)
+    finally:
+        b.stop()
