@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import jwt
 import pytest
 
-from helpers import Broker, mint
+from helpers import DEFAULT_CONFIG, Broker, mint
 
 metered = pytest.importorskip(
     "metered_realtime", reason="metered-realtime is listed in tests/requirements.txt"
@@ -38,14 +38,6 @@ from metered_realtime import (  # noqa: E402
     SignallingClient,
     SignallingConnectError,
 )
-
-CONFIG = """\
-[[apps]]
-id = "test"
-[[apps.secret_keys]]
-id = "sk_id_test1"
-secret = "sk_secret_abcdefghijklmnopqrstuvwxyz012345"
-"""
 
 STEP = 5.0  # seconds: bound for any single expected event / request
 E = TypeVar("E")
@@ -112,7 +104,7 @@ def _client(broker: Broker, token: str, **opts: Any) -> SignallingClient:
 
 @pytest.fixture
 def broker():
-    b = Broker(CONFIG)
+    b = Broker(DEFAULT_CONFIG)
     try:
         yield b
     finally:
@@ -283,7 +275,7 @@ def test_python_sdk_idle_connection_kept_alive_by_app_ping(broker: Broker) -> No
 
 @pytest.mark.timeout(60)
 def test_python_sdk_sees_going_away_on_graceful_shutdown() -> None:
-    b = Broker(CONFIG)
+    b = Broker(DEFAULT_CONFIG)
     try:
 
         async def scenario() -> None:
@@ -303,3 +295,45 @@ def test_python_sdk_sees_going_away_on_graceful_shutdown() -> None:
         _run(scenario, 30)
     finally:
         b.stop()
+
+
+@pytest.mark.timeout(60)
+def test_python_sdk_escaped_non_ascii_channel_meets_raw_utf8_client(broker: Broker) -> None:
+    # The SDK serializes with json.dumps(ensure_ascii=True): "café-🎉" goes on the wire as
+    # "caf\u00e9-\ud83c\udf89" (a surrogate pair). A client that sends the same name as raw
+    # UTF-8 must land in the same channel, and the SDK must get the name back intact.
+    import json
+
+    from websockets.asyncio.client import connect as ws_connect
+
+    channel = "café-🎉"
+
+    async def scenario() -> None:
+        client = _client(broker, mint("sdk-peer"))
+        rec = Recorder("sdk-peer", client)
+        try:
+            await asyncio.wait_for(client.connect(), STEP)
+            await asyncio.wait_for(client.subscribe(channel), STEP)
+            await rec.wait_for(Presence, lambda p: p.channel == channel)
+            async with ws_connect(broker.url(token=mint("raw-peer")), open_timeout=STEP) as raw:
+                welcome = json.loads(await asyncio.wait_for(raw.recv(), STEP))
+                assert welcome["type"] == "welcome"
+                frame = {"type": "subscribe", "channel": channel, "requestId": "s1"}
+                await raw.send(json.dumps(frame, ensure_ascii=False))
+                ack = json.loads(await asyncio.wait_for(raw.recv(), STEP))
+                assert ack == {"type": "ack", "requestId": "s1"} or (
+                    ack.get("type") == "ack" and ack.get("requestId") == "s1"
+                ), ack
+                joined = await rec.wait_for(
+                    Presence, lambda p: any(j.peer_id == "raw-peer" for j in p.joined)
+                )
+                assert joined.channel == channel
+                frame = {"type": "publish", "channel": channel, "data": "ünïcode ✓", "requestId": "p1"}
+                await raw.send(json.dumps(frame, ensure_ascii=False))
+                m = await rec.wait_for(Message, lambda m: m.sender_peer_id == "raw-peer")
+                assert m.channel == channel
+                assert m.data == "ünïcode ✓"
+        finally:
+            await client.close()
+
+    _run(scenario, 30)
