@@ -47,7 +47,7 @@ else
 fi
 
 log "pytest"
-export RINGCAST_BIN="$ROOT/target/release/ringcast"
+export RINGCAST_BIN="${RINGCAST_BIN:-$ROOT/target/release/ringcast}"
 pytest_rc=0
 .venv/bin/python -m pytest -q "$@" || pytest_rc=$?
 
