@@ -1,0 +1,420 @@
+//! Key configuration (apps, secret keys, publishable keys), its validation, and key lookup tables.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::glob::Pattern;
+use super::{Actions, AppId};
+
+/// Prefix of a secret key's public id.
+pub const SECRET_KEY_ID_PREFIX: &str = "sk_id_";
+/// Prefix of a secret key's HMAC secret.
+pub const SECRET_PREFIX: &str = "sk_secret_";
+/// Prefix of a publishable key.
+pub const PUBLISHABLE_KEY_PREFIX: &str = "pk_live_";
+/// Maximum length in bytes of a key id, secret or publishable key.
+pub const MAX_KEY_LEN: usize = 256;
+/// Maximum number of channel patterns on one key.
+pub const MAX_KEY_PATTERNS: usize = 1000;
+
+/// One tenant: its name, optional connection cap and keys.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct AppConfig {
+    /// The app's name (unique across the config), e.g. `"dev"`.
+    pub id: String,
+    /// Maximum concurrent WebSocket connections for the app (close 4010 beyond); `None` = unlimited.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Secret keys (REST auth and JWT signing).
+    #[serde(default)]
+    pub secret_keys: Vec<SecretKeyConfig>,
+    /// Publishable keys (browser `?key=` connections).
+    #[serde(default)]
+    pub publishable_keys: Vec<PublishableKeyConfig>,
+}
+
+/// A secret key: public id + HMAC secret, with the scope it caps.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct SecretKeyConfig {
+    /// Public id, `sk_id_…` (JWT header `kid`, first half of the REST Bearer credential).
+    pub id: String,
+    /// HMAC secret, `sk_secret_…`; its whole UTF-8 text is the HS256 key.
+    pub secret: String,
+    /// Channel patterns (glob syntax); default `["**"]`.
+    #[serde(default = "default_all_patterns")]
+    pub channel_patterns: Vec<String>,
+    /// Allowed actions; default all four.
+    #[serde(default = "default_secret_actions")]
+    pub actions: Vec<String>,
+}
+
+impl fmt::Debug for SecretKeyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretKeyConfig")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field("channel_patterns", &self.channel_patterns)
+            .field("actions", &self.actions)
+            .finish()
+    }
+}
+
+/// A browser-safe publishable key with a fixed scope.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct PublishableKeyConfig {
+    /// The key, `pk_live_…`.
+    pub key: String,
+    /// Channel patterns (glob syntax); required.
+    pub channel_patterns: Vec<String>,
+    /// Allowed actions; default publish, subscribe, presence.
+    #[serde(default = "default_publishable_actions")]
+    pub actions: Vec<String>,
+    /// Allowed `Origin` header values (exact match; `"*"` = any, even absent). Empty = no check.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+fn default_all_patterns() -> Vec<String> {
+    vec!["**".to_owned()]
+}
+
+fn default_secret_actions() -> Vec<String> {
+    ["publish", "subscribe", "presence", "send"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+fn default_publishable_actions() -> Vec<String> {
+    ["publish", "subscribe", "presence"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// `len` random ASCII alphanumerics from the OS CSPRNG.
+fn random_alnum(len: usize) -> String {
+    rand::rngs::OsRng
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// The embedded default app: id `"dev"`, one secret key `sk_id_<16 alnum>` /
+/// `sk_secret_<32 alnum>` (fresh random values on every call), patterns `["**"]`, all actions.
+pub fn generate_dev_app() -> AppConfig {
+    AppConfig {
+        id: "dev".to_owned(),
+        max_connections: None,
+        secret_keys: vec![SecretKeyConfig {
+            id: format!("{SECRET_KEY_ID_PREFIX}{}", random_alnum(16)),
+            secret: format!("{SECRET_PREFIX}{}", random_alnum(32)),
+            channel_patterns: default_all_patterns(),
+            actions: default_secret_actions(),
+        }],
+        publishable_keys: Vec::new(),
+    }
+}
+
+/// Compiled app.
+pub(crate) struct App {
+    pub(crate) name: Box<str>,
+    pub(crate) max_connections: Option<u32>,
+}
+
+/// Compiled secret key.
+pub(crate) struct SecretKey {
+    pub(crate) app: AppId,
+    /// Index within the app's `secret_keys`.
+    pub(crate) index: usize,
+    pub(crate) id: Box<str>,
+    pub(crate) secret: Box<[u8]>,
+    pub(crate) actions: Actions,
+    pub(crate) patterns: Arc<[Pattern]>,
+    pub(crate) encoding: EncodingKey,
+    pub(crate) decoding: DecodingKey,
+}
+
+/// Compiled publishable key.
+pub(crate) struct PublishableKey {
+    pub(crate) app: AppId,
+    pub(crate) actions: Actions,
+    pub(crate) patterns: Arc<[Pattern]>,
+    /// `None` = any origin (empty list or an entry `"*"`).
+    pub(crate) allowed_origins: Option<Box<[Box<str>]>>,
+}
+
+/// Immutable lookup tables built from the config.
+pub(crate) struct KeyStore {
+    pub(crate) apps: Vec<App>,
+    pub(crate) secret_keys: Vec<SecretKey>,
+    pub(crate) secret_by_id: HashMap<Box<str>, usize>,
+    pub(crate) publishable_keys: Vec<PublishableKey>,
+    pub(crate) publishable_by_key: HashMap<Box<str>, usize>,
+}
+
+/// Checks `s` is `prefix` + 1.. printable ASCII bytes (0x21–0x7E), total ≤ [`MAX_KEY_LEN`].
+fn check_key_text(what: &str, s: &str, prefix: &str) -> Result<(), String> {
+    let rest = s
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("{what} must start with {prefix:?}"))?;
+    if rest.is_empty() {
+        return Err(format!("{what} has nothing after {prefix:?}"));
+    }
+    if s.len() > MAX_KEY_LEN {
+        return Err(format!("{what} longer than {MAX_KEY_LEN} bytes"));
+    }
+    if !s.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
+        return Err(format!("{what} must be printable ASCII without spaces"));
+    }
+    Ok(())
+}
+
+/// Parses a key's pattern list.
+fn compile_patterns(what: &str, patterns: &[String]) -> Result<Arc<[Pattern]>, String> {
+    if patterns.len() > MAX_KEY_PATTERNS {
+        return Err(format!(
+            "{what}: more than {MAX_KEY_PATTERNS} channel patterns"
+        ));
+    }
+    patterns
+        .iter()
+        .map(|p| Pattern::parse(p).map_err(|e| format!("{what}: channel pattern {p:?}: {e}")))
+        .collect()
+}
+
+impl KeyStore {
+    /// Validates the config and builds the lookup tables.
+    pub(crate) fn build(configs: &[AppConfig]) -> Result<KeyStore, String> {
+        if configs.is_empty() {
+            return Err("no apps configured".to_owned());
+        }
+        if configs.len() > usize::from(u16::MAX) + 1 {
+            return Err("too many apps".to_owned());
+        }
+        let mut store = KeyStore {
+            apps: Vec::with_capacity(configs.len()),
+            secret_keys: Vec::new(),
+            secret_by_id: HashMap::new(),
+            publishable_keys: Vec::new(),
+            publishable_by_key: HashMap::new(),
+        };
+        for (i, cfg) in configs.iter().enumerate() {
+            let app = AppId(u16::try_from(i).map_err(|_| "too many apps".to_owned())?);
+            if cfg.id.is_empty() || cfg.id.len() > 128 {
+                return Err(format!("app #{i}: id must be 1-128 bytes"));
+            }
+            if store.apps.iter().any(|a| *a.name == *cfg.id) {
+                return Err(format!("duplicate app id {:?}", cfg.id));
+            }
+            store.apps.push(App {
+                name: cfg.id.as_str().into(),
+                max_connections: cfg.max_connections,
+            });
+            for (index, sk) in cfg.secret_keys.iter().enumerate() {
+                let what = format!("app {:?} secret key #{index}", cfg.id);
+                check_key_text(&format!("{what} id"), &sk.id, SECRET_KEY_ID_PREFIX)?;
+                if sk.id.contains(':') {
+                    return Err(format!("{what} id must not contain ':'"));
+                }
+                check_key_text(&format!("{what} secret"), &sk.secret, SECRET_PREFIX)?;
+                let actions =
+                    Actions::parse_list(&sk.actions).map_err(|e| format!("{what}: {e}"))?;
+                let patterns = compile_patterns(&what, &sk.channel_patterns)?;
+                let slot = store.secret_keys.len();
+                if store
+                    .secret_by_id
+                    .insert(sk.id.as_str().into(), slot)
+                    .is_some()
+                {
+                    return Err(format!("duplicate secret key id {:?}", sk.id));
+                }
+                store.secret_keys.push(SecretKey {
+                    app,
+                    index,
+                    id: sk.id.as_str().into(),
+                    secret: sk.secret.as_bytes().into(),
+                    actions,
+                    patterns,
+                    encoding: EncodingKey::from_secret(sk.secret.as_bytes()),
+                    decoding: DecodingKey::from_secret(sk.secret.as_bytes()),
+                });
+            }
+            for (index, pk) in cfg.publishable_keys.iter().enumerate() {
+                let what = format!("app {:?} publishable key #{index}", cfg.id);
+                check_key_text(&what, &pk.key, PUBLISHABLE_KEY_PREFIX)?;
+                let actions =
+                    Actions::parse_list(&pk.actions).map_err(|e| format!("{what}: {e}"))?;
+                let patterns = compile_patterns(&what, &pk.channel_patterns)?;
+                if pk.allowed_origins.iter().any(|o| o.is_empty()) {
+                    return Err(format!("{what}: empty allowed origin"));
+                }
+                let allowed_origins = if pk.allowed_origins.is_empty()
+                    || pk.allowed_origins.iter().any(|o| o == "*")
+                {
+                    None
+                } else {
+                    Some(
+                        pk.allowed_origins
+                            .iter()
+                            .map(|o| o.as_str().into())
+                            .collect(),
+                    )
+                };
+                let slot = store.publishable_keys.len();
+                if store
+                    .publishable_by_key
+                    .insert(pk.key.as_str().into(), slot)
+                    .is_some()
+                {
+                    return Err(format!("duplicate publishable key {:?}", pk.key));
+                }
+                store.publishable_keys.push(PublishableKey {
+                    app,
+                    actions,
+                    patterns,
+                    allowed_origins,
+                });
+            }
+        }
+        Ok(store)
+    }
+
+    /// The secret key with public id `id`.
+    pub(crate) fn secret_key(&self, id: &str) -> Option<&SecretKey> {
+        self.secret_by_id
+            .get(id)
+            .and_then(|&i| self.secret_keys.get(i))
+    }
+
+    /// The publishable key `key`.
+    pub(crate) fn publishable_key(&self, key: &str) -> Option<&PublishableKey> {
+        self.publishable_by_key
+            .get(key)
+            .and_then(|&i| self.publishable_keys.get(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sk(id: &str, secret: &str) -> SecretKeyConfig {
+        SecretKeyConfig {
+            id: id.into(),
+            secret: secret.into(),
+            channel_patterns: default_all_patterns(),
+            actions: default_secret_actions(),
+        }
+    }
+
+    fn app(id: &str, keys: Vec<SecretKeyConfig>) -> AppConfig {
+        AppConfig {
+            id: id.into(),
+            max_connections: None,
+            secret_keys: keys,
+            publishable_keys: vec![],
+        }
+    }
+
+    fn build_err(apps: &[AppConfig]) -> String {
+        match KeyStore::build(apps) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn dev_app_is_valid_and_random() {
+        let a = generate_dev_app();
+        let b = generate_dev_app();
+        assert_eq!(a.id, "dev");
+        let k = &a.secret_keys[0];
+        assert_eq!(k.id.len(), SECRET_KEY_ID_PREFIX.len() + 16);
+        assert_eq!(k.secret.len(), SECRET_PREFIX.len() + 32);
+        assert!(k.id[SECRET_KEY_ID_PREFIX.len()..]
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(k.channel_patterns, vec!["**"]);
+        assert_eq!(k.actions.len(), 4);
+        assert_ne!(a.secret_keys[0].secret, b.secret_keys[0].secret);
+        let store = KeyStore::build(std::slice::from_ref(&a)).expect("dev app valid");
+        assert_eq!(
+            store.secret_key(&k.id).map(|s| s.actions),
+            Some(Actions::ALL)
+        );
+        assert!(
+            !format!("{a:?}").contains(&k.secret),
+            "Debug must redact secrets"
+        );
+    }
+
+    #[test]
+    fn serde_defaults_and_unknown_fields() {
+        let json = r#"{"id":"a","secret_keys":[{"id":"sk_id_1","secret":"sk_secret_1"}],
+            "publishable_keys":[{"key":"pk_live_1","channel_patterns":["pub/*"]}]}"#;
+        let cfg: AppConfig = serde_json::from_str(json).expect("parses");
+        assert_eq!(cfg.secret_keys[0].channel_patterns, vec!["**"]);
+        assert_eq!(cfg.secret_keys[0].actions.len(), 4);
+        assert_eq!(
+            cfg.publishable_keys[0].actions,
+            vec!["publish", "subscribe", "presence"]
+        );
+        assert!(cfg.publishable_keys[0].allowed_origins.is_empty());
+        assert_eq!(cfg.max_connections, None);
+        let bad = r#"{"id":"a","bogus":1}"#;
+        assert!(serde_json::from_str::<AppConfig>(bad).is_err());
+        let bad_pk = r#"{"id":"a","publishable_keys":[{"key":"pk_live_1"}]}"#;
+        assert!(
+            serde_json::from_str::<AppConfig>(bad_pk).is_err(),
+            "patterns required"
+        );
+        let round = serde_json::to_string(&cfg).expect("serializes");
+        let again: AppConfig = serde_json::from_str(&round).expect("round trip");
+        assert_eq!(again.secret_keys[0].secret, "sk_secret_1");
+    }
+
+    #[test]
+    fn validation_errors() {
+        assert!(build_err(&[]).contains("no apps"));
+        assert!(build_err(&[app("a", vec![sk("id_1", "sk_secret_1")])]).contains("sk_id_"));
+        assert!(build_err(&[app("a", vec![sk("sk_id_", "sk_secret_1")])]).contains("nothing"));
+        assert!(build_err(&[app("a", vec![sk("sk_id_1", "secret")])]).contains("sk_secret_"));
+        assert!(build_err(&[app("a", vec![sk("sk_id_a:b", "sk_secret_1")])]).contains("':'"));
+        assert!(build_err(&[app("a", vec![sk("sk_id_a b", "sk_secret_1")])]).contains("ASCII"));
+        let dup = build_err(&[
+            app("a", vec![sk("sk_id_1", "sk_secret_1")]),
+            app("b", vec![sk("sk_id_1", "sk_secret_2")]),
+        ]);
+        assert!(dup.contains("duplicate secret key id"));
+        assert!(build_err(&[app("a", vec![]), app("a", vec![])]).contains("duplicate app"));
+        assert!(build_err(&[app("", vec![])]).contains("id must be"));
+        let mut bad_action = sk("sk_id_1", "sk_secret_1");
+        bad_action.actions = vec!["fly".into()];
+        assert!(build_err(&[app("a", vec![bad_action])]).contains("fly"));
+        let mut bad_pattern = sk("sk_id_1", "sk_secret_1");
+        bad_pattern.channel_patterns = vec!["a/***".into()];
+        assert!(build_err(&[app("a", vec![bad_pattern])]).contains("a/***"));
+        let mut with_pk = app("a", vec![]);
+        with_pk.publishable_keys = vec![PublishableKeyConfig {
+            key: "pk_test_1".into(),
+            channel_patterns: vec!["**".into()],
+            actions: default_publishable_actions(),
+            allowed_origins: vec![],
+        }];
+        assert!(build_err(&[with_pk.clone()]).contains("pk_live_"));
+        with_pk.publishable_keys[0].key = "pk_live_1".into();
+        let mut other = app("b", vec![]);
+        other.publishable_keys = with_pk.publishable_keys.clone();
+        assert!(build_err(&[with_pk.clone(), other]).contains("duplicate publishable"));
+        with_pk.publishable_keys[0].allowed_origins = vec![String::new()];
+        assert!(build_err(&[with_pk]).contains("empty allowed origin"));
+    }
+}
