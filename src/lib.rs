@@ -1,10 +1,26 @@
 //! ringcast: a thread-per-core io_uring WebSocket pub/sub broker speaking the
-//! Metered Realtime v1 protocol (see docs/protocol.md).
+//! Metered Realtime v1 protocol (docs/protocol.md).
 //!
 //! # Layout
-//! (filled in as modules land)
+//! - [`config`]: defaults < TOML < env < CLI; every limit in one struct.
+//! - [`auth`]: apps (tenants), secret and publishable keys, HS256 JWTs, channel globs. Pure.
+//! - [`protocol`]: the wire vocabulary. Parses client JSON (simd-json, `data` kept as raw
+//!   bytes) and encodes server frames once into shareable `Bytes`. Sans-IO.
+//! - [`router`]: shard/connection ids, `owner_of(channel)`, cross-shard `ShardMsg`s, the
+//!   mesh of lock-free queues with eventfd wake-ups, and the per-shard subscription index.
+//! - [`presence`]: per-channel rosters kept by the channel's owner shard.
+//! - [`shard`]: the only io_uring code: per-core threads, accept, the connection tasks,
+//!   outbound queues and writers, the inbox and housekeeping tasks.
+//!
+//! # Dependencies between modules
+//! `protocol`, `auth` depend on nothing else here; `router` and `presence` on those two;
+//! `shard` on everything; nothing depends on `shard` but `main`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
+pub mod config;
+pub mod presence;
 pub mod protocol;
+pub mod router;
+pub mod shard;

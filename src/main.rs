@@ -1,4 +1,149 @@
+//! The `ringcast` binary: parse the configuration, start the shards, print the address.
+//! `ringcast token …` mints a JWT instead.
+
+use std::{
+    io::Write,
+    sync::{atomic::AtomicU32, Arc},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
 use mimalloc::MiMalloc;
+use ringcast::{
+    auth::{
+        keys::{generate_dev_app, AppConfig, SecretKeyConfig},
+        Authenticator, MintRequest,
+    },
+    config::{Cli, Command, FileConfig, RunArgs, Settings, TokenArgs},
+    router::mesh::Mesh,
+    shard::{spawn, Shared},
+};
+
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
-fn main() {}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGCAST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => token(args),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let mut settings = Settings::resolve(&args).map_err(anyhow::Error::msg)?;
+    let dev = settings.apps.is_empty();
+    if dev {
+        settings.apps.push(generate_dev_app());
+    }
+    let auth = Arc::new(Authenticator::new(&settings.apps).map_err(anyhow::Error::msg)?);
+    let mesh = Arc::new(Mesh::new(settings.shards).context("creating the shard mesh")?);
+    let shared = Arc::new(Shared {
+        mesh,
+        app_conns: (0..auth.app_count()).map(|_| AtomicU32::new(0)).collect(),
+        auth: auth.clone(),
+        limits: settings.limits.clone(),
+    });
+    let shards = spawn::start(settings.shards, settings.listen, settings.placement, shared)
+        .with_context(|| format!("starting shards on {}", settings.listen))?;
+    let addr = shards.local_addr;
+    let mut out = std::io::stdout().lock();
+    if dev {
+        let key = &settings.apps[0].secret_keys[0];
+        let (token, _) = auth
+            .mint(
+                &key.id,
+                &MintRequest {
+                    peer_id: "dev".into(),
+                    channels: None,
+                    permissions: None,
+                    expires_in_sec: 3600,
+                    metadata: None,
+                    peer_metadata: None,
+                },
+                unix_now(),
+            )
+            .map_err(anyhow::Error::msg)?;
+        writeln!(out, "ringcast: DEVELOPMENT ONLY: generated app \"dev\"; its keys change at every start")?;
+        writeln!(out, "ringcast: DEVELOPMENT ONLY secret key: {}:{}", key.id, key.secret)?;
+        writeln!(out, "ringcast: DEVELOPMENT ONLY token (peer \"dev\", 1 h): {token}")?;
+        writeln!(out, "ringcast: DEVELOPMENT ONLY connect: ws://{addr}/v1?token={token}")?;
+        writeln!(
+            out,
+            "ringcast: DEVELOPMENT ONLY more tokens: ringcast token --key-id {} --key-secret {} --peer alice --channels 'room/*'",
+            key.id, key.secret
+        )?;
+    }
+    writeln!(out, "ringcast: listening on ws://{addr}/v1 (shards={})", settings.shards)?;
+    out.flush()?;
+    drop(out);
+    for t in shards.threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> Result<()> {
+    let apps: Vec<AppConfig> = match (&args.config, &args.key_secret) {
+        (_, Some(secret)) => {
+            let Some(id) = args.key_id.clone() else { bail!("--key-secret needs --key-id") };
+            vec![AppConfig {
+                id: "cli".into(),
+                max_connections: None,
+                secret_keys: vec![SecretKeyConfig {
+                    id,
+                    secret: secret.clone(),
+                    channel_patterns: vec!["**".into()],
+                    actions: vec!["publish".into(), "subscribe".into(), "presence".into(), "send".into()],
+                }],
+                publishable_keys: vec![],
+            }]
+        }
+        (Some(path), None) => FileConfig::load(path).map_err(anyhow::Error::msg)?.apps,
+        (None, None) => bail!("give --config FILE or --key-id and --key-secret"),
+    };
+    let key_id = match &args.key_id {
+        Some(k) => k.clone(),
+        None => apps
+            .iter()
+            .flat_map(|a| a.secret_keys.iter())
+            .map(|k| k.id.clone())
+            .next()
+            .context("the config has no secret key")?,
+    };
+    let auth = Authenticator::new(&apps).map_err(anyhow::Error::msg)?;
+    let json = |s: &Option<String>, what: &str| -> Result<Option<serde_json::Value>> {
+        s.as_deref()
+            .map(|t| serde_json::from_str(t).with_context(|| format!("--{what} is not valid JSON")))
+            .transpose()
+    };
+    let (jwt, _exp) = auth
+        .mint(
+            &key_id,
+            &MintRequest {
+                peer_id: args.peer.clone(),
+                channels: args.channels.clone(),
+                permissions: args.permissions.clone(),
+                expires_in_sec: args.ttl,
+                metadata: json(&args.metadata, "metadata")?,
+                peer_metadata: json(&args.peer_metadata, "peer-metadata")?,
+            },
+            unix_now(),
+        )
+        .map_err(anyhow::Error::msg)?;
+    println!("{jwt}");
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! Configuration: defaults < TOML file < environment (`RINGCAST_*`) < CLI flags.
+//!
+//! Every limit the broker enforces lives in [`Limits`], with its default written next to
+//! it; docs/configuration.md lists them for operators. Flags and TOML keys share names
+//! (`--max-message-size` is `max_message_size` in the file).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::auth::keys::AppConfig;
+
+/// What the broker does when a connection exceeds its token bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitAction {
+    /// Close the connection with 4011 (default).
+    #[default]
+    Close,
+    /// Answer `error` `rate_limited` and drop that one message.
+    Error,
+}
+
+/// How shard threads are placed on CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Shard `i` is pinned to the i-th available core (default).
+    #[default]
+    Pinned,
+    /// Threads are left to the OS scheduler.
+    Unpinned,
+}
+
+/// The command line. `ringcast` alone runs the broker.
+#[derive(Parser, Debug)]
+#[command(name = "ringcast", version, about = "Thread-per-core io_uring WebSocket pub/sub broker")]
+pub struct Cli {
+    /// Subcommand; none means `run`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Broker options (also accepted without the `run` subcommand).
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the broker (the default).
+    Run(RunArgs),
+    /// Mint a JWT for a peer from a configured secret key.
+    Token(TokenArgs),
+}
+
+/// Options of `ringcast run`. Every one is optional here so that the TOML file can supply it;
+/// the defaults are applied in [`Settings::resolve`].
+#[derive(Args, Debug, Default, Clone)]
+pub struct RunArgs {
+    /// TOML config file (apps, keys, limits).
+    #[arg(long, env = "RINGCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// WebSocket listen address [default: 127.0.0.1:8080]. Port 0 picks a free port.
+    #[arg(long, env = "RINGCAST_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Number of shards (threads, one per core) [default: number of CPUs].
+    #[arg(long, env = "RINGCAST_SHARDS")]
+    pub shards: Option<usize>,
+    /// CPU placement of shard threads [default: pinned].
+    #[arg(long, env = "RINGCAST_PLACEMENT")]
+    pub placement: Option<Placement>,
+    /// Largest inbound WebSocket message or frame in bytes; larger closes 1009 [default: 65536].
+    #[arg(long, env = "RINGCAST_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// Channels one connection may subscribe to [default: 100].
+    #[arg(long, env = "RINGCAST_MAX_CHANNELS_PER_CONN")]
+    pub max_channels_per_conn: Option<usize>,
+    /// Token bucket refill rate, messages per second per connection [default: 100].
+    #[arg(long, env = "RINGCAST_RATE_LIMIT_PER_SEC")]
+    pub rate_limit_per_sec: Option<u32>,
+    /// Token bucket size (burst) [default: 200].
+    #[arg(long, env = "RINGCAST_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// What exceeding the bucket does: close (4011) or error (rate_limited) [default: close].
+    #[arg(long, env = "RINGCAST_RATE_LIMIT_ACTION")]
+    pub rate_limit_action: Option<RateLimitAction>,
+    /// Bytes queued for one connection before it is closed as a slow consumer (4008) [default: 1048576].
+    #[arg(long, env = "RINGCAST_MAX_OUTBOUND_BYTES")]
+    pub max_outbound_bytes: Option<usize>,
+    /// Server WebSocket ping interval in ms [default: 30000].
+    #[arg(long, env = "RINGCAST_PING_INTERVAL_MS")]
+    pub ping_interval_ms: Option<u64>,
+    /// A peer silent (no frame, no pong) this long is dropped, ms [default: 90000].
+    #[arg(long, env = "RINGCAST_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Deadline for the HTTP upgrade request, ms [default: 5000].
+    #[arg(long, env = "RINGCAST_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Close with 4002 this long before the token's `exp`, ms [default: 250].
+    #[arg(long, env = "RINGCAST_EXPIRY_LEAD_MS")]
+    pub expiry_lead_ms: Option<u64>,
+    /// Largest HTTP upgrade request head in bytes; larger answers 431 [default: 8192].
+    #[arg(long, env = "RINGCAST_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most HTTP headers in the upgrade request; more answers 431 [default: 64].
+    #[arg(long, env = "RINGCAST_MAX_HEADERS")]
+    pub max_headers: Option<usize>,
+    /// Per-connection socket read buffer in bytes [default: 4096].
+    #[arg(long, env = "RINGCAST_READ_BUFFER_SIZE")]
+    pub read_buffer_size: Option<usize>,
+    /// How long a server-initiated close waits for the peer's close frame, ms [default: 1000].
+    #[arg(long, env = "RINGCAST_CLOSE_TIMEOUT_MS")]
+    pub close_timeout_ms: Option<u64>,
+}
+
+/// Options of `ringcast token`.
+#[derive(Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// TOML config file holding the secret key.
+    #[arg(long, env = "RINGCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Secret key id (`sk_id_…`) that signs; default: the first key of the first app.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// Secret (`sk_secret_…`) to use instead of a config file (needs --key-id).
+    #[arg(long, env = "RINGCAST_KEY_SECRET")]
+    pub key_secret: Option<String>,
+    /// Peer id (the JWT `sub`).
+    #[arg(long)]
+    pub peer: String,
+    /// Channel names or patterns (comma separated or repeated); default: the key's patterns.
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Option<Vec<String>>,
+    /// Permissions (publish, subscribe, presence, send); default: the key's actions.
+    #[arg(long, value_delimiter = ',')]
+    pub permissions: Option<Vec<String>>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// Private metadata (JSON object), returned in `welcome`.
+    #[arg(long)]
+    pub metadata: Option<String>,
+    /// Public peer metadata (JSON object), shown in presence and direct messages.
+    #[arg(long)]
+    pub peer_metadata: Option<String>,
+}
+
+/// The TOML file. Limits sit at the top level next to `[[apps]]`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    shards: Option<usize>,
+    placement: Option<Placement>,
+    max_message_size: Option<usize>,
+    max_channels_per_conn: Option<usize>,
+    rate_limit_per_sec: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    rate_limit_action: Option<RateLimitAction>,
+    max_outbound_bytes: Option<usize>,
+    ping_interval_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    expiry_lead_ms: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    read_buffer_size: Option<usize>,
+    close_timeout_ms: Option<u64>,
+    /// Tenants.
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML config file.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
+    }
+}
+
+/// Per-connection and per-shard limits, all resolved. Shared read-only by every shard.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Inbound message and frame cap (close 1009).
+    pub max_message_size: usize,
+    /// Subscriptions per connection (`channel_limit_exceeded`).
+    pub max_channels_per_conn: usize,
+    /// Token bucket refill per second.
+    pub rate_limit_per_sec: u32,
+    /// Token bucket capacity.
+    pub rate_limit_burst: u32,
+    /// Close (4011) or error (`rate_limited`).
+    pub rate_limit_action: RateLimitAction,
+    /// Outbound queue cap per connection (close 4008).
+    pub max_outbound_bytes: usize,
+    /// Server ping period.
+    pub ping_interval: Duration,
+    /// Silence after which a peer is dropped.
+    pub idle_timeout: Duration,
+    /// Deadline for the upgrade request.
+    pub handshake_timeout: Duration,
+    /// How long before `exp` the 4002 close is sent.
+    pub expiry_lead: Duration,
+    /// Upgrade request head cap (431).
+    pub max_header_bytes: usize,
+    /// Header count cap (431).
+    pub max_headers: usize,
+    /// Socket read buffer per connection.
+    pub read_buffer_size: usize,
+    /// Wait for the peer's close frame after a server close.
+    pub close_timeout: Duration,
+}
+
+/// Everything `ringcast run` needs, resolved.
+#[derive(Debug)]
+pub struct Settings {
+    /// WebSocket listen address.
+    pub listen: SocketAddr,
+    /// Shard count.
+    pub shards: usize,
+    /// CPU placement.
+    pub placement: Placement,
+    /// Limits.
+    pub limits: Limits,
+    /// Tenants; empty means "generate a development app".
+    pub apps: Vec<AppConfig>,
+}
+
+impl Settings {
+    /// Merges CLI/env (already merged by clap) over the file over the defaults, and validates.
+    pub fn resolve(args: &RunArgs) -> Result<Self, String> {
+        let file = match &args.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        macro_rules! pick {
+            ($f:ident, $def:expr) => {
+                args.$f.or(file.$f).unwrap_or($def)
+            };
+        }
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let limits = Limits {
+            max_message_size: pick!(max_message_size, 65536),
+            max_channels_per_conn: pick!(max_channels_per_conn, 100),
+            rate_limit_per_sec: pick!(rate_limit_per_sec, 100),
+            rate_limit_burst: pick!(rate_limit_burst, 200),
+            rate_limit_action: pick!(rate_limit_action, RateLimitAction::Close),
+            max_outbound_bytes: pick!(max_outbound_bytes, 1 << 20),
+            ping_interval: Duration::from_millis(pick!(ping_interval_ms, 30_000)),
+            idle_timeout: Duration::from_millis(pick!(idle_timeout_ms, 90_000)),
+            handshake_timeout: Duration::from_millis(pick!(handshake_timeout_ms, 5_000)),
+            expiry_lead: Duration::from_millis(pick!(expiry_lead_ms, 250)),
+            max_header_bytes: pick!(max_header_bytes, 8192),
+            max_headers: pick!(max_headers, 64),
+            read_buffer_size: pick!(read_buffer_size, 4096),
+            close_timeout: Duration::from_millis(pick!(close_timeout_ms, 1000)),
+        };
+        let s = Settings {
+            listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),
+            shards: pick!(shards, cpus),
+            placement: pick!(placement, Placement::Pinned),
+            limits,
+            apps: file.apps,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+        check((1..=128).contains(&self.shards), "shards must be between 1 and 128")?;
+        check(l.max_message_size >= 128, "max_message_size must be at least 128")?;
+        check(l.max_message_size <= 64 << 20, "max_message_size must be at most 64 MiB")?;
+        check(l.max_channels_per_conn >= 1, "max_channels_per_conn must be at least 1")?;
+        check(l.rate_limit_per_sec >= 1, "rate_limit_per_sec must be at least 1")?;
+        check(l.rate_limit_burst >= 1, "rate_limit_burst must be at least 1")?;
+        check(
+            l.max_outbound_bytes >= 4096,
+            "max_outbound_bytes must be at least 4096",
+        )?;
+        check(!l.ping_interval.is_zero(), "ping_interval_ms must be positive")?;
+        check(l.idle_timeout > l.ping_interval, "idle_timeout_ms must exceed ping_interval_ms")?;
+        check(!l.handshake_timeout.is_zero(), "handshake_timeout_ms must be positive")?;
+        check(l.max_header_bytes >= 256, "max_header_bytes must be at least 256")?;
+        check(l.max_headers >= 8, "max_headers must be at least 8")?;
+        check(
+            (256..=1 << 20).contains(&l.read_buffer_size),
+            "read_buffer_size must be between 256 and 1048576",
+        )?;
+        Ok(())
+    }
+}

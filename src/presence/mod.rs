@@ -1,0 +1,187 @@
+//! Presence rosters, kept by each channel's owner shard ([`crate::router::owner_of`]).
+//!
+//! The roster is per peerId, not per socket: a peer's first subscribed connection
+//! (on any shard) announces `joined`, its last one leaving announces `left`. Because the
+//! owner alone sequences a channel's presence and every shard receives the owner's
+//! messages through one FIFO queue, all shards see one order of events; a new subscriber's
+//! snapshot travels through that same queue, so events it must not see yet (already in
+//! the snapshot) arrive before it and are withheld by its shard (see
+//! [`crate::router::index::PresenceState`]).
+
+use std::{collections::HashMap, sync::Arc};
+
+use ahash::RandomState;
+use bytes::Bytes;
+
+use crate::{
+    auth::AppId,
+    protocol::encode::{self, PresencePeer},
+    router::{ConnRef, ShardId, ShardMsg},
+};
+
+#[derive(Debug)]
+struct PeerEntry {
+    /// Subscribed connections of this peer, across all shards.
+    conns: u32,
+    /// Public metadata (compact JSON), from the peer's first connection.
+    metadata: Option<Bytes>,
+}
+
+#[derive(Debug)]
+struct ChannelRoster {
+    peers: HashMap<Arc<str>, PeerEntry, RandomState>,
+    /// Subscribed connections per shard: where joined/left events must go.
+    shard_subs: Vec<u32>,
+}
+
+/// The rosters of every channel this shard owns.
+#[derive(Debug, Default)]
+pub struct Rosters {
+    channels: HashMap<(AppId, Arc<str>), ChannelRoster, RandomState>,
+}
+
+impl Rosters {
+    /// A connection of `peer` on `from` subscribed to `channel`. Emits the snapshot for it and,
+    /// for the peer's first connection, a `joined` event to every shard with subscribers.
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+    pub fn join(
+        &mut self,
+        app: AppId,
+        channel: Arc<str>,
+        peer: Arc<str>,
+        metadata: Option<Bytes>,
+        from: ConnRef,
+        wants_presence: bool,
+        shards: usize,
+        mut send: impl FnMut(ShardId, ShardMsg),
+    ) {
+        let roster = self.channels.entry((app, channel.clone())).or_insert_with(|| ChannelRoster {
+            peers: HashMap::default(),
+            shard_subs: vec![0; shards],
+        });
+        // Snapshot first: it must precede any event this join causes on the same queue.
+        let frame = wants_presence.then(|| {
+            let others: Vec<PresencePeer<'_>> = roster
+                .peers
+                .iter()
+                .filter(|(p, _)| **p != peer)
+                .map(|(p, e)| PresencePeer { peer_id: p, metadata: e.metadata.as_deref() })
+                .collect();
+            encode::presence(&channel, &others, &[])
+        });
+        send(
+            from.shard,
+            ShardMsg::PresenceSnapshot { app, channel: channel.clone(), conn: from.conn, frame },
+        );
+        roster.shard_subs[from.shard.0 as usize] += 1;
+        let entry = roster.peers.entry(peer.clone()).or_insert(PeerEntry { conns: 0, metadata });
+        entry.conns += 1;
+        if entry.conns == 1 {
+            let me = [PresencePeer { peer_id: &peer, metadata: entry.metadata.as_deref() }];
+            let frame = encode::presence(&channel, &me, &[]);
+            broadcast(&roster.shard_subs, app, &channel, &peer, frame, &mut send);
+        }
+    }
+
+    /// A connection of `peer` on `from` left `channel`. For the peer's last connection, emits
+    /// `left` to every shard that still has subscribers.
+    pub fn leave(
+        &mut self,
+        app: AppId,
+        channel: Arc<str>,
+        peer: Arc<str>,
+        from: ShardId,
+        mut send: impl FnMut(ShardId, ShardMsg),
+    ) {
+        let key = (app, channel);
+        let Some(roster) = self.channels.get_mut(&key) else { return };
+        let slot = &mut roster.shard_subs[from.0 as usize];
+        *slot = slot.saturating_sub(1);
+        let Some(entry) = roster.peers.get_mut(&peer) else { return };
+        entry.conns -= 1;
+        if entry.conns == 0 {
+            let entry = roster.peers.remove(&peer).expect("present above");
+            let me = [PresencePeer { peer_id: &peer, metadata: entry.metadata.as_deref() }];
+            let frame = encode::presence(&key.1, &[], &me);
+            broadcast(&roster.shard_subs, app, &key.1, &peer, frame, &mut send);
+        }
+        if roster.peers.is_empty() {
+            self.channels.remove(&key);
+        }
+    }
+
+    /// The roster of a channel: (peerId, metadata) pairs, for the REST peers endpoint.
+    pub fn roster(&self, app: AppId, channel: &str) -> Vec<(Arc<str>, Option<Bytes>)> {
+        self.channels
+            .get(&(app, Arc::from(channel)))
+            .map(|r| r.peers.iter().map(|(p, e)| (p.clone(), e.metadata.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Channels with at least one subscribed peer.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// True when this shard owns no populated channel.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+}
+
+fn broadcast(
+    shard_subs: &[u32],
+    app: AppId,
+    channel: &Arc<str>,
+    peer: &Arc<str>,
+    frame: Bytes,
+    send: &mut impl FnMut(ShardId, ShardMsg),
+) {
+    for (s, &n) in shard_subs.iter().enumerate() {
+        if n > 0 {
+            send(
+                ShardId(s as u16),
+                ShardMsg::PresenceEvent {
+                    app,
+                    channel: channel.clone(),
+                    peer: peer.clone(),
+                    frame: frame.clone(),
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::ConnId;
+
+    fn at(s: u16, c: u64) -> ConnRef {
+        ConnRef { shard: ShardId(s), conn: ConnId(c) }
+    }
+
+    #[test]
+    fn joined_and_left_once_per_peer() {
+        let mut r = Rosters::default();
+        let ch: Arc<str> = Arc::from("room");
+        let alice: Arc<str> = Arc::from("alice");
+        let mut log = vec![];
+        let mut rec = |s: ShardId, m: ShardMsg| {
+            log.push(match m {
+                ShardMsg::PresenceSnapshot { conn, .. } => format!("snap{}@{}", conn.0, s.0),
+                ShardMsg::PresenceEvent { frame, .. } => {
+                    let v: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
+                    format!("j{}l{}@{}", v["joined"].as_array().unwrap().len(), v["left"].as_array().unwrap().len(), s.0)
+                }
+                _ => unreachable!(),
+            })
+        };
+        r.join(AppId(0), ch.clone(), alice.clone(), None, at(0, 1), true, 2, &mut rec);
+        r.join(AppId(0), ch.clone(), alice.clone(), None, at(1, 2), true, 2, &mut rec);
+        r.leave(AppId(0), ch.clone(), alice.clone(), ShardId(0), &mut rec);
+        r.leave(AppId(0), ch.clone(), alice.clone(), ShardId(1), &mut rec);
+        assert_eq!(log, ["snap1@0", "j1l0@0", "snap2@1"]);
+        assert!(r.is_empty());
+    }
+}

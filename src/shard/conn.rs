@@ -1,0 +1,489 @@
+//! One connection's reader task: HTTP upgrade (with deadline and caps), authentication,
+//! `welcome`, then the WebSocket read loop feeding tungstenite from io_uring reads and
+//! dispatching each text message to the command handlers.
+//!
+//! tungstenite runs over an in-memory adapter ([`Feed`]): it is handed the bytes io_uring
+//! read and answers `WouldBlock` when they run out; whatever it writes (pong and close
+//! replies) is queued on the connection's outbound queue. Server frames carrying data are
+//! encoded by [`crate::protocol::encode`] and never go through tungstenite.
+
+use std::{
+    io::{self, Read, Write},
+    net::SocketAddr,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use tokio_uring::net::TcpStream;
+use tungstenite::{
+    error::{CapacityError, Error as WsError},
+    protocol::{Role, WebSocketConfig},
+    protocol::WebSocketContext,
+    Message,
+};
+
+use super::{
+    handshake::{self, Handshake},
+    outbound::{run_writer, CloseState, ConnShared},
+    rate_limit::TokenBucket,
+    ConnEntry, Shard,
+};
+use crate::{
+    auth::{Actions, Identity},
+    config::RateLimitAction,
+    protocol::{
+        close, encode,
+        parse::{validate_channel, validate_peer_id, ClientMsg},
+        ErrorCode,
+    },
+    router::{index::PresenceState, index::Sub, owner_of, ConnId, Direct, Publication, ShardMsg},
+};
+
+/// RFC 6455 close code for a protocol violation.
+const PROTOCOL_ERROR: u16 = 1002;
+/// RFC 6455 close code for invalid UTF-8 in a text message.
+const INVALID_PAYLOAD: u16 = 1007;
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Serves one accepted socket until it closes. Never panics on peer input; every exit path
+/// aborts the socket so no io_uring operation keeps it alive.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr) {
+    let limits = &shard.shared.limits;
+    let stream = Rc::new(stream);
+    // 1. The upgrade request, under the handshake deadline.
+    let mut head: Vec<u8> = Vec::new();
+    let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+    let mut buf = Vec::with_capacity(limits.read_buffer_size.min(4096));
+    let req = loop {
+        buf.clear();
+        let (res, b) = match tokio::time::timeout_at(deadline, stream.read(buf)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        };
+        buf = b;
+        match res {
+            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
+        match handshake::parse(&head, limits.max_header_bytes, limits.max_headers) {
+            Handshake::Incomplete => continue,
+            Handshake::Reject(r) => {
+                let (_, _) = stream.write_all(handshake::error_response(r)).await;
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Handshake::Upgrade(u) => break u,
+        }
+    };
+    let leftover = head.split_off(req.consumed);
+    drop(head);
+    let (res, _) = stream.write_all(handshake::switching_protocols(&req.accept_key, shard.id.0)).await;
+    if res.is_err() {
+        return;
+    }
+    // 2. Credentials, checked after the upgrade so failures are WebSocket close codes.
+    let identity = match shard.shared.auth.authenticate_ws(&req.query, req.origin.as_deref(), unix_now()) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::debug!(reason = e.reason(), "authentication failed");
+            reject(&stream, e.close_code(), e.reason(), limits.close_timeout).await;
+            return;
+        }
+    };
+    if !shard.shared.try_admit(identity.app) {
+        reject(&stream, close::CONNECTION_CAP, "app connection limit reached", limits.close_timeout).await;
+        return;
+    }
+    let app = identity.app;
+    // 3. Registered: from here on every exit goes through `unregister` and `release`.
+    let now = Instant::now();
+    let id = shard.alloc_conn_id();
+    let shared = Rc::new(ConnShared::new(
+        Rc::try_unwrap(stream).unwrap_or_else(|_| unreachable!("no other owner yet")),
+        limits.max_outbound_bytes,
+        now,
+    ));
+    shared.send(&encode::welcome(
+        &identity.peer_id,
+        identity.expires_at,
+        unix_now(),
+        limits.max_message_size,
+        identity.metadata_json.as_deref().map(str::as_bytes),
+    ));
+    shard.register(id, ConnEntry { shared: shared.clone(), app, peer: identity.peer_id.clone() });
+    let writer = tokio_uring::spawn(run_writer(shared.clone()));
+    let expiry = identity.expires_at.map(|exp| {
+        let weak = Rc::downgrade(&shared);
+        let lead = limits.expiry_lead;
+        tokio_uring::spawn(async move {
+            let wall = UNIX_EPOCH + Duration::from_secs(exp);
+            let left = wall.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(lead);
+            tokio::time::sleep(left).await;
+            if let Some(c) = weak.upgrade() {
+                c.close(close::TOKEN_EXPIRED, "token expired", false);
+            }
+        })
+    });
+    let mut conn = Conn {
+        id,
+        shared: shared.clone(),
+        identity,
+        channels: Vec::new(),
+        bucket: TokenBucket::new(limits.rate_limit_per_sec, limits.rate_limit_burst, now),
+    };
+    read_loop(&shard, &mut conn, leftover).await;
+    // 4. Teardown.
+    if let Some(t) = expiry {
+        t.abort();
+    }
+    shard.unregister(id, &conn.channels);
+    shard.shared.release(app);
+    shared.finish();
+    // Give the writer the close timeout to flush (e.g. a close reply), then cut the socket.
+    let _ = tokio::time::timeout(limits.close_timeout, writer).await;
+    shared.abort();
+}
+
+/// Sends a close frame before `welcome` and waits (bounded) for the peer's answer.
+async fn reject(stream: &TcpStream, code: u16, reason: &str, wait: Duration) {
+    let (res, _) = stream.write_all(encode::ws_close(code, reason)).await;
+    if res.is_ok() {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut buf = vec![0u8; 256];
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                let (r, b) = stream.read(buf).await;
+                buf = b;
+                if !matches!(r, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// The reader's private per-connection state.
+struct Conn {
+    id: ConnId,
+    shared: Rc<ConnShared>,
+    identity: Identity,
+    /// Subscribed channels (at most `max_channels_per_conn`; a linear scan is fine).
+    channels: Vec<Arc<str>>,
+    bucket: TokenBucket,
+}
+
+/// What tungstenite sees as its stream: the bytes of the last read, then `WouldBlock`.
+struct Feed<'a> {
+    input: &'a [u8],
+    output: &'a mut Vec<u8>,
+}
+
+impl Read for Feed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input[..n]);
+        self.input = &self.input[n..];
+        Ok(n)
+    }
+}
+
+impl Write for Feed<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
+    let limits = &shard.shared.limits;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(limits.read_buffer_size.min(4096))
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(limits.max_message_size))
+        .max_frame_size(Some(limits.max_message_size))
+        .accept_unmasked_frames(false);
+    let mut ws = WebSocketContext::new(Role::Server, Some(config));
+    let mut out: Vec<u8> = Vec::new();
+    let mut buf = leftover;
+    let mut first = true;
+    loop {
+        if !first {
+            buf.clear();
+            if buf.capacity() < limits.read_buffer_size {
+                buf.reserve_exact(limits.read_buffer_size);
+            }
+            let (res, b) = conn.shared.stream.read(buf).await;
+            buf = b;
+            match res {
+                Ok(n) if n > 0 => conn.shared.last_seen.set(Instant::now()),
+                _ => return,
+            }
+        }
+        first = false;
+        let mut feed = Feed { input: &buf, output: &mut out };
+        loop {
+            let r = ws.read(&mut feed);
+            if !feed.output.is_empty() {
+                conn.shared.push_raw(Bytes::from(std::mem::take(feed.output)));
+            }
+            match r {
+                Ok(Message::Text(text)) => {
+                    if conn.shared.state() != CloseState::Open {
+                        continue; // closing: ignore data, wait for the peer's close
+                    }
+                    let flow = handle_text(shard, conn, text.as_bytes());
+                    shard.pump_local();
+                    if let Flow::Stop = flow {
+                        break;
+                    }
+                }
+                Ok(Message::Binary(_)) => {
+                    conn.shared.close(close::UNSUPPORTED_DATA, "binary frames are not supported", false);
+                }
+                Ok(_) => {} // ping (answered by tungstenite), pong, close (reply queued)
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => return,
+                Err(e) => {
+                    let (code, reason) = match &e {
+                        WsError::Capacity(CapacityError::MessageTooLong { .. }) => (close::MESSAGE_TOO_BIG, "message too big"),
+                        WsError::Capacity(_) => (close::MESSAGE_TOO_BIG, "frame too big"),
+                        WsError::Utf8(_) => (INVALID_PAYLOAD, "invalid UTF-8"),
+                        WsError::Protocol(_) => (PROTOCOL_ERROR, "protocol error"),
+                        _ => (close::INTERNAL_ERROR, "internal error"),
+                    };
+                    tracing::debug!(cause = %e, code, "closing connection on WebSocket error");
+                    conn.shared.close(code, reason, false);
+                    return;
+                }
+            }
+        }
+        if conn.shared.state() == CloseState::Finished {
+            return;
+        }
+    }
+}
+
+fn reply_error(conn: &Conn, code: ErrorCode, request_id: Option<&str>, message: &str) {
+    conn.shared.send(&encode::error(code, request_id, Some(message)));
+}
+
+fn ack(conn: &Conn, request_id: Option<&str>) {
+    if let Some(r) = request_id {
+        conn.shared.send(&encode::ack(r));
+    }
+}
+
+/// Handles one text message. Errors answer `error` frames; only rate-limit closes stop.
+fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
+    let limits = &shard.shared.limits;
+    let mut parser = shard.parser.borrow_mut();
+    let msg = match parser.parse(text) {
+        Ok(m) => m,
+        Err(e) => {
+            // Malformed input is charged to the bucket too: it cost a parse.
+            match charge(limits.rate_limit_action, conn, e.request_id.as_deref()) {
+                Charge::Allowed => {}
+                Charge::Dropped => return Flow::Continue,
+                Charge::Stop => return Flow::Stop,
+            }
+            conn.shared.send(&encode::error(e.code, e.request_id.as_deref(), Some(e.message)));
+            return Flow::Continue;
+        }
+    };
+    if let ClientMsg::Ping { request_id } = msg {
+        // Free: not charged to the token bucket.
+        conn.shared.send(&pong(request_id));
+        return Flow::Continue;
+    }
+    let rid = msg.request_id();
+    match charge(limits.rate_limit_action, conn, rid) {
+        Charge::Allowed => {}
+        Charge::Dropped => return Flow::Continue,
+        Charge::Stop => return Flow::Stop,
+    }
+    let id = &conn.identity;
+    match msg {
+        ClientMsg::Ping { .. } => {}
+        ClientMsg::Subscribe { channel, request_id, include_sender_metadata } => {
+            if let Err(code) = validate_channel(channel) {
+                reply_error(conn, code, request_id, "invalid channel name");
+                return Flow::Continue;
+            }
+            if !id.actions.contains(Actions::SUBSCRIBE) {
+                reply_error(conn, ErrorCode::ActionNotPermitted, request_id, "subscribe is not permitted");
+                return Flow::Continue;
+            }
+            if !id.scope.allows(channel) {
+                reply_error(conn, ErrorCode::ChannelNotAuthorized, request_id, "channel not authorized");
+                return Flow::Continue;
+            }
+            let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
+            let app = id.app;
+            if let Some(ch) = existing {
+                // Re-subscribe: only `includeSenderMetadata` changes.
+                if let Some(sub) = shard.state.borrow_mut().index.get_mut(app, &ch).and_then(|s| s.get_mut(conn.id)) {
+                    sub.include_meta = include_sender_metadata;
+                }
+                ack(conn, request_id);
+                return Flow::Continue;
+            }
+            if conn.channels.len() >= limits.max_channels_per_conn {
+                reply_error(conn, ErrorCode::ChannelLimitExceeded, request_id, "too many channels on this connection");
+                return Flow::Continue;
+            }
+            let ch: Arc<str> = Arc::from(channel);
+            let wants = id.actions.contains(Actions::PRESENCE);
+            shard.state.borrow_mut().index.insert(
+                app,
+                &ch,
+                Sub {
+                    conn: conn.id,
+                    peer: id.peer_id.clone(),
+                    include_meta: include_sender_metadata,
+                    presence: if wants { PresenceState::Pending } else { PresenceState::NoPermission },
+                    handle: conn.shared.clone(),
+                },
+            );
+            conn.channels.push(ch.clone());
+            ack(conn, request_id);
+            let owner = owner_of(app, &ch, shard.shards());
+            shard.route(
+                owner,
+                ShardMsg::PresenceJoin {
+                    app,
+                    channel: ch,
+                    peer: id.peer_id.clone(),
+                    metadata: id.peer_metadata_json.clone(),
+                    from: shard.conn_ref(conn.id),
+                    wants_presence: wants,
+                },
+            );
+        }
+        ClientMsg::Unsubscribe { channel, request_id } => {
+            if let Err(code) = validate_channel(channel) {
+                reply_error(conn, code, request_id, "invalid channel name");
+                return Flow::Continue;
+            }
+            if let Some(pos) = conn.channels.iter().position(|c| &**c == channel) {
+                let ch = conn.channels.swap_remove(pos);
+                shard.unsubscribe(id.app, &ch, conn.id, &id.peer_id);
+            }
+            ack(conn, request_id);
+        }
+        ClientMsg::Publish { channel, data, request_id } => {
+            if let Err(code) = validate_channel(channel) {
+                reply_error(conn, code, request_id, "invalid channel name");
+                return Flow::Continue;
+            }
+            if !id.actions.contains(Actions::PUBLISH) {
+                reply_error(conn, ErrorCode::ActionNotPermitted, request_id, "publish is not permitted");
+                return Flow::Continue;
+            }
+            if !id.scope.allows(channel) {
+                reply_error(conn, ErrorCode::ChannelNotAuthorized, request_id, "channel not authorized");
+                return Flow::Continue;
+            }
+            // Encoded once per publication (twice when the publisher has metadata: with and
+            // without `fromMetadata`); every subscriber on every shard gets these bytes.
+            let frame = encode::message(channel, &id.peer_id, data, None);
+            let frame_with_meta = id
+                .peer_metadata_json
+                .as_deref()
+                .map(|m| encode::message(channel, &id.peer_id, data, Some(m)));
+            shard.publish(Publication {
+                app: id.app,
+                channel: Arc::from(channel),
+                origin: Some(shard.conn_ref(conn.id)),
+                frame,
+                frame_with_meta,
+            });
+            ack(conn, request_id);
+        }
+        ClientMsg::Send { to, data, request_id } => {
+            if validate_peer_id(to).is_err() {
+                reply_error(conn, ErrorCode::InvalidPeerId, request_id, "invalid peer id");
+                return Flow::Continue;
+            }
+            if !id.actions.contains(Actions::SEND) {
+                reply_error(conn, ErrorCode::ActionNotPermitted, request_id, "send is not permitted");
+                return Flow::Continue;
+            }
+            let frame = encode::direct(&id.peer_id, data, id.peer_metadata_json.as_deref());
+            let found = shard.send_direct(Direct {
+                app: id.app,
+                to: Arc::from(to),
+                origin: Some(shard.conn_ref(conn.id)),
+                frame,
+            });
+            if found {
+                ack(conn, request_id);
+            } else {
+                reply_error(conn, ErrorCode::PeerNotFound, request_id, "peer not connected");
+            }
+        }
+    }
+    Flow::Continue
+}
+
+enum Charge {
+    /// Within the budget: handle the message.
+    Allowed,
+    /// Over the budget with action `error`: answered `rate_limited`, drop the message.
+    Dropped,
+    /// Over the budget with action `close`: a 4011 close is queued; stop handling input.
+    Stop,
+}
+
+/// Charges one message to the connection's token bucket.
+fn charge(action: RateLimitAction, conn: &mut Conn, request_id: Option<&str>) -> Charge {
+    if conn.bucket.try_take(Instant::now()) {
+        return Charge::Allowed;
+    }
+    match action {
+        RateLimitAction::Close => {
+            conn.shared.close(close::RATE_LIMITED, "rate limit exceeded", false);
+            Charge::Stop
+        }
+        RateLimitAction::Error => {
+            reply_error(conn, ErrorCode::RateLimited, request_id, "rate limit exceeded; message dropped");
+            Charge::Dropped
+        }
+    }
+}
+
+/// `{"type":"pong"}`, carrying the ping's `requestId` when it had one (ringcast decision:
+/// the pong is the answer to a ping, so it is the frame that carries the id).
+fn pong(request_id: Option<&str>) -> Bytes {
+    match request_id {
+        None => encode::pong(),
+        Some(r) => {
+            let mut json = bytes::BytesMut::with_capacity(40 + r.len());
+            json.extend_from_slice(br#"{"type":"pong","requestId":"#);
+            encode::write_json_str(&mut json, r);
+            json.extend_from_slice(b"}");
+            encode::ws_text(&json)
+        }
+    }
+}
