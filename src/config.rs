@@ -112,6 +112,18 @@ pub struct RunArgs {
     /// How long a server-initiated close waits for the peer's close frame, ms [default: 1000].
     #[arg(long, env = "RINGCAST_CLOSE_TIMEOUT_MS")]
     pub close_timeout_ms: Option<u64>,
+    /// Upgrade attempts allowed per source IP per window; more answer HTTP 429; 0 disables [default: 60].
+    #[arg(long, env = "RINGCAST_UPGRADES_PER_IP")]
+    pub upgrades_per_ip: Option<u32>,
+    /// The per-IP upgrade window, ms [default: 60000].
+    #[arg(long, env = "RINGCAST_UPGRADE_WINDOW_MS")]
+    pub upgrade_window_ms: Option<u64>,
+    /// On SIGTERM/SIGINT, how long connections get to close before the process exits, ms [default: 10000].
+    #[arg(long, env = "RINGCAST_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
+    /// `retryAfterMs` announced in `going_away` at shutdown [default: 1000].
+    #[arg(long, env = "RINGCAST_GOING_AWAY_RETRY_MS")]
+    pub going_away_retry_ms: Option<u64>,
 }
 
 /// Options of `ringcast token`.
@@ -167,6 +179,10 @@ pub struct FileConfig {
     max_headers: Option<usize>,
     read_buffer_size: Option<usize>,
     close_timeout_ms: Option<u64>,
+    upgrades_per_ip: Option<u32>,
+    upgrade_window_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
+    going_away_retry_ms: Option<u64>,
     /// Tenants.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
@@ -212,6 +228,14 @@ pub struct Limits {
     pub read_buffer_size: usize,
     /// Wait for the peer's close frame after a server close.
     pub close_timeout: Duration,
+    /// Upgrade attempts per source IP per window (0: unlimited).
+    pub upgrades_per_ip: u32,
+    /// The per-IP upgrade window.
+    pub upgrade_window: Duration,
+    /// Shutdown drain time.
+    pub drain_timeout: Duration,
+    /// `retryAfterMs` in `going_away`.
+    pub going_away_retry_ms: u64,
 }
 
 /// Everything `ringcast run` needs, resolved.
@@ -257,6 +281,10 @@ impl Settings {
             max_headers: pick!(max_headers, 64),
             read_buffer_size: pick!(read_buffer_size, 4096),
             close_timeout: Duration::from_millis(pick!(close_timeout_ms, 1000)),
+            upgrades_per_ip: pick!(upgrades_per_ip, 60),
+            upgrade_window: Duration::from_millis(pick!(upgrade_window_ms, 60_000)),
+            drain_timeout: Duration::from_millis(pick!(drain_timeout_ms, 10_000)),
+            going_away_retry_ms: pick!(going_away_retry_ms, 1000),
         };
         let s = Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -284,6 +312,7 @@ impl Settings {
         )?;
         check(!l.ping_interval.is_zero(), "ping_interval_ms must be positive")?;
         check(l.idle_timeout > l.ping_interval, "idle_timeout_ms must exceed ping_interval_ms")?;
+        check(!l.upgrade_window.is_zero(), "upgrade_window_ms must be positive")?;
         check(!l.handshake_timeout.is_zero(), "handshake_timeout_ms must be positive")?;
         check(l.max_header_bytes >= 256, "max_header_bytes must be at least 256")?;
         check(l.max_headers >= 8, "max_headers must be at least 8")?;

@@ -3,8 +3,11 @@
 
 use std::{
     io::Write,
-    sync::{atomic::AtomicU32, Arc},
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +19,10 @@ use ringcast::{
         Authenticator, MintRequest,
     },
     config::{Cli, Command, FileConfig, RunArgs, Settings, TokenArgs},
-    router::mesh::Mesh,
+    router::{
+        mesh::{Mesh, Source},
+        ShardId, ShardMsg,
+    },
     shard::{spawn, Shared},
 };
 
@@ -51,13 +57,18 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let auth = Arc::new(Authenticator::new(&settings.apps).map_err(anyhow::Error::msg)?);
     let mesh = Arc::new(Mesh::new(settings.shards).context("creating the shard mesh")?);
+    // Shutdown signals are taken synchronously by the main thread (sigwait); block them
+    // before the shard threads start so that they inherit the mask and never see them.
+    let signals = block_shutdown_signals();
     let shared = Arc::new(Shared {
+        admission: Default::default(),
+        draining: Default::default(),
         mesh,
         app_conns: (0..auth.app_count()).map(|_| AtomicU32::new(0)).collect(),
         auth: auth.clone(),
         limits: settings.limits.clone(),
     });
-    let shards = spawn::start(settings.shards, settings.listen, settings.placement, shared)
+    let shards = spawn::start(settings.shards, settings.listen, settings.placement, shared.clone())
         .with_context(|| format!("starting shards on {}", settings.listen))?;
     let addr = shards.local_addr;
     let mut out = std::io::stdout().lock();
@@ -90,10 +101,64 @@ fn run(args: RunArgs) -> Result<()> {
     writeln!(out, "ringcast: listening on ws://{addr}/v1 (shards={})", settings.shards)?;
     out.flush()?;
     drop(out);
-    for t in shards.threads {
-        let _ = t.join();
+    let sig = wait_signal(&signals, None).unwrap_or(libc::SIGTERM);
+    tracing::info!(signal = sig, "shutting down: draining connections");
+    shared.draining.store(true, Ordering::Release);
+    for s in 0..settings.shards {
+        shared.mesh.push(
+            Source::External,
+            ShardId(s as u16),
+            ShardMsg::Shutdown { retry_after_ms: settings.limits.going_away_retry_ms },
+        );
     }
-    Ok(())
+    let deadline = Instant::now() + settings.limits.drain_timeout;
+    while Instant::now() < deadline {
+        let live: u32 = shared.app_conns.iter().map(|c| c.load(Ordering::Acquire)).sum();
+        if live == 0 {
+            tracing::info!("all connections closed; exiting");
+            std::process::exit(0);
+        }
+        if let Some(sig) = wait_signal(&signals, Some(Duration::from_millis(20))) {
+            tracing::warn!(signal = sig, "second signal: exiting at once");
+            std::process::exit(1);
+        }
+    }
+    tracing::warn!("drain timeout reached; exiting");
+    drop(shards);
+    std::process::exit(0);
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and every thread spawned after) and returns
+/// the set, for [`wait_signal`].
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use and
+    // pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for a blocked signal of `set`, forever or up to `timeout`; the signal number.
+fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
+    match timeout {
+        None => {
+            let mut sig = 0;
+            // SAFETY: `set` is an initialised sigset_t and `sig` a valid out-pointer.
+            let r = unsafe { libc::sigwait(set, &mut sig) };
+            (r == 0).then_some(sig)
+        }
+        Some(t) => {
+            let ts = libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ };
+            // SAFETY: valid sigset, null siginfo is allowed, `ts` outlives the call.
+            let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+            (r > 0).then_some(r)
+        }
+    }
 }
 
 fn token(args: TokenArgs) -> Result<()> {

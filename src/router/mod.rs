@@ -147,6 +147,11 @@ pub enum ShardMsg {
         /// The encoded `presence` frame.
         frame: Bytes,
     },
+    /// Graceful shutdown: stop accepting, send `going_away`, close every connection 1001.
+    Shutdown {
+        /// `retryAfterMs` to announce.
+        retry_after_ms: u64,
+    },
     /// Peer directory: `shard` now holds at least one connection of `peer`.
     PeerUp {
         /// Tenant.

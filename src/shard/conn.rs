@@ -52,7 +52,7 @@ fn unix_now() -> u64 {
 
 /// Serves one accepted socket until it closes. Never panics on peer input; every exit path
 /// aborts the socket so no io_uring operation keeps it alive.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let limits = &shard.shared.limits;
     let stream = Rc::new(stream);
     // 1. The upgrade request, under the handshake deadline.
@@ -83,6 +83,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr) {
             Handshake::Upgrade(u) => break u,
         }
     };
+    if !shard.shared.admission.try_upgrade(peer.ip(), limits.upgrades_per_ip, limits.upgrade_window, Instant::now()) {
+        let r = handshake::Rejection { status: 429, reason: "too_many_requests" };
+        let (_, _) = stream.write_all(handshake::error_response(r)).await;
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return;
+    }
     let leftover = head.split_off(req.consumed);
     drop(head);
     let (res, _) = stream.write_all(handshake::switching_protocols(&req.accept_key, shard.id.0)).await;

@@ -25,6 +25,9 @@ pub async fn run(shard: Rc<Shard>) {
     loop {
         interval.tick().await;
         let now = Instant::now();
+        if shard.id.0 == 0 {
+            shard.shared.admission.prune(l.upgrade_window, now);
+        }
         let st = shard.state.borrow();
         for e in st.conns.values() {
             let c = &e.shared;

@@ -21,10 +21,12 @@ use std::{
     cell::{Cell, RefCell},
     collections::{HashMap, VecDeque},
     rc::Rc,
+    net::IpAddr,
     sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Mutex,
     },
+    time::{Duration, Instant},
 };
 
 use ahash::RandomState;
@@ -54,6 +56,43 @@ pub struct Shared {
     /// Live connections per app, across shards: checked at connect time only (the
     /// per-app cap, close 4010), never per message.
     pub app_conns: Vec<AtomicU32>,
+    /// Upgrade attempts per source IP (HTTP 429 over the limit).
+    pub admission: Admission,
+    /// Set once shutdown starts: shards stop accepting.
+    pub draining: AtomicBool,
+}
+
+/// Per-source-IP upgrade throttle: a fixed window counter per address. Touched once per
+/// upgrade attempt (never per message) under one mutex; stale entries are pruned when the
+/// map grows.
+#[derive(Debug, Default)]
+pub struct Admission {
+    windows: Mutex<HashMap<IpAddr, (Instant, u32), RandomState>>,
+}
+
+impl Admission {
+    /// Counts one attempt from `ip`; false when it is over `limit` in the current window.
+    pub fn try_upgrade(&self, ip: IpAddr, limit: u32, window: Duration, now: Instant) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= 100_000 {
+            map.retain(|_, (start, _)| now.duration_since(*start) < window);
+        }
+        let e = map.entry(ip).or_insert((now, 0));
+        if now.duration_since(e.0) >= window {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        e.1 <= limit
+    }
+
+    /// Drops windows that have ended.
+    pub fn prune(&self, window: Duration, now: Instant) {
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, (start, _)| now.duration_since(*start) < window);
+    }
 }
 
 impl Shared {
@@ -209,6 +248,14 @@ impl Shard {
                             sub.handle.send(&frame);
                         }
                     }
+                }
+            }
+            ShardMsg::Shutdown { retry_after_ms } => {
+                let frame = crate::protocol::encode::going_away(retry_after_ms);
+                let st = self.state.borrow();
+                for e in st.conns.values() {
+                    e.shared.send(&frame);
+                    e.shared.close(crate::protocol::close::GOING_AWAY, "server shutting down", false);
                 }
             }
             ShardMsg::PeerUp { app, peer, shard } => {

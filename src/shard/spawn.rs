@@ -92,6 +92,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener) 
         match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
+                if shard.shared.draining.load(std::sync::atomic::Ordering::Acquire) {
+                    drop(stream); // shutting down: accept nothing new
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 tokio_uring::spawn(conn::serve(shard.clone(), stream, peer));
             }
