@@ -2,12 +2,14 @@
 contract require: upgrades only on /v1 (404 elsewhere), 431 for oversized or too many headers, 400
 for malformed HTTP, a handshake deadline, close 1003 for binary frames and 1009 for oversized
 messages, pings answered, the close handshake echoed, server pings at the configured interval,
-silent peers dropped after the idle timeout, per-IP upgrade throttling (429) - and that after every
-one of these abuses the broker still serves healthy connections."""
+silent peers dropped after the idle timeout, per-IP upgrade throttling (429), going_away + 1001 on
+graceful shutdown - and that after every one of these abuses the broker still serves healthy
+connections."""
 
 from __future__ import annotations
 
 import http.client
+import signal
 import json
 import time
 
@@ -333,3 +335,20 @@ def test_upgrade_attempts_per_ip_are_throttled(broker_factory):
     # Another source address is unaffected.
     req, _ = upgrade_request(b.port, f"/v1?token={tok}")
     assert http_exchange(b.port, req, source_ip="127.0.250.251")[0] == 101
+
+
+# ---------------------------------------------------------------------------------------------
+# graceful shutdown
+# ---------------------------------------------------------------------------------------------
+
+
+def test_graceful_shutdown_sends_going_away_then_1001(broker_factory):
+    b = broker_factory(name="shutdown-broker")
+    a, c = b.connect(mint("sd-a"), shard=0), b.connect(mint("sd-b"), shard=1)
+    a.subscribe(chan("sd"))
+    b.proc.send_signal(signal.SIGTERM)
+    for x in (a, c):
+        m = x.expect_type("going_away", timeout=5, skip=True)
+        assert m == {"type": "going_away", "retryAfterMs": 1000}, m
+        code, _ = x.expect_close(timeout=5)
+        assert code == 1001, code
