@@ -41,11 +41,6 @@ use crate::{
     router::{index::PresenceState, index::Sub, owner_of, ConnId, Direct, Publication, ShardMsg},
 };
 
-/// RFC 6455 close code for a protocol violation.
-const PROTOCOL_ERROR: u16 = 1002;
-/// RFC 6455 close code for invalid UTF-8 in a text message.
-const INVALID_PAYLOAD: u16 = 1007;
-
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -275,8 +270,8 @@ async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
                     let (code, reason) = match &e {
                         WsError::Capacity(CapacityError::MessageTooLong { .. }) => (close::MESSAGE_TOO_BIG, "message too big"),
                         WsError::Capacity(_) => (close::MESSAGE_TOO_BIG, "frame too big"),
-                        WsError::Utf8(_) => (INVALID_PAYLOAD, "invalid UTF-8"),
-                        WsError::Protocol(_) => (PROTOCOL_ERROR, "protocol error"),
+                        WsError::Utf8(_) => (close::INVALID_PAYLOAD, "invalid UTF-8"),
+                        WsError::Protocol(_) => (close::PROTOCOL_ERROR, "protocol error"),
                         _ => (close::INTERNAL_ERROR, "internal error"),
                     };
                     tracing::debug!(cause = %e, code, "closing connection on WebSocket error");
@@ -320,7 +315,8 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
     };
     if let ClientMsg::Ping { request_id } = msg {
         // Free: not charged to the token bucket.
-        conn.shared.send(&pong(request_id));
+        // The pong carries the ping's requestId, if any: it is the ping's one answer.
+        conn.shared.send(&encode::pong_with(request_id));
         return Flow::Continue;
     }
     let rid = msg.request_id();
@@ -475,21 +471,6 @@ fn charge(action: RateLimitAction, conn: &mut Conn, request_id: Option<&str>) ->
         RateLimitAction::Error => {
             reply_error(conn, ErrorCode::RateLimited, request_id, "rate limit exceeded; message dropped");
             Charge::Dropped
-        }
-    }
-}
-
-/// `{"type":"pong"}`, carrying the ping's `requestId` when it had one (ringcast decision:
-/// the pong is the answer to a ping, so it is the frame that carries the id).
-fn pong(request_id: Option<&str>) -> Bytes {
-    match request_id {
-        None => encode::pong(),
-        Some(r) => {
-            let mut json = bytes::BytesMut::with_capacity(40 + r.len());
-            json.extend_from_slice(br#"{"type":"pong","requestId":"#);
-            encode::write_json_str(&mut json, r);
-            json.extend_from_slice(b"}");
-            encode::ws_text(&json)
         }
     }
 }
