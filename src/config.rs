@@ -35,7 +35,11 @@ pub enum Placement {
 
 /// The command line. `ringcast` alone runs the broker.
 #[derive(Parser, Debug)]
-#[command(name = "ringcast", version, about = "Thread-per-core io_uring WebSocket pub/sub broker")]
+#[command(
+    name = "ringcast",
+    version,
+    about = "Thread-per-core io_uring WebSocket pub/sub broker"
+)]
 pub struct Cli {
     /// Subcommand; none means `run`.
     #[command(subcommand)]
@@ -265,7 +269,9 @@ impl Settings {
                 args.$f.or(file.$f).unwrap_or($def)
             };
         }
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let limits = Limits {
             max_message_size: pick!(max_message_size, 65536),
             max_channels_per_conn: pick!(max_channels_per_conn, 100),
@@ -300,21 +306,54 @@ impl Settings {
     fn validate(&self) -> Result<(), String> {
         let l = &self.limits;
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
-        check((1..=128).contains(&self.shards), "shards must be between 1 and 128")?;
-        check(l.max_message_size >= 128, "max_message_size must be at least 128")?;
-        check(l.max_message_size <= 64 << 20, "max_message_size must be at most 64 MiB")?;
-        check(l.max_channels_per_conn >= 1, "max_channels_per_conn must be at least 1")?;
-        check(l.rate_limit_per_sec >= 1, "rate_limit_per_sec must be at least 1")?;
-        check(l.rate_limit_burst >= 1, "rate_limit_burst must be at least 1")?;
+        check(
+            (1..=128).contains(&self.shards),
+            "shards must be between 1 and 128",
+        )?;
+        check(
+            l.max_message_size >= 128,
+            "max_message_size must be at least 128",
+        )?;
+        check(
+            l.max_message_size <= 64 << 20,
+            "max_message_size must be at most 64 MiB",
+        )?;
+        check(
+            l.max_channels_per_conn >= 1,
+            "max_channels_per_conn must be at least 1",
+        )?;
+        check(
+            l.rate_limit_per_sec >= 1,
+            "rate_limit_per_sec must be at least 1",
+        )?;
+        check(
+            l.rate_limit_burst >= 1,
+            "rate_limit_burst must be at least 1",
+        )?;
         check(
             l.max_outbound_bytes >= 4096,
             "max_outbound_bytes must be at least 4096",
         )?;
-        check(!l.ping_interval.is_zero(), "ping_interval_ms must be positive")?;
-        check(l.idle_timeout > l.ping_interval, "idle_timeout_ms must exceed ping_interval_ms")?;
-        check(!l.upgrade_window.is_zero(), "upgrade_window_ms must be positive")?;
-        check(!l.handshake_timeout.is_zero(), "handshake_timeout_ms must be positive")?;
-        check(l.max_header_bytes >= 256, "max_header_bytes must be at least 256")?;
+        check(
+            !l.ping_interval.is_zero(),
+            "ping_interval_ms must be positive",
+        )?;
+        check(
+            l.idle_timeout > l.ping_interval,
+            "idle_timeout_ms must exceed ping_interval_ms",
+        )?;
+        check(
+            !l.upgrade_window.is_zero(),
+            "upgrade_window_ms must be positive",
+        )?;
+        check(
+            !l.handshake_timeout.is_zero(),
+            "handshake_timeout_ms must be positive",
+        )?;
+        check(
+            l.max_header_bytes >= 256,
+            "max_header_bytes must be at least 256",
+        )?;
         check(l.max_headers >= 8, "max_headers must be at least 8")?;
         check(
             (256..=1 << 20).contains(&l.read_buffer_size),

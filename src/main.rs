@@ -46,7 +46,10 @@ fn main() -> Result<()> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -68,8 +71,13 @@ fn run(args: RunArgs) -> Result<()> {
         auth: auth.clone(),
         limits: settings.limits.clone(),
     });
-    let shards = spawn::start(settings.shards, settings.listen, settings.placement, shared.clone())
-        .with_context(|| format!("starting shards on {}", settings.listen))?;
+    let shards = spawn::start(
+        settings.shards,
+        settings.listen,
+        settings.placement,
+        shared.clone(),
+    )
+    .with_context(|| format!("starting shards on {}", settings.listen))?;
     let addr = shards.local_addr;
     let mut out = std::io::stdout().lock();
     if dev {
@@ -88,17 +96,34 @@ fn run(args: RunArgs) -> Result<()> {
                 unix_now(),
             )
             .map_err(anyhow::Error::msg)?;
-        writeln!(out, "ringcast: DEVELOPMENT ONLY: generated app \"dev\"; its keys change at every start")?;
-        writeln!(out, "ringcast: DEVELOPMENT ONLY secret key: {}:{}", key.id, key.secret)?;
-        writeln!(out, "ringcast: DEVELOPMENT ONLY token (peer \"dev\", 1 h): {token}")?;
-        writeln!(out, "ringcast: DEVELOPMENT ONLY connect: ws://{addr}/v1?token={token}")?;
+        writeln!(
+            out,
+            "ringcast: DEVELOPMENT ONLY: generated app \"dev\"; its keys change at every start"
+        )?;
+        writeln!(
+            out,
+            "ringcast: DEVELOPMENT ONLY secret key: {}:{}",
+            key.id, key.secret
+        )?;
+        writeln!(
+            out,
+            "ringcast: DEVELOPMENT ONLY token (peer \"dev\", 1 h): {token}"
+        )?;
+        writeln!(
+            out,
+            "ringcast: DEVELOPMENT ONLY connect: ws://{addr}/v1?token={token}"
+        )?;
         writeln!(
             out,
             "ringcast: DEVELOPMENT ONLY more tokens: ringcast token --key-id {} --key-secret {} --peer alice --channels 'room/*'",
             key.id, key.secret
         )?;
     }
-    writeln!(out, "ringcast: listening on ws://{addr}/v1 (shards={})", settings.shards)?;
+    writeln!(
+        out,
+        "ringcast: listening on ws://{addr}/v1 (shards={})",
+        settings.shards
+    )?;
     out.flush()?;
     drop(out);
     let sig = wait_signal(&signals, None).unwrap_or(libc::SIGTERM);
@@ -108,12 +133,18 @@ fn run(args: RunArgs) -> Result<()> {
         shared.mesh.push(
             Source::External,
             ShardId(s as u16),
-            ShardMsg::Shutdown { retry_after_ms: settings.limits.going_away_retry_ms },
+            ShardMsg::Shutdown {
+                retry_after_ms: settings.limits.going_away_retry_ms,
+            },
         );
     }
     let deadline = Instant::now() + settings.limits.drain_timeout;
     while Instant::now() < deadline {
-        let live: u32 = shared.app_conns.iter().map(|c| c.load(Ordering::Acquire)).sum();
+        let live: u32 = shared
+            .app_conns
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .sum();
         if live == 0 {
             tracing::info!("all connections closed; exiting");
             std::process::exit(0);
@@ -153,7 +184,10 @@ fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
             (r == 0).then_some(sig)
         }
         Some(t) => {
-            let ts = libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ };
+            let ts = libc::timespec {
+                tv_sec: t.as_secs() as _,
+                tv_nsec: t.subsec_nanos() as _,
+            };
             // SAFETY: valid sigset, null siginfo is allowed, `ts` outlives the call.
             let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
             (r > 0).then_some(r)
@@ -164,7 +198,9 @@ fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
 fn token(args: TokenArgs) -> Result<()> {
     let apps: Vec<AppConfig> = match (&args.config, &args.key_secret) {
         (_, Some(secret)) => {
-            let Some(id) = args.key_id.clone() else { bail!("--key-secret needs --key-id") };
+            let Some(id) = args.key_id.clone() else {
+                bail!("--key-secret needs --key-id")
+            };
             vec![AppConfig {
                 id: "cli".into(),
                 max_connections: None,
@@ -172,7 +208,12 @@ fn token(args: TokenArgs) -> Result<()> {
                     id,
                     secret: secret.clone(),
                     channel_patterns: vec!["**".into()],
-                    actions: vec!["publish".into(), "subscribe".into(), "presence".into(), "send".into()],
+                    actions: vec![
+                        "publish".into(),
+                        "subscribe".into(),
+                        "presence".into(),
+                        "send".into(),
+                    ],
                 }],
                 publishable_keys: vec![],
             }]

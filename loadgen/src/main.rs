@@ -1,1 +1,3 @@
-fn main() { println!("ringcast-loadgen: not yet implemented (issue 4)"); }
+fn main() {
+    println!("ringcast-loadgen: not yet implemented (issue 4)");
+}

@@ -55,29 +55,46 @@ impl Rosters {
         shards: usize,
         mut send: impl FnMut(ShardId, ShardMsg),
     ) {
-        let roster = self.channels.entry((app, channel.clone())).or_insert_with(|| ChannelRoster {
-            peers: HashMap::default(),
-            shard_subs: vec![0; shards],
-        });
+        let roster = self
+            .channels
+            .entry((app, channel.clone()))
+            .or_insert_with(|| ChannelRoster {
+                peers: HashMap::default(),
+                shard_subs: vec![0; shards],
+            });
         // Snapshot first: it must precede any event this join causes on the same queue.
         let frame = wants_presence.then(|| {
             let others: Vec<PresencePeer<'_>> = roster
                 .peers
                 .iter()
                 .filter(|(p, _)| **p != peer)
-                .map(|(p, e)| PresencePeer { peer_id: p, metadata: e.metadata.as_deref() })
+                .map(|(p, e)| PresencePeer {
+                    peer_id: p,
+                    metadata: e.metadata.as_deref(),
+                })
                 .collect();
             encode::presence(&channel, &others, &[])
         });
         send(
             from.shard,
-            ShardMsg::PresenceSnapshot { app, channel: channel.clone(), conn: from.conn, frame },
+            ShardMsg::PresenceSnapshot {
+                app,
+                channel: channel.clone(),
+                conn: from.conn,
+                frame,
+            },
         );
         roster.shard_subs[from.shard.0 as usize] += 1;
-        let entry = roster.peers.entry(peer.clone()).or_insert(PeerEntry { conns: 0, metadata });
+        let entry = roster
+            .peers
+            .entry(peer.clone())
+            .or_insert(PeerEntry { conns: 0, metadata });
         entry.conns += 1;
         if entry.conns == 1 {
-            let me = [PresencePeer { peer_id: &peer, metadata: entry.metadata.as_deref() }];
+            let me = [PresencePeer {
+                peer_id: &peer,
+                metadata: entry.metadata.as_deref(),
+            }];
             let frame = encode::presence(&channel, &me, &[]);
             broadcast(&roster.shard_subs, app, &channel, &peer, frame, &mut send);
         }
@@ -94,14 +111,21 @@ impl Rosters {
         mut send: impl FnMut(ShardId, ShardMsg),
     ) {
         let key = (app, channel);
-        let Some(roster) = self.channels.get_mut(&key) else { return };
+        let Some(roster) = self.channels.get_mut(&key) else {
+            return;
+        };
         let slot = &mut roster.shard_subs[from.0 as usize];
         *slot = slot.saturating_sub(1);
-        let Some(entry) = roster.peers.get_mut(&peer) else { return };
+        let Some(entry) = roster.peers.get_mut(&peer) else {
+            return;
+        };
         entry.conns -= 1;
         if entry.conns == 0 {
             let entry = roster.peers.remove(&peer).expect("present above");
-            let me = [PresencePeer { peer_id: &peer, metadata: entry.metadata.as_deref() }];
+            let me = [PresencePeer {
+                peer_id: &peer,
+                metadata: entry.metadata.as_deref(),
+            }];
             let frame = encode::presence(&key.1, &[], &me);
             broadcast(&roster.shard_subs, app, &key.1, &peer, frame, &mut send);
         }
@@ -114,7 +138,12 @@ impl Rosters {
     pub fn roster(&self, app: AppId, channel: &str) -> Vec<(Arc<str>, Option<Bytes>)> {
         self.channels
             .get(&(app, Arc::from(channel)))
-            .map(|r| r.peers.iter().map(|(p, e)| (p.clone(), e.metadata.clone())).collect())
+            .map(|r| {
+                r.peers
+                    .iter()
+                    .map(|(p, e)| (p.clone(), e.metadata.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -158,7 +187,10 @@ mod tests {
     use crate::router::ConnId;
 
     fn at(s: u16, c: u64) -> ConnRef {
-        ConnRef { shard: ShardId(s), conn: ConnId(c) }
+        ConnRef {
+            shard: ShardId(s),
+            conn: ConnId(c),
+        }
     }
 
     #[test]
@@ -172,13 +204,36 @@ mod tests {
                 ShardMsg::PresenceSnapshot { conn, .. } => format!("snap{}@{}", conn.0, s.0),
                 ShardMsg::PresenceEvent { frame, .. } => {
                     let v: serde_json::Value = serde_json::from_slice(&frame[2..]).unwrap();
-                    format!("j{}l{}@{}", v["joined"].as_array().unwrap().len(), v["left"].as_array().unwrap().len(), s.0)
+                    format!(
+                        "j{}l{}@{}",
+                        v["joined"].as_array().unwrap().len(),
+                        v["left"].as_array().unwrap().len(),
+                        s.0
+                    )
                 }
                 _ => unreachable!(),
             })
         };
-        r.join(AppId(0), ch.clone(), alice.clone(), None, at(0, 1), true, 2, &mut rec);
-        r.join(AppId(0), ch.clone(), alice.clone(), None, at(1, 2), true, 2, &mut rec);
+        r.join(
+            AppId(0),
+            ch.clone(),
+            alice.clone(),
+            None,
+            at(0, 1),
+            true,
+            2,
+            &mut rec,
+        );
+        r.join(
+            AppId(0),
+            ch.clone(),
+            alice.clone(),
+            None,
+            at(1, 2),
+            true,
+            2,
+            &mut rec,
+        );
         r.leave(AppId(0), ch.clone(), alice.clone(), ShardId(0), &mut rec);
         r.leave(AppId(0), ch.clone(), alice.clone(), ShardId(1), &mut rec);
         assert_eq!(log, ["snap1@0", "j1l0@0", "snap2@1"]);

@@ -75,7 +75,9 @@ pub struct Index<H> {
 impl<H> Index<H> {
     /// An empty index for `apps` tenants.
     pub fn new(apps: usize) -> Self {
-        Index { apps: (0..apps).map(|_| HashMap::default()).collect() }
+        Index {
+            apps: (0..apps).map(|_| HashMap::default()).collect(),
+        }
     }
 
     /// Subscribers of a channel.

@@ -48,7 +48,9 @@ pub struct Mesh {
 
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mesh").field("shards", &self.inboxes.len()).finish()
+        f.debug_struct("Mesh")
+            .field("shards", &self.inboxes.len())
+            .finish()
     }
 }
 
@@ -63,7 +65,9 @@ impl Mesh {
                 return Err(io::Error::last_os_error());
             }
             inboxes.push(Inbox {
-                queues: (0..=shards).map(|_| CachePadded::new(SegQueue::new())).collect(),
+                queues: (0..=shards)
+                    .map(|_| CachePadded::new(SegQueue::new()))
+                    .collect(),
                 notified: CachePadded::new(AtomicBool::new(false)),
                 depth: CachePadded::new(AtomicUsize::new(0)),
                 eventfd: fd,
@@ -97,7 +101,9 @@ impl Mesh {
 
     /// Clears the wake flag of shard `me`; call right before [`Mesh::drain`].
     pub fn arm(&self, me: ShardId) {
-        self.inboxes[me.0 as usize].notified.store(false, Ordering::Release);
+        self.inboxes[me.0 as usize]
+            .notified
+            .store(false, Ordering::Release);
         // The store must be visible before the drain reads the queues.
         std::sync::atomic::fence(Ordering::SeqCst);
     }
@@ -149,7 +155,11 @@ mod tests {
     use std::sync::Arc;
 
     fn up(n: u16) -> ShardMsg {
-        ShardMsg::PeerUp { app: AppId(0), peer: Arc::from(format!("p{n}")), shard: ShardId(n) }
+        ShardMsg::PeerUp {
+            app: AppId(0),
+            peer: Arc::from(format!("p{n}")),
+            shard: ShardId(n),
+        }
     }
 
     #[test]

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use tokio_uring::net::TcpStream;
 use tungstenite::{
     error::{CapacityError, Error as WsError},
-    protocol::{Role, WebSocketConfig},
     protocol::WebSocketContext,
+    protocol::{Role, WebSocketConfig},
     Message,
 };
 
@@ -42,7 +42,10 @@ use crate::{
 };
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Serves one accepted socket until it closes. Never panics on peer input; every exit path
@@ -78,29 +81,50 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             Handshake::Upgrade(u) => break u,
         }
     };
-    if !shard.shared.admission.try_upgrade(peer.ip(), limits.upgrades_per_ip, limits.upgrade_window, Instant::now()) {
-        let r = handshake::Rejection { status: 429, reason: "too_many_requests" };
+    if !shard.shared.admission.try_upgrade(
+        peer.ip(),
+        limits.upgrades_per_ip,
+        limits.upgrade_window,
+        Instant::now(),
+    ) {
+        let r = handshake::Rejection {
+            status: 429,
+            reason: "too_many_requests",
+        };
         let (_, _) = stream.write_all(handshake::error_response(r)).await;
         let _ = stream.shutdown(std::net::Shutdown::Both);
         return;
     }
     let leftover = head.split_off(req.consumed);
     drop(head);
-    let (res, _) = stream.write_all(handshake::switching_protocols(&req.accept_key, shard.id.0)).await;
+    let (res, _) = stream
+        .write_all(handshake::switching_protocols(&req.accept_key, shard.id.0))
+        .await;
     if res.is_err() {
         return;
     }
     // 2. Credentials, checked after the upgrade so failures are WebSocket close codes.
-    let identity = match shard.shared.auth.authenticate_ws(&req.query, req.origin.as_deref(), unix_now()) {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::debug!(reason = e.reason(), "authentication failed");
-            reject(&stream, e.close_code(), e.reason(), limits.close_timeout).await;
-            return;
-        }
-    };
+    let identity =
+        match shard
+            .shared
+            .auth
+            .authenticate_ws(&req.query, req.origin.as_deref(), unix_now())
+        {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::debug!(reason = e.reason(), "authentication failed");
+                reject(&stream, e.close_code(), e.reason(), limits.close_timeout).await;
+                return;
+            }
+        };
     if !shard.shared.try_admit(identity.app) {
-        reject(&stream, close::CONNECTION_CAP, "app connection limit reached", limits.close_timeout).await;
+        reject(
+            &stream,
+            close::CONNECTION_CAP,
+            "app connection limit reached",
+            limits.close_timeout,
+        )
+        .await;
         return;
     }
     let app = identity.app;
@@ -119,14 +143,24 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         limits.max_message_size,
         identity.metadata_json.as_deref().map(str::as_bytes),
     ));
-    shard.register(id, ConnEntry { shared: shared.clone(), app, peer: identity.peer_id.clone() });
+    shard.register(
+        id,
+        ConnEntry {
+            shared: shared.clone(),
+            app,
+            peer: identity.peer_id.clone(),
+        },
+    );
     let writer = tokio_uring::spawn(run_writer(shared.clone()));
     let expiry = identity.expires_at.map(|exp| {
         let weak = Rc::downgrade(&shared);
         let lead = limits.expiry_lead;
         tokio_uring::spawn(async move {
             let wall = UNIX_EPOCH + Duration::from_secs(exp);
-            let left = wall.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(lead);
+            let left = wall
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .saturating_sub(lead);
             tokio::time::sleep(left).await;
             if let Some(c) = weak.upgrade() {
                 c.close(close::TOKEN_EXPIRED, "token expired", false);
@@ -243,11 +277,15 @@ async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
             }
         }
         first = false;
-        let mut feed = Feed { input: &buf, output: &mut out };
+        let mut feed = Feed {
+            input: &buf,
+            output: &mut out,
+        };
         loop {
             let r = ws.read(&mut feed);
             if !feed.output.is_empty() {
-                conn.shared.push_raw(Bytes::from(std::mem::take(feed.output)));
+                conn.shared
+                    .push_raw(Bytes::from(std::mem::take(feed.output)));
             }
             match r {
                 Ok(Message::Text(text)) => {
@@ -261,14 +299,20 @@ async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
                     }
                 }
                 Ok(Message::Binary(_)) => {
-                    conn.shared.close(close::UNSUPPORTED_DATA, "binary frames are not supported", false);
+                    conn.shared.close(
+                        close::UNSUPPORTED_DATA,
+                        "binary frames are not supported",
+                        false,
+                    );
                 }
                 Ok(_) => {} // ping (answered by tungstenite), pong, close (reply queued)
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => return,
                 Err(e) => {
                     let (code, reason) = match &e {
-                        WsError::Capacity(CapacityError::MessageTooLong { .. }) => (close::MESSAGE_TOO_BIG, "message too big"),
+                        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                            (close::MESSAGE_TOO_BIG, "message too big")
+                        }
                         WsError::Capacity(_) => (close::MESSAGE_TOO_BIG, "frame too big"),
                         WsError::Utf8(_) => (close::INVALID_PAYLOAD, "invalid UTF-8"),
                         WsError::Protocol(_) => (close::PROTOCOL_ERROR, "protocol error"),
@@ -287,7 +331,8 @@ async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
 }
 
 fn reply_error(conn: &Conn, code: ErrorCode, request_id: Option<&str>, message: &str) {
-    conn.shared.send(&encode::error(code, request_id, Some(message)));
+    conn.shared
+        .send(&encode::error(code, request_id, Some(message)));
 }
 
 fn ack(conn: &Conn, request_id: Option<&str>) {
@@ -309,7 +354,11 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
                 Charge::Dropped => return Flow::Continue,
                 Charge::Stop => return Flow::Stop,
             }
-            conn.shared.send(&encode::error(e.code, e.request_id.as_deref(), Some(e.message)));
+            conn.shared.send(&encode::error(
+                e.code,
+                e.request_id.as_deref(),
+                Some(e.message),
+            ));
             return Flow::Continue;
         }
     };
@@ -328,31 +377,56 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
     let id = &conn.identity;
     match msg {
         ClientMsg::Ping { .. } => {}
-        ClientMsg::Subscribe { channel, request_id, include_sender_metadata } => {
+        ClientMsg::Subscribe {
+            channel,
+            request_id,
+            include_sender_metadata,
+        } => {
             if let Err(code) = validate_channel(channel) {
                 reply_error(conn, code, request_id, "invalid channel name");
                 return Flow::Continue;
             }
             if !id.actions.contains(Actions::SUBSCRIBE) {
-                reply_error(conn, ErrorCode::ActionNotPermitted, request_id, "subscribe is not permitted");
+                reply_error(
+                    conn,
+                    ErrorCode::ActionNotPermitted,
+                    request_id,
+                    "subscribe is not permitted",
+                );
                 return Flow::Continue;
             }
             if !id.scope.allows(channel) {
-                reply_error(conn, ErrorCode::ChannelNotAuthorized, request_id, "channel not authorized");
+                reply_error(
+                    conn,
+                    ErrorCode::ChannelNotAuthorized,
+                    request_id,
+                    "channel not authorized",
+                );
                 return Flow::Continue;
             }
             let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
             let app = id.app;
             if let Some(ch) = existing {
                 // Re-subscribe: only `includeSenderMetadata` changes.
-                if let Some(sub) = shard.state.borrow_mut().index.get_mut(app, &ch).and_then(|s| s.get_mut(conn.id)) {
+                if let Some(sub) = shard
+                    .state
+                    .borrow_mut()
+                    .index
+                    .get_mut(app, &ch)
+                    .and_then(|s| s.get_mut(conn.id))
+                {
                     sub.include_meta = include_sender_metadata;
                 }
                 ack(conn, request_id);
                 return Flow::Continue;
             }
             if conn.channels.len() >= limits.max_channels_per_conn {
-                reply_error(conn, ErrorCode::ChannelLimitExceeded, request_id, "too many channels on this connection");
+                reply_error(
+                    conn,
+                    ErrorCode::ChannelLimitExceeded,
+                    request_id,
+                    "too many channels on this connection",
+                );
                 return Flow::Continue;
             }
             let ch: Arc<str> = Arc::from(channel);
@@ -364,7 +438,11 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
                     conn: conn.id,
                     peer: id.peer_id.clone(),
                     include_meta: include_sender_metadata,
-                    presence: if wants { PresenceState::Pending } else { PresenceState::NoPermission },
+                    presence: if wants {
+                        PresenceState::Pending
+                    } else {
+                        PresenceState::NoPermission
+                    },
                     handle: conn.shared.clone(),
                 },
             );
@@ -383,7 +461,10 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
                 },
             );
         }
-        ClientMsg::Unsubscribe { channel, request_id } => {
+        ClientMsg::Unsubscribe {
+            channel,
+            request_id,
+        } => {
             if let Err(code) = validate_channel(channel) {
                 reply_error(conn, code, request_id, "invalid channel name");
                 return Flow::Continue;
@@ -394,17 +475,31 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             }
             ack(conn, request_id);
         }
-        ClientMsg::Publish { channel, data, request_id } => {
+        ClientMsg::Publish {
+            channel,
+            data,
+            request_id,
+        } => {
             if let Err(code) = validate_channel(channel) {
                 reply_error(conn, code, request_id, "invalid channel name");
                 return Flow::Continue;
             }
             if !id.actions.contains(Actions::PUBLISH) {
-                reply_error(conn, ErrorCode::ActionNotPermitted, request_id, "publish is not permitted");
+                reply_error(
+                    conn,
+                    ErrorCode::ActionNotPermitted,
+                    request_id,
+                    "publish is not permitted",
+                );
                 return Flow::Continue;
             }
             if !id.scope.allows(channel) {
-                reply_error(conn, ErrorCode::ChannelNotAuthorized, request_id, "channel not authorized");
+                reply_error(
+                    conn,
+                    ErrorCode::ChannelNotAuthorized,
+                    request_id,
+                    "channel not authorized",
+                );
                 return Flow::Continue;
             }
             // Encoded once per publication (twice when the publisher has metadata: with and
@@ -423,13 +518,27 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             });
             ack(conn, request_id);
         }
-        ClientMsg::Send { to, data, request_id } => {
+        ClientMsg::Send {
+            to,
+            data,
+            request_id,
+        } => {
             if validate_peer_id(to).is_err() {
-                reply_error(conn, ErrorCode::InvalidPeerId, request_id, "invalid peer id");
+                reply_error(
+                    conn,
+                    ErrorCode::InvalidPeerId,
+                    request_id,
+                    "invalid peer id",
+                );
                 return Flow::Continue;
             }
             if !id.actions.contains(Actions::SEND) {
-                reply_error(conn, ErrorCode::ActionNotPermitted, request_id, "send is not permitted");
+                reply_error(
+                    conn,
+                    ErrorCode::ActionNotPermitted,
+                    request_id,
+                    "send is not permitted",
+                );
                 return Flow::Continue;
             }
             let frame = encode::direct(&id.peer_id, data, id.peer_metadata_json.as_deref());
@@ -442,7 +551,12 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             if found {
                 ack(conn, request_id);
             } else {
-                reply_error(conn, ErrorCode::PeerNotFound, request_id, "peer not connected");
+                reply_error(
+                    conn,
+                    ErrorCode::PeerNotFound,
+                    request_id,
+                    "peer not connected",
+                );
             }
         }
     }
@@ -465,11 +579,17 @@ fn charge(action: RateLimitAction, conn: &mut Conn, request_id: Option<&str>) ->
     }
     match action {
         RateLimitAction::Close => {
-            conn.shared.close(close::RATE_LIMITED, "rate limit exceeded", false);
+            conn.shared
+                .close(close::RATE_LIMITED, "rate limit exceeded", false);
             Charge::Stop
         }
         RateLimitAction::Error => {
-            reply_error(conn, ErrorCode::RateLimited, request_id, "rate limit exceeded; message dropped");
+            reply_error(
+                conn,
+                ErrorCode::RateLimited,
+                request_id,
+                "rate limit exceeded; message dropped",
+            );
             Charge::Dropped
         }
     }

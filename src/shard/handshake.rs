@@ -89,7 +89,10 @@ pub fn parse(buf: &[u8], max_header_bytes: usize, max_headers: usize) -> Handsha
     if header("sec-websocket-version").map(str::trim) != Some("13") {
         return reject(426, "unsupported_websocket_version");
     }
-    let Some(key) = header("sec-websocket-key").map(str::trim).filter(|k| !k.is_empty()) else {
+    let Some(key) = header("sec-websocket-key")
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+    else {
         return reject(400, "missing_websocket_key");
     };
     Handshake::Upgrade(UpgradeRequest {
@@ -122,7 +125,11 @@ pub fn error_response(r: Rejection) -> Vec<u8> {
         _ => "Error",
     };
     let body = format!("{{\"error\":\"{}\"}}", r.reason);
-    let extra = if r.status == 426 { "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n" } else { "" };
+    let extra = if r.status == 426 {
+        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
     format!(
         "HTTP/1.1 {} {text}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         r.status,
@@ -139,7 +146,9 @@ mod tests {
 
     #[test]
     fn accepts_upgrade() {
-        let Handshake::Upgrade(u) = parse(OK.as_bytes(), 8192, 64) else { panic!() };
+        let Handshake::Upgrade(u) = parse(OK.as_bytes(), 8192, 64) else {
+            panic!()
+        };
         assert_eq!(u.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(u.query, "token=abc");
         assert_eq!(u.origin.as_deref(), Some("https://a.example"));
@@ -161,7 +170,10 @@ mod tests {
         assert_eq!(st(&OK.replace("GET", "POST")), 405);
         assert_eq!(st(&OK.replace("Upgrade: websocket\r\n", "")), 426);
         assert_eq!(st(&OK.replace("Version: 13", "Version: 8")), 426);
-        assert_eq!(st(&OK.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")), 400);
+        assert_eq!(
+            st(&OK.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "")),
+            400
+        );
         assert_eq!(st("\x16\x03\x01garbage\r\n\r\n"), 400);
         let many: String = (0..20).map(|i| format!("X-{i}: y\r\n")).collect();
         assert_eq!(st(&OK.replace("Host: x\r\n", &many)), 431);

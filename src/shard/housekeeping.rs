@@ -17,8 +17,10 @@ static PING: [u8; 2] = [0x89, 0x00];
 /// Runs until the process exits.
 pub async fn run(shard: Rc<Shard>) {
     let l = &shard.shared.limits;
-    let tick = (l.ping_interval.min(l.idle_timeout).min(l.close_timeout) / 4)
-        .clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(1));
+    let tick = (l.ping_interval.min(l.idle_timeout).min(l.close_timeout) / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    );
     let ping = Bytes::from_static(&PING);
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -41,7 +43,9 @@ pub async fn run(shard: Rc<Shard>) {
                     }
                 }
                 CloseState::Closing(_) | CloseState::Finished => {
-                    if c.closing_since().is_some_and(|t| now.duration_since(t) >= l.close_timeout) {
+                    if c.closing_since()
+                        .is_some_and(|t| now.duration_since(t) >= l.close_timeout)
+                    {
                         c.abort();
                     }
                 }

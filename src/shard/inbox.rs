@@ -16,7 +16,10 @@ pub async fn run(shard: Rc<Shard>) {
     // (the mesh outlives every shard); the duplicate is owned by `file` alone.
     let fd = unsafe { libc::dup(shard.shared.mesh.eventfd(me)) };
     if fd < 0 {
-        tracing::error!(shard = me.0, "cannot dup eventfd; cross-shard messages will not arrive");
+        tracing::error!(
+            shard = me.0,
+            "cannot dup eventfd; cross-shard messages will not arrive"
+        );
         return;
     }
     // SAFETY: `fd` is a fresh, valid descriptor owned by nobody else.
@@ -35,7 +38,9 @@ pub async fn run(shard: Rc<Shard>) {
         let (res, b) = file.read_at(buf, 0).await;
         buf = b;
         if let Err(e) = res {
-            if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::Interrupted {
+            if e.kind() != std::io::ErrorKind::WouldBlock
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
                 tracing::error!(shard = me.0, cause = %e, "eventfd read failed");
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }

@@ -20,8 +20,8 @@ pub mod spawn;
 use std::{
     cell::{Cell, RefCell},
     collections::{HashMap, VecDeque},
-    rc::Rc,
     net::IpAddr,
+    rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
         Arc, Mutex,
@@ -100,8 +100,10 @@ impl Shared {
     pub fn try_admit(&self, app: AppId) -> bool {
         let cap = self.auth.app_max_connections(app).unwrap_or(u32::MAX);
         let slot = &self.app_conns[app.0 as usize];
-        slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1))
-            .is_ok()
+        slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .is_ok()
     }
 
     /// Returns a slot taken by [`Shared::try_admit`].
@@ -197,7 +199,9 @@ impl Shard {
     pub fn broadcast(&self, mut msg: impl FnMut() -> ShardMsg) {
         for s in 0..self.shards() as u16 {
             if s != self.id.0 {
-                self.shared.mesh.push(Source::Shard(self.id), ShardId(s), msg());
+                self.shared
+                    .mesh
+                    .push(Source::Shard(self.id), ShardId(s), msg());
             }
         }
     }
@@ -218,20 +222,49 @@ impl Shard {
         match msg {
             ShardMsg::Publish(p) => self.deliver_publication(&p),
             ShardMsg::Direct(d) => self.deliver_direct(&d),
-            ShardMsg::PresenceJoin { app, channel, peer, metadata, from, wants_presence } => {
+            ShardMsg::PresenceJoin {
+                app,
+                channel,
+                peer,
+                metadata,
+                from,
+                wants_presence,
+            } => {
                 let shards = self.shards();
                 let mut st = self.state.borrow_mut();
-                st.rosters.join(app, channel, peer, metadata, from, wants_presence, shards, |s, m| {
-                    self.route(s, m)
-                });
+                st.rosters.join(
+                    app,
+                    channel,
+                    peer,
+                    metadata,
+                    from,
+                    wants_presence,
+                    shards,
+                    |s, m| self.route(s, m),
+                );
             }
-            ShardMsg::PresenceLeave { app, channel, peer, from } => {
+            ShardMsg::PresenceLeave {
+                app,
+                channel,
+                peer,
+                from,
+            } => {
                 let mut st = self.state.borrow_mut();
-                st.rosters.leave(app, channel, peer, from, |s, m| self.route(s, m));
+                st.rosters
+                    .leave(app, channel, peer, from, |s, m| self.route(s, m));
             }
-            ShardMsg::PresenceSnapshot { app, channel, conn, frame } => {
+            ShardMsg::PresenceSnapshot {
+                app,
+                channel,
+                conn,
+                frame,
+            } => {
                 let mut st = self.state.borrow_mut();
-                if let Some(sub) = st.index.get_mut(app, &channel).and_then(|c| c.get_mut(conn)) {
+                if let Some(sub) = st
+                    .index
+                    .get_mut(app, &channel)
+                    .and_then(|c| c.get_mut(conn))
+                {
                     if sub.presence != PresenceState::NoPermission {
                         sub.presence = PresenceState::Ready;
                         if let Some(f) = &frame {
@@ -240,7 +273,12 @@ impl Shard {
                     }
                 }
             }
-            ShardMsg::PresenceEvent { app, channel, peer, frame } => {
+            ShardMsg::PresenceEvent {
+                app,
+                channel,
+                peer,
+                frame,
+            } => {
                 let st = self.state.borrow();
                 if let Some(subs) = st.index.get(app, &channel) {
                     for sub in subs.iter() {
@@ -255,7 +293,11 @@ impl Shard {
                 let st = self.state.borrow();
                 for e in st.conns.values() {
                     e.shared.send(&frame);
-                    e.shared.close(crate::protocol::close::GOING_AWAY, "server shutting down", false);
+                    e.shared.close(
+                        crate::protocol::close::GOING_AWAY,
+                        "server shutting down",
+                        false,
+                    );
                 }
             }
             ShardMsg::PeerUp { app, peer, shard } => {
@@ -280,7 +322,9 @@ impl Shard {
     /// beyond the queue's own growth, no encoding.
     pub fn deliver_publication(&self, p: &Publication) {
         let st = self.state.borrow();
-        let Some(subs) = st.index.get(p.app, &p.channel) else { return };
+        let Some(subs) = st.index.get(p.app, &p.channel) else {
+            return;
+        };
         let skip = p.origin.filter(|o| o.shard == self.id).map(|o| o.conn);
         for sub in subs.iter() {
             if Some(sub.conn) != skip {
@@ -292,7 +336,9 @@ impl Shard {
     /// Writes a direct message to every local connection of its target except its origin.
     pub fn deliver_direct(&self, d: &Direct) {
         let st = self.state.borrow();
-        let Some(conns) = st.local_peers[d.app.0 as usize].get(&*d.to) else { return };
+        let Some(conns) = st.local_peers[d.app.0 as usize].get(&*d.to) else {
+            return;
+        };
         let skip = d.origin.filter(|o| o.shard == self.id).map(|o| o.conn);
         for c in conns {
             if Some(*c) != skip {
@@ -313,7 +359,8 @@ impl Shard {
                 .get(&*d.to)
                 .map(|v| v.iter().any(|c| Some(*c) != d.origin.map(|o| o.conn)))
                 .unwrap_or(false);
-            let remote = st.directory[app].get(&*d.to).copied().unwrap_or(0) & !(1u128 << self.id.0);
+            let remote =
+                st.directory[app].get(&*d.to).copied().unwrap_or(0) & !(1u128 << self.id.0);
             if !local && remote == 0 {
                 return false;
             }
@@ -323,7 +370,11 @@ impl Shard {
         self.deliver_direct(&d);
         for s in 0..self.shards() as u16 {
             if remote & (1u128 << s) != 0 {
-                self.shared.mesh.push(Source::Shard(self.id), ShardId(s), ShardMsg::Direct(d.clone()));
+                self.shared.mesh.push(
+                    Source::Shard(self.id),
+                    ShardId(s),
+                    ShardMsg::Direct(d.clone()),
+                );
             }
         }
         true
@@ -343,19 +394,27 @@ impl Shard {
         let first = {
             let mut st = self.state.borrow_mut();
             st.conns.insert(id, entry);
-            let conns = st.local_peers[app.0 as usize].entry(peer.clone()).or_default();
+            let conns = st.local_peers[app.0 as usize]
+                .entry(peer.clone())
+                .or_default();
             conns.push(id);
             conns.len() == 1
         };
         if first {
-            self.broadcast(|| ShardMsg::PeerUp { app, peer: peer.clone(), shard: self.id });
+            self.broadcast(|| ShardMsg::PeerUp {
+                app,
+                peer: peer.clone(),
+                shard: self.id,
+            });
         }
     }
 
     /// Removes a connection: its subscriptions (with presence notices to the owners) and
     /// its registry and directory entries.
     pub fn unregister(&self, id: ConnId, channels: &[Arc<str>]) {
-        let Some(entry) = self.state.borrow_mut().conns.remove(&id) else { return };
+        let Some(entry) = self.state.borrow_mut().conns.remove(&id) else {
+            return;
+        };
         for ch in channels {
             self.unsubscribe(entry.app, ch, id, &entry.peer);
         }
@@ -376,19 +435,39 @@ impl Shard {
         };
         if last {
             let (app, peer) = (entry.app, entry.peer.clone());
-            self.broadcast(|| ShardMsg::PeerDown { app, peer: peer.clone(), shard: self.id });
+            self.broadcast(|| ShardMsg::PeerDown {
+                app,
+                peer: peer.clone(),
+                shard: self.id,
+            });
         }
         self.pump_local();
     }
 
     /// Removes one subscription and tells the channel's owner.
-    pub fn unsubscribe(&self, app: AppId, channel: &Arc<str>, conn: ConnId, peer: &Arc<str>) -> bool {
-        let removed = self.state.borrow_mut().index.remove(app, channel, conn).is_some();
+    pub fn unsubscribe(
+        &self,
+        app: AppId,
+        channel: &Arc<str>,
+        conn: ConnId,
+        peer: &Arc<str>,
+    ) -> bool {
+        let removed = self
+            .state
+            .borrow_mut()
+            .index
+            .remove(app, channel, conn)
+            .is_some();
         if removed {
             let owner = crate::router::owner_of(app, channel, self.shards());
             self.route(
                 owner,
-                ShardMsg::PresenceLeave { app, channel: channel.clone(), peer: peer.clone(), from: self.id },
+                ShardMsg::PresenceLeave {
+                    app,
+                    channel: channel.clone(),
+                    peer: peer.clone(),
+                    from: self.id,
+                },
             );
         }
         removed
@@ -396,6 +475,9 @@ impl Shard {
 
     /// A reference to a local connection.
     pub fn conn_ref(&self, conn: ConnId) -> ConnRef {
-        ConnRef { shard: self.id, conn }
+        ConnRef {
+            shard: self.id,
+            conn,
+        }
     }
 }

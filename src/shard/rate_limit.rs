@@ -17,7 +17,12 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(rate_per_sec: u32, burst: u32, now: Instant) -> Self {
-        TokenBucket { tokens: burst as f64, burst: burst as f64, rate: rate_per_sec as f64, last: now }
+        TokenBucket {
+            tokens: burst as f64,
+            burst: burst as f64,
+            rate: rate_per_sec as f64,
+            last: now,
+        }
     }
 
     /// Takes one token if available.

@@ -38,7 +38,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<StdListener> {
 }
 
 /// Binds the listeners and starts `n` shards; returns once every shard is accepting.
-pub fn start(n: usize, listen: SocketAddr, placement: Placement, shared: Arc<Shared>) -> std::io::Result<Shards> {
+pub fn start(
+    n: usize,
+    listen: SocketAddr,
+    placement: Placement,
+    shared: Arc<Shared>,
+) -> std::io::Result<Shards> {
     // The first bind resolves port 0; the others join it through SO_REUSEPORT.
     let first = bind(listen)?;
     let local_addr = first.local_addr()?;
@@ -56,23 +61,25 @@ pub fn start(n: usize, listen: SocketAddr, placement: Placement, shared: Arc<Sha
             _ => None,
         };
         let ready = ready_tx.clone();
-        let t = std::thread::Builder::new().name(format!("ringcast-shard-{i}")).spawn(move || {
-            if let Some(core) = core {
-                if !core_affinity::set_for_current(core) {
-                    tracing::warn!(shard = i, "could not pin shard thread to its core");
+        let t = std::thread::Builder::new()
+            .name(format!("ringcast-shard-{i}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(shard = i, "could not pin shard thread to its core");
+                    }
                 }
-            }
-            let span = tracing::info_span!("shard", shard_id = i);
-            let _enter = span.enter();
-            tokio_uring::start(async move {
-                let shard = Rc::new(Shard::new(ShardId(i as u16), shared));
-                let listener = tokio_uring::net::TcpListener::from_std(listener);
-                tokio_uring::spawn(inbox::run(shard.clone()));
-                tokio_uring::spawn(housekeeping::run(shard.clone()));
-                let _ = ready.send(i);
-                accept_loop(shard, listener).await;
-            });
-        })?;
+                let span = tracing::info_span!("shard", shard_id = i);
+                let _enter = span.enter();
+                tokio_uring::start(async move {
+                    let shard = Rc::new(Shard::new(ShardId(i as u16), shared));
+                    let listener = tokio_uring::net::TcpListener::from_std(listener);
+                    tokio_uring::spawn(inbox::run(shard.clone()));
+                    tokio_uring::spawn(housekeeping::run(shard.clone()));
+                    let _ = ready.send(i);
+                    accept_loop(shard, listener).await;
+                });
+            })?;
         threads.push(t);
     }
     drop(ready_tx);
@@ -81,7 +88,10 @@ pub fn start(n: usize, listen: SocketAddr, placement: Placement, shared: Arc<Sha
             .recv()
             .map_err(|_| std::io::Error::other("a shard thread died during start-up"))?;
     }
-    Ok(Shards { local_addr, threads })
+    Ok(Shards {
+        local_addr,
+        threads,
+    })
 }
 
 /// Accepts connections forever. Accept errors (e.g. out of file descriptors) are logged
@@ -92,7 +102,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener) 
         match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
-                if shard.shared.draining.load(std::sync::atomic::Ordering::Acquire) {
+                if shard
+                    .shared
+                    .draining
+                    .load(std::sync::atomic::Ordering::Acquire)
+                {
                     drop(stream); // shutting down: accept nothing new
                     continue;
                 }
