@@ -1,3 +1,660 @@
-fn main() {
-    println!("ringcast-loadgen: not yet implemented (issue 4)");
+//! ringcast-loadgen: an open-loop load generator for ringcast, nats-server (WebSocket) and
+//! mosquitto (WebSocket).
+//!
+//! # Layout
+//! - `main.rs`: the CLI and the coordinator. It builds the connection plan of a scenario,
+//!   starts worker processes (re-executing itself as `ringcast-loadgen worker`), starts them
+//!   together with `go <t>`, samples the broker's /proc while they run, merges their reports,
+//!   prints a summary table and writes JSON.
+//! - [`worker`]: one process's connections, publishers (each message has an intended send
+//!   time; latency is measured from it, so a stalled broker shows up as latency, not as a
+//!   slower generator) and receivers (every delivery counted per publisher sequence number).
+//! - [`target`]: the three brokers' client protocols over WebSocket.
+//! - [`stats`]: payload stamp, sequence tracking, histograms.
+//! - [`pingpong`]: the raw loopback TCP round trip, the latency floor.
+//! - [`procstat`]: broker RSS and CPU from /proc/PID.
+
+mod pingpong;
+mod procstat;
+mod stats;
+mod target;
+mod worker;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddr},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use stats::{mono_ns, HistDump, Lat};
+use target::{Endpoint, Target};
+use worker::{Dest, PubSpec, Step, SubSpec, WorkerResult, WorkerSpec};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ringcast-loadgen",
+    about = "Open-loop WebSocket pub/sub load generator (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One channel × N subscribers, one publisher, rising rate (`--rates`).
+    Fanout {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Publish rates (msg/s), one step each.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,100,200")]
+        rates: Vec<f64>,
+        /// Connect/subscribe/close cycles per second (all workers together) during the run.
+        #[arg(long, default_value_t = 0.0)]
+        churn_per_sec: f64,
+    },
+    /// C channels × S subscribers, one publisher per channel, total rate split evenly.
+    ManyChannels {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 1_000)]
+        channels: usize,
+        #[arg(long, default_value_t = 10)]
+        subscribers_per_channel: usize,
+        /// Total publishes per second, one step each.
+        #[arg(long, value_delimiter = ',', default_value = "20000")]
+        rates: Vec<f64>,
+    },
+    /// P peer pairs; each sender sends directly to its receiver.
+    Direct {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 1_000)]
+        pairs: usize,
+        /// Total sends per second, one step each.
+        #[arg(long, value_delimiter = ',', default_value = "100000")]
+        rates: Vec<f64>,
+    },
+    /// N subscribed connections held open; broker RSS and CPU sampled (needs --broker-pid).
+    Idle {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 19_000)]
+        connections: usize,
+        /// Channels the connections subscribe to (round robin).
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+    },
+    /// Connection setup rate: N connections opened (and subscribed) as fast as allowed.
+    Connect {
+        #[command(flatten)]
+        c: Common,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
+    /// Raw loopback TCP ping-pong at a fixed rate: the latency floor.
+    Pingpong {
+        #[arg(long, default_value_t = 10_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Internal: a worker process (spec on stdin).
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    #[arg(long, value_enum, default_value_t = Target::Ringcast)]
+    target: Target,
+    /// Broker address (must be loopback).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    #[arg(long, env = "RINGCAST_KEY_ID", default_value = "sk_id_test1")]
+    key_id: String,
+    #[arg(
+        long,
+        env = "RINGCAST_KEY_SECRET",
+        default_value = "sk_secret_abcdefghijklmnopqrstuvwxyz012345"
+    )]
+    key_secret: String,
+    /// Worker processes (default: enough for ≤18,000 connections each, at least 2).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Source addresses 127.0.0.2 .. 127.0.0.(1+N).
+    #[arg(long, default_value_t = 8)]
+    src_ips: u8,
+    /// Seconds per rate step.
+    #[arg(long, default_value_t = 5.0)]
+    step_secs: f64,
+    /// Payload bytes (the publish's `data`).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Concurrent connection attempts per worker.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+    /// Seconds to hold after the schedule (idle: the measurement window).
+    #[arg(long, default_value_t = 0.0)]
+    hold_secs: f64,
+    /// Seconds after the last publish for in-flight deliveries.
+    #[arg(long, default_value_t = 2.0)]
+    grace_secs: f64,
+    /// Broker PID: RSS and CPU are sampled from /proc/PID.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// A step whose p99 exceeds this many ms is marked broken.
+    #[arg(long, default_value_t = 15.0)]
+    break_p99_ms: f64,
+    /// Results JSON file.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Hard cap on the whole run, seconds.
+    #[arg(long, default_value_t = 600.0)]
+    max_secs: f64,
+}
+
+/// The connection plan of a scenario.
+struct Plan {
+    name: &'static str,
+    subs: Vec<SubSpec>,
+    pubs: Vec<PubSpec>,
+    steps: Vec<Step>,
+    /// Receivers per message (for expected deliveries).
+    fanout: u64,
+    churn_per_sec: f64,
+    churn_channel: Option<String>,
+    track_last: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let (c, plan) = match cli.cmd {
+        Cmd::Worker => return worker::run(),
+        Cmd::Pingpong {
+            rate,
+            secs,
+            payload,
+            out,
+        } => return pingpong::run(rate, secs, payload, out),
+        Cmd::Fanout {
+            c,
+            subscribers,
+            rates,
+            churn_per_sec,
+        } => {
+            let plan = Plan {
+                name: "fanout",
+                subs: (0..subscribers)
+                    .map(|i| SubSpec {
+                        peer: format!("sub-{i}"),
+                        channel: Some("fan".into()),
+                    })
+                    .collect(),
+                pubs: vec![PubSpec {
+                    peer: "pub-0".into(),
+                    g: 0,
+                    dest: Dest::Channel("fan".into()),
+                }],
+                steps: rates
+                    .iter()
+                    .map(|&r| Step {
+                        rate_per_pub: r,
+                        secs: c.step_secs,
+                    })
+                    .collect(),
+                fanout: subscribers as u64,
+                churn_per_sec,
+                churn_channel: Some("fan".into()),
+                track_last: true,
+            };
+            (c, plan)
+        }
+        Cmd::ManyChannels {
+            c,
+            channels,
+            subscribers_per_channel,
+            rates,
+        } => {
+            let plan = Plan {
+                name: "many-channels",
+                subs: (0..channels * subscribers_per_channel)
+                    .map(|i| SubSpec {
+                        peer: format!("sub-{i}"),
+                        channel: Some(format!("ch-{}", i % channels)),
+                    })
+                    .collect(),
+                pubs: (0..channels)
+                    .map(|j| PubSpec {
+                        peer: format!("pub-{j}"),
+                        g: j as u32,
+                        dest: Dest::Channel(format!("ch-{j}")),
+                    })
+                    .collect(),
+                steps: rates
+                    .iter()
+                    .map(|&r| Step {
+                        rate_per_pub: r / channels as f64,
+                        secs: c.step_secs,
+                    })
+                    .collect(),
+                fanout: subscribers_per_channel as u64,
+                churn_per_sec: 0.0,
+                churn_channel: None,
+                track_last: false,
+            };
+            (c, plan)
+        }
+        Cmd::Direct { c, pairs, rates } => {
+            let plan = Plan {
+                name: "direct",
+                subs: (0..pairs)
+                    .map(|i| SubSpec {
+                        peer: format!("rx-{i}"),
+                        channel: None,
+                    })
+                    .collect(),
+                pubs: (0..pairs)
+                    .map(|j| PubSpec {
+                        peer: format!("tx-{j}"),
+                        g: j as u32,
+                        dest: Dest::Peer(format!("rx-{j}")),
+                    })
+                    .collect(),
+                steps: rates
+                    .iter()
+                    .map(|&r| Step {
+                        rate_per_pub: r / pairs as f64,
+                        secs: c.step_secs,
+                    })
+                    .collect(),
+                fanout: 1,
+                churn_per_sec: 0.0,
+                churn_channel: None,
+                track_last: false,
+            };
+            (c, plan)
+        }
+        Cmd::Idle {
+            c,
+            connections,
+            channels,
+        } => {
+            let plan = Plan {
+                name: "idle",
+                subs: (0..connections)
+                    .map(|i| SubSpec {
+                        peer: format!("idle-{i}"),
+                        channel: Some(format!("idle-{}", i % channels.max(1))),
+                    })
+                    .collect(),
+                pubs: vec![],
+                steps: vec![],
+                fanout: 0,
+                churn_per_sec: 0.0,
+                churn_channel: None,
+                track_last: false,
+            };
+            (c, plan)
+        }
+        Cmd::Connect { c, connections } => {
+            let plan = Plan {
+                name: "connect",
+                subs: (0..connections)
+                    .map(|i| SubSpec {
+                        peer: format!("conn-{i}"),
+                        channel: Some("setup".into()),
+                    })
+                    .collect(),
+                pubs: vec![],
+                steps: vec![],
+                fanout: 0,
+                churn_per_sec: 0.0,
+                churn_channel: None,
+                track_last: false,
+            };
+            (c, plan)
+        }
+    };
+    coordinate(c, plan)
+}
+
+struct WorkerProc {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+fn spawn_worker(spec: &WorkerSpec, progress: Arc<Vec<AtomicU64>>) -> Result<WorkerProc> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .arg("worker")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("spawn worker")?;
+    let stdin = child.stdin.as_mut().context("worker stdin")?;
+    writeln!(stdin, "{}", serde_json::to_string(spec)?)?;
+    let out = child.stdout.take().context("worker stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let id = spec.id;
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["ev"] == "progress" {
+                progress[2 * id].store(v["sent"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                progress[2 * id + 1].store(v["recv"].as_u64().unwrap_or(0), Ordering::Relaxed);
+            } else if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(WorkerProc { child, lines: rx })
+}
+
+fn recv_ev(w: &WorkerProc, ev: &str, deadline: std::time::Instant) -> Result<serde_json::Value> {
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let v = w
+            .lines
+            .recv_timeout(left)
+            .with_context(|| format!("worker did not report `{ev}` in time"))?;
+        if v["ev"] == ev {
+            return Ok(v);
+        }
+    }
+}
+
+fn coordinate(c: Common, plan: Plan) -> Result<()> {
+    if !c.addr.ip().is_loopback() {
+        bail!("loadgen only targets loopback addresses, not {}", c.addr);
+    }
+    let conns = plan.subs.len() + plan.pubs.len();
+    let nw = c
+        .workers
+        .unwrap_or_else(|| conns.div_ceil(18_000).max(2))
+        .max(1);
+    if conns.div_ceil(nw) > 19_000 {
+        bail!("{conns} connections over {nw} workers exceeds 19,000 per process; raise --workers");
+    }
+    let ep = Endpoint {
+        target: c.target,
+        addr: c.addr,
+        key_id: c.key_id.clone(),
+        key_secret: c.key_secret.clone(),
+        src_ips: (0..c.src_ips.max(1))
+            .map(|k| Ipv4Addr::new(127, 0, 0, 2 + k))
+            .collect(),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(c.max_secs);
+    let base = c.broker_pid.and_then(procstat::sample);
+    let progress: Arc<Vec<AtomicU64>> = Arc::new((0..2 * nw).map(|_| AtomicU64::new(0)).collect());
+    let mut ws = Vec::new();
+    for id in 0..nw {
+        let spec = WorkerSpec {
+            id,
+            ep: ep.clone(),
+            subs: plan.subs.iter().skip(id).step_by(nw).cloned().collect(),
+            pubs: plan.pubs.iter().skip(id).step_by(nw).cloned().collect(),
+            total_pubs: plan.pubs.len(),
+            steps: plan.steps.clone(),
+            payload: c.payload,
+            connect_concurrency: c.connect_concurrency,
+            hold_secs: c.hold_secs,
+            grace_secs: c.grace_secs,
+            churn_per_sec: plan.churn_per_sec / nw as f64,
+            churn_channel: plan.churn_channel.clone(),
+            track_last: plan.track_last,
+        };
+        ws.push(spawn_worker(&spec, progress.clone())?);
+    }
+    eprintln!(
+        "loadgen: {} on {:?} {}: {} connections over {nw} workers",
+        plan.name, c.target, c.addr, conns
+    );
+    let setup_t0 = mono_ns();
+    let mut connected = 0;
+    for w in &ws {
+        connected += recv_ev(w, "ready", deadline)?["connected"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    let setup_wall = (mono_ns() - setup_t0) as f64 / 1e9;
+    eprintln!("loadgen: {connected}/{conns} connected in {setup_wall:.2}s");
+    let after_setup = c.broker_pid.and_then(procstat::sample);
+
+    let start = mono_ns() + 300_000_000;
+    for w in &mut ws {
+        writeln!(w.child.stdin.as_mut().context("stdin")?, "go {start}")?;
+    }
+    // Sample the broker at each step boundary; print progress meanwhile.
+    let mut marks = vec![start];
+    for st in &plan.steps {
+        let last = *marks.last().unwrap_or(&start);
+        marks.push(last + (st.secs * 1e9) as u64);
+    }
+    if plan.steps.is_empty() {
+        marks.push(start + (c.hold_secs * 1e9) as u64);
+    }
+    let mut cpu_marks = Vec::new();
+    let mut next_progress = mono_ns() + 2_000_000_000;
+    for &m in &marks {
+        loop {
+            let now = mono_ns();
+            if now >= m {
+                break;
+            }
+            if now >= next_progress {
+                let (s, r) = (0..nw).fold((0, 0), |(s, r), i| {
+                    (
+                        s + progress[2 * i].load(Ordering::Relaxed),
+                        r + progress[2 * i + 1].load(Ordering::Relaxed),
+                    )
+                });
+                eprintln!(
+                    "loadgen: t={:.0}s sent={s} delivered={r}",
+                    (now.saturating_sub(start)) as f64 / 1e9
+                );
+                next_progress = now + 2_000_000_000;
+            }
+            std::thread::sleep(Duration::from_nanos((m - now).min(100_000_000)));
+        }
+        cpu_marks.push(c.broker_pid.and_then(procstat::sample));
+    }
+    let mut results = Vec::new();
+    for w in &ws {
+        let v = recv_ev(w, "result", deadline + Duration::from_secs(30))?;
+        results.push(serde_json::from_value::<WorkerResult>(v["result"].clone())?);
+    }
+    for w in &mut ws {
+        let _ = w.child.wait();
+    }
+    report(
+        &c,
+        &plan,
+        setup_wall,
+        base,
+        after_setup,
+        &cpu_marks,
+        &results,
+    )
+}
+
+#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename the list.
+fn report(
+    c: &Common,
+    plan: &Plan,
+    setup_wall: f64,
+    base: Option<procstat::Sample>,
+    after_setup: Option<procstat::Sample>,
+    cpu_marks: &[Option<procstat::Sample>],
+    rs: &[WorkerResult],
+) -> Result<()> {
+    let connected: u64 = rs.iter().map(|r| r.connected).sum();
+    let failed: u64 = rs.iter().map(|r| r.failed).sum();
+    let mut ch = stats::new_hist();
+    rs.iter().for_each(|r| r.connect_hist.merge_into(&mut ch));
+    let mut steps = Vec::new();
+    println!(
+        "\n{:>10} {:>9} {:>11} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11}",
+        "rate/s",
+        "sent",
+        "delivered",
+        "deliv/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9",
+        "max ms",
+        "cpu-s",
+        "deliv/cpu-s"
+    );
+    for (k, st) in plan.steps.iter().enumerate() {
+        let sent: u64 = rs.iter().map(|r| r.sent.get(k).copied().unwrap_or(0)).sum();
+        let mut h = stats::new_hist();
+        rs.iter().for_each(|r| {
+            r.step_hist
+                .get(k)
+                .unwrap_or(&HistDump::default())
+                .merge_into(&mut h)
+        });
+        let lat = Lat::of(&h);
+        let cpu = match (
+            cpu_marks.get(k).copied().flatten(),
+            cpu_marks.get(k + 1).copied().flatten(),
+        ) {
+            (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
+            _ => None,
+        };
+        let rate = st.rate_per_pub * plan.pubs.len() as f64;
+        let per_cpu = cpu.filter(|&x| x > 0.0).map(|x| lat.count as f64 / x);
+        let broken = lat.p99_ms > c.break_p99_ms || lat.count < sent * plan.fanout;
+        println!(
+            "{:>10.0} {:>9} {:>11} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>11}{}",
+            rate,
+            sent,
+            lat.count,
+            lat.count as f64 / st.secs,
+            lat.p50_ms,
+            lat.p90_ms,
+            lat.p99_ms,
+            lat.p999_ms,
+            lat.max_ms,
+            cpu.map(|x| format!("{x:.2}")).unwrap_or("-".into()),
+            per_cpu.map(|x| format!("{x:.0}")).unwrap_or("-".into()),
+            if broken { "  BROKEN" } else { "" }
+        );
+        steps.push(json!({
+            "rate": rate, "secs": st.secs, "sent": sent, "expected": sent * plan.fanout,
+            "delivered": lat.count, "deliveries_per_sec": lat.count as f64 / st.secs,
+            "latency": lat, "broker_cpu_secs": cpu, "deliveries_per_broker_cpu_sec": per_cpu,
+            "broken": broken,
+        }));
+    }
+    let sent: u64 = rs.iter().flat_map(|r| r.sent.iter()).sum();
+    let unique: u64 = rs.iter().map(|r| r.unique).sum();
+    let expected = sent * plan.fanout;
+    let (dup, reord): (u64, u64) = rs
+        .iter()
+        .fold((0, 0), |(d, o), r| (d + r.duplicated, o + r.reordered));
+    let lost = expected.saturating_sub(unique);
+    let mut last = Vec::<u64>::new();
+    for r in rs {
+        if last.len() < r.last_by_seq.len() {
+            last.resize(r.last_by_seq.len(), 0);
+        }
+        for (i, &v) in r.last_by_seq.iter().enumerate() {
+            last[i] = last[i].max(v);
+        }
+    }
+    let mut lh = stats::new_hist();
+    last.iter()
+        .filter(|&&v| v > 0)
+        .for_each(|&v| stats::rec(&mut lh, v));
+    let last_lat = (!lh.is_empty()).then(|| Lat::of(&lh));
+    let connect = Lat::of(&ch);
+    println!(
+        "connections {connected} ok, {failed} failed; setup {:.2}s ({:.0}/s), connect p50 {:.2} ms p99 {:.2} ms",
+        setup_wall,
+        connected as f64 / setup_wall.max(1e-9),
+        connect.p50_ms,
+        connect.p99_ms
+    );
+    if let Some(e) = rs.iter().find_map(|r| r.first_error.clone()) {
+        println!("first connection error: {e}");
+    }
+    if !plan.steps.is_empty() {
+        println!(
+            "deliveries: expected {expected}, unique {unique}, lost {lost}, duplicated {dup}, reordered {reord}; send errors {}; receivers dropped {}",
+            rs.iter().map(|r| r.send_errors).sum::<u64>(),
+            rs.iter().map(|r| r.receivers_lost).sum::<u64>()
+        );
+    }
+    if let Some(l) = &last_lat {
+        println!(
+            "publish -> last subscriber: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} publishes)",
+            l.p50_ms, l.p99_ms, l.max_ms, l.count
+        );
+    }
+    let churn: (u64, u64) = rs
+        .iter()
+        .fold((0, 0), |(a, b), r| (a + r.churn_cycles, b + r.churn_failed));
+    if plan.churn_per_sec > 0.0 {
+        println!("churn: {} cycles, {} failed", churn.0, churn.1);
+    }
+    let rss_per_conn = match (base, after_setup) {
+        (Some(b), Some(a)) if connected > 0 => {
+            Some((a.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / connected as f64)
+        }
+        _ => None,
+    };
+    let hold_cpu = match (
+        cpu_marks.first().copied().flatten(),
+        cpu_marks.last().copied().flatten(),
+    ) {
+        (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
+        _ => None,
+    };
+    if let (Some(b), Some(a)) = (base, after_setup) {
+        println!(
+            "broker RSS: {} KiB before, {} KiB with {connected} connections -> {:.0} B/connection; CPU over the run {:.2}s",
+            b.rss_kib,
+            a.rss_kib,
+            rss_per_conn.unwrap_or(0.0),
+            hold_cpu.unwrap_or(0.0)
+        );
+    }
+    let out = json!({
+        "scenario": plan.name, "target": c.target, "addr": c.addr.to_string(), "payload": c.payload,
+        "workers": rs.len(), "connections": {"ok": connected, "failed": failed, "setup_secs": setup_wall,
+            "per_sec": connected as f64 / setup_wall.max(1e-9), "latency": connect},
+        "steps": steps,
+        "deliveries": {"expected": expected, "unique": unique, "lost": lost, "duplicated": dup, "reordered": reord},
+        "publish_to_last_subscriber": last_lat,
+        "churn": {"cycles": churn.0, "failed": churn.1},
+        "broker": {"rss_kib_before": base.map(|b| b.rss_kib), "rss_kib_after_setup": after_setup.map(|a| a.rss_kib),
+            "rss_bytes_per_connection": rss_per_conn, "cpu_secs_run": hold_cpu},
+    });
+    if let Some(p) = &c.out {
+        std::fs::write(p, serde_json::to_string_pretty(&out)?)?;
+        eprintln!("loadgen: results written to {}", p.display());
+    }
+    Ok(())
 }

@@ -1,0 +1,81 @@
+//! Raw loopback TCP ping-pong: an echo server and an open-loop client in one process, each on
+//! its own thread. The round trip of a 64-byte message here is the floor any broker's
+//! publish → deliver latency is compared with.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::stats::{self, mono_ns, Lat};
+
+/// Runs `rate × secs` pings of `payload` bytes; latency from each ping's intended send time.
+pub fn run(rate: f64, secs: f64, payload: usize, out: Option<std::path::PathBuf>) -> Result<()> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = l.accept() {
+            let _ = s.set_nodelay(true);
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut r = s.try_clone()?;
+    let mut w = s;
+    let n = (rate * secs).round() as u64;
+    let size = payload.max(8);
+    let start = mono_ns() + 100_000_000;
+    let gap = 1e9 / rate;
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut msg = vec![b'x'; size];
+        for i in 0..n {
+            let t = start + (i as f64 * gap) as u64;
+            while mono_ns() < t {
+                let left = t - mono_ns();
+                if left > 200_000 {
+                    std::thread::sleep(Duration::from_nanos(left - 100_000));
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            msg[..8].copy_from_slice(&t.to_le_bytes());
+            w.write_all(&msg)?;
+        }
+        Ok(())
+    });
+    let mut h = stats::new_hist();
+    let mut buf = vec![0u8; size];
+    r.set_read_timeout(Some(Duration::from_secs(5)))?;
+    for _ in 0..n {
+        if r.read_exact(&mut buf).is_err() {
+            break;
+        }
+        let t = u64::from_le_bytes(buf[..8].try_into()?);
+        stats::rec(&mut h, mono_ns().saturating_sub(t));
+    }
+    let _ = writer.join();
+    let lat = Lat::of(&h);
+    println!(
+        "tcp ping-pong {rate:.0}/s x {secs}s, {size} B: n={} p50 {:.3} ms p90 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms max {:.3} ms",
+        lat.count, lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.p999_ms, lat.max_ms
+    );
+    if let Some(p) = out {
+        std::fs::write(
+            p,
+            serde_json::to_string_pretty(
+                &json!({"scenario": "pingpong", "rate": rate, "secs": secs, "payload": size, "round_trip": lat}),
+            )?,
+        )?;
+    }
+    Ok(())
+}
