@@ -68,6 +68,9 @@ pub struct RunArgs {
     /// WebSocket listen address [default: 127.0.0.1:8080]. Port 0 picks a free port.
     #[arg(long, env = "RINGCAST_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// REST control plane (HTTP/1.1) listen address [default: 127.0.0.1:8081]. Port 0 picks a free port.
+    #[arg(long, env = "RINGCAST_REST_LISTEN")]
+    pub rest_listen: Option<SocketAddr>,
     /// Number of shards (threads, one per core) [default: number of CPUs].
     #[arg(long, env = "RINGCAST_SHARDS")]
     pub shards: Option<usize>,
@@ -167,6 +170,7 @@ pub struct TokenArgs {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     listen: Option<SocketAddr>,
+    rest_listen: Option<SocketAddr>,
     shards: Option<usize>,
     placement: Option<Placement>,
     max_message_size: Option<usize>,
@@ -247,6 +251,8 @@ pub struct Limits {
 pub struct Settings {
     /// WebSocket listen address.
     pub listen: SocketAddr,
+    /// REST control plane listen address.
+    pub rest_listen: SocketAddr,
     /// Shard count.
     pub shards: usize,
     /// CPU placement.
@@ -294,6 +300,7 @@ impl Settings {
         };
         let s = Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),
+            rest_listen: pick!(rest_listen, SocketAddr::from(([127, 0, 0, 1], 8081))),
             shards: pick!(shards, cpus),
             placement: pick!(placement, Placement::Pinned),
             limits,

@@ -11,16 +11,24 @@
 //! - [`presence`]: per-channel rosters kept by the channel's owner shard.
 //! - [`shard`]: the only io_uring code: per-core threads, accept, the connection tasks,
 //!   outbound queues and writers, the inbox and housekeeping tasks.
+//! - [`rest`]: the REST control plane (hyper on its own thread): publish, tokens, peers,
+//!   kick, usage, `/healthz`, `/metrics`. Reaches shards only through mesh messages.
+//! - [`metrics`]: per-shard counters (one cache-padded block per shard, relaxed adds),
+//!   summed and rendered as Prometheus text when scraped.
 //!
 //! # Dependencies between modules
 //! `protocol`, `auth` depend on nothing else here; `router` and `presence` on those two;
-//! `shard` on everything; nothing depends on `shard` but `main`.
+//! `shard` on everything; `metrics` on nothing; `rest` on `router` messages, `metrics`
+//! and the shards' shared half (`shard::Shared`), never on shard internals; nothing else
+//! depends on `shard` but `main`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod presence;
 pub mod protocol;
+pub mod rest;
 pub mod router;
 pub mod shard;

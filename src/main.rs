@@ -19,6 +19,8 @@ use ringcast::{
         Authenticator, MintRequest,
     },
     config::{Cli, Command, FileConfig, RunArgs, Settings, TokenArgs},
+    metrics::Metrics,
+    rest,
     router::{
         mesh::{Mesh, Source},
         ShardId, ShardMsg,
@@ -68,6 +70,8 @@ fn run(args: RunArgs) -> Result<()> {
         draining: Default::default(),
         mesh,
         app_conns: (0..auth.app_count()).map(|_| AtomicU32::new(0)).collect(),
+        app_peak: (0..auth.app_count()).map(|_| AtomicU32::new(0)).collect(),
+        metrics: Metrics::new(settings.shards, auth.app_count()),
         auth: auth.clone(),
         limits: settings.limits.clone(),
     });
@@ -79,6 +83,8 @@ fn run(args: RunArgs) -> Result<()> {
     )
     .with_context(|| format!("starting shards on {}", settings.listen))?;
     let addr = shards.local_addr;
+    let rest = rest::start(settings.rest_listen, shared.clone())
+        .with_context(|| format!("starting the REST API on {}", settings.rest_listen))?;
     let mut out = std::io::stdout().lock();
     if dev {
         let key = &settings.apps[0].secret_keys[0];
@@ -119,6 +125,7 @@ fn run(args: RunArgs) -> Result<()> {
             key.id, key.secret
         )?;
     }
+    writeln!(out, "ringcast: rest on http://{}", rest.local_addr)?;
     writeln!(
         out,
         "ringcast: listening on ws://{addr}/v1 (shards={})",

@@ -962,3 +962,98 @@ def is_uuid(s: Any) -> bool:
 
 
 __all__ = [name for name in globals() if not name.startswith("_")] + ["ConnectionClosed", "InvalidStatus"]
+
+
+# --------------------------------------------------------------------------------------------
+# REST control plane (protocol.md section 7)
+# --------------------------------------------------------------------------------------------
+#
+# Every broker started by the suite binds its REST API on an ephemeral port (the default,
+# 127.0.0.1:8081, would collide between brokers): RINGCAST_REST_LISTEN is read by the binary
+# unless --rest-listen is given. The port is read from the line
+# "ringcast: rest on http://127.0.0.1:PORT" printed right before the "listening" line.
+
+os.environ.setdefault("RINGCAST_REST_LISTEN", "127.0.0.1:0")
+
+REST_RE = re.compile(r"^ringcast: rest on http://127\.0\.0\.1:(\d+)$")
+
+
+def _broker_rest_port(self: "Broker") -> Optional[int]:
+    with self._lines_cv:
+        for line in self.stdout_lines:
+            m = REST_RE.match(line)
+            if m:
+                return int(m.group(1))
+    return None
+
+
+Broker.rest_port = property(_broker_rest_port)  # type: ignore[attr-defined]
+
+import http.client  # noqa: E402
+
+
+class RestResponse:
+    """Status, lower-cased headers, raw body and (when JSON) the parsed body of one REST answer."""
+
+    def __init__(self, status: int, headers: dict, body: bytes):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        try:
+            self.json = json.loads(body) if body else None
+        except ValueError:
+            self.json = None
+
+    def __repr__(self) -> str:
+        return f"<RestResponse {self.status} {self.body[:300]!r}>"
+
+
+def bearer(key_id: str = KEY_ID, secret: str = SECRET) -> dict:
+    """The Authorization header of a secret key."""
+    return {"Authorization": f"Bearer {key_id}:{secret}"}
+
+
+def rest_request(
+    broker: "Broker",
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: Optional[dict] = None,
+    auth: Optional[tuple] = (KEY_ID, SECRET),
+    raw: Optional[bytes] = None,
+    timeout: float = 10.0,
+    conn: Optional[http.client.HTTPConnection] = None,
+) -> RestResponse:
+    """One request to the broker's REST API with ``http.client``. ``body`` is sent as JSON;
+    ``raw`` as-is; ``auth`` is a (key id, secret) pair or None for no Authorization header.
+    Pass ``conn`` to reuse a keep-alive connection."""
+    own = conn is None
+    c = conn or http.client.HTTPConnection("127.0.0.1", broker.rest_port, timeout=timeout)
+    h = dict(headers or {})
+    if auth is not None:
+        h.update(bearer(*auth))
+    data = raw
+    if body is not None:
+        data = json.dumps(body).encode()
+        h.setdefault("Content-Type", "application/json")
+    try:
+        c.request(method, path, body=data, headers=h)
+        r = c.getresponse()
+        payload = r.read()
+        return RestResponse(r.status, {k.lower(): v for k, v in r.getheaders()}, payload)
+    finally:
+        if own:
+            c.close()
+
+
+def rest_metrics(broker: "Broker") -> dict:
+    """GET /metrics parsed into {"name{labels}": value} (labels as printed)."""
+    r = rest_request(broker, "GET", "/metrics", auth=None)
+    assert r.status == 200, r
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+__all__ += ["RestResponse", "bearer", "rest_request", "rest_metrics", "REST_RE"]

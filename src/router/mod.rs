@@ -170,7 +170,29 @@ pub enum ShardMsg {
         /// Shard that lost it.
         shard: ShardId,
     },
+    /// REST, to the channel's owner: the channel's presence roster (every shard's peers).
+    PeersQuery {
+        /// Tenant.
+        app: AppId,
+        /// Channel.
+        channel: Arc<str>,
+        /// Where the `(peerId, peerMetadata)` pairs go.
+        reply: Reply<Vec<(Arc<str>, Option<Bytes>)>>,
+    },
+    /// REST, to every shard: close each local connection of `peer` with 4020.
+    Kick {
+        /// Tenant.
+        app: AppId,
+        /// The peer to disconnect.
+        peer: Arc<str>,
+        /// Receives how many connections this shard closed.
+        reply: Reply<u32>,
+    },
 }
+
+/// The answer channel of a request carried by a [`ShardMsg`] (sent from a shard thread,
+/// awaited by the REST thread). A dropped asker makes the send fail, which is ignored.
+pub type Reply<T> = tokio::sync::oneshot::Sender<T>;
 
 #[cfg(test)]
 mod tests {

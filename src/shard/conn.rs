@@ -11,7 +11,7 @@ use std::{
     io::{self, Read, Write},
     net::SocketAddr,
     rc::Rc,
-    sync::Arc,
+    sync::{atomic::AtomicU64, Arc},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -31,8 +31,9 @@ use super::{
     ConnEntry, Shard,
 };
 use crate::{
-    auth::{Actions, Identity},
+    auth::{Actions, AppId, Identity},
     config::RateLimitAction,
+    metrics::{AuthFailure, ShardCounters},
     protocol::{
         close, encode,
         parse::{validate_channel, validate_peer_id, ClientMsg},
@@ -87,6 +88,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         limits.upgrade_window,
         Instant::now(),
     ) {
+        ShardCounters::add(&shard.counters().upgrades_throttled, 1);
         let r = handshake::Rejection {
             status: 429,
             reason: "too_many_requests",
@@ -113,11 +115,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             Ok(id) => id,
             Err(e) => {
                 tracing::debug!(reason = e.reason(), "authentication failed");
+                shard
+                    .counters()
+                    .auth_failure(AuthFailure::from_close_code(e.close_code()));
                 reject(&stream, e.close_code(), e.reason(), limits.close_timeout).await;
                 return;
             }
         };
     if !shard.shared.try_admit(identity.app) {
+        shard.counters().auth_failure(AuthFailure::ConnectionCap);
         reject(
             &stream,
             close::CONNECTION_CAP,
@@ -151,7 +157,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             peer: identity.peer_id.clone(),
         },
     );
-    let writer = tokio_uring::spawn(run_writer(shared.clone()));
+    let counters = shard.shared.metrics.shard(shard.id.0 as usize).clone();
+    let writer = tokio_uring::spawn(run_writer(shared.clone(), counters));
     let expiry = identity.expires_at.map(|exp| {
         let weak = Rc::downgrade(&shared);
         let lead = limits.expiry_lead;
@@ -176,6 +183,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     };
     read_loop(&shard, &mut conn, leftover).await;
     // 4. Teardown.
+    if let CloseState::Closing(code) = shared.state() {
+        shard.counters().server_close(code);
+    }
     if let Some(t) = expiry {
         t.abort();
     }
@@ -272,7 +282,10 @@ async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
             let (res, b) = conn.shared.stream.read(buf).await;
             buf = b;
             match res {
-                Ok(n) if n > 0 => conn.shared.last_seen.set(Instant::now()),
+                Ok(n) if n > 0 => {
+                    conn.shared.last_seen.set(Instant::now());
+                    ShardCounters::add(&shard.counters().bytes_in, n as u64);
+                }
                 _ => return,
             }
         }
@@ -289,6 +302,7 @@ async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
             }
             match r {
                 Ok(Message::Text(text)) => {
+                    ShardCounters::add(&shard.counters().messages_in, 1);
                     if conn.shared.state() != CloseState::Open {
                         continue; // closing: ignore data, wait for the peer's close
                     }
@@ -351,7 +365,10 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             // Malformed input is charged to the bucket too: it cost a parse.
             match charge(limits.rate_limit_action, conn, e.request_id.as_deref()) {
                 Charge::Allowed => {}
-                Charge::Dropped => return Flow::Continue,
+                Charge::Dropped => {
+                    ShardCounters::add(&shard.counters().rate_limited_errors, 1);
+                    return Flow::Continue;
+                }
                 Charge::Stop => return Flow::Stop,
             }
             conn.shared.send(&encode::error(
@@ -371,7 +388,10 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
     let rid = msg.request_id();
     match charge(limits.rate_limit_action, conn, rid) {
         Charge::Allowed => {}
-        Charge::Dropped => return Flow::Continue,
+        Charge::Dropped => {
+            ShardCounters::add(&shard.counters().rate_limited_errors, 1);
+            return Flow::Continue;
+        }
         Charge::Stop => return Flow::Stop,
     }
     let id = &conn.identity;
@@ -447,6 +467,7 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
                 },
             );
             conn.channels.push(ch.clone());
+            ShardCounters::add(&shard.counters().subscriptions, 1);
             ack(conn, request_id);
             let owner = owner_of(app, &ch, shard.shards());
             shard.route(
@@ -516,6 +537,7 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
                 frame,
                 frame_with_meta,
             });
+            count_message(shard, id.app, |c| &c.publications);
             ack(conn, request_id);
         }
         ClientMsg::Send {
@@ -549,6 +571,7 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
                 frame,
             });
             if found {
+                count_message(shard, id.app, |c| &c.directs);
                 ack(conn, request_id);
             } else {
                 reply_error(
@@ -561,6 +584,15 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
         }
     }
     Flow::Continue
+}
+
+/// Counts one accepted publication or direct message, overall and for the app's usage.
+fn count_message(shard: &Shard, app: AppId, kind: impl Fn(&ShardCounters) -> &AtomicU64) {
+    let c = shard.counters();
+    ShardCounters::add(kind(c), 1);
+    if let Some(a) = c.app_messages.get(app.0 as usize) {
+        ShardCounters::add(a, 1);
+    }
 }
 
 enum Charge {

@@ -34,6 +34,7 @@ use ahash::RandomState;
 use crate::{
     auth::{AppId, Authenticator},
     config::Limits,
+    metrics::{Metrics, ShardCounters},
     presence::Rosters,
     protocol::parse::Parser,
     router::{
@@ -60,6 +61,10 @@ pub struct Shared {
     pub admission: Admission,
     /// Set once shutdown starts: shards stop accepting.
     pub draining: AtomicBool,
+    /// Highest value `app_conns[app]` reached (`peakConcurrent` of `GET /v1/usage`).
+    pub app_peak: Vec<AtomicU32>,
+    /// Per-shard counters (each written by its shard only) and the REST thread's.
+    pub metrics: Metrics,
 }
 
 /// Per-source-IP upgrade throttle: a fixed window counter per address. Touched once per
@@ -100,10 +105,17 @@ impl Shared {
     pub fn try_admit(&self, app: AppId) -> bool {
         let cap = self.auth.app_max_connections(app).unwrap_or(u32::MAX);
         let slot = &self.app_conns[app.0 as usize];
-        slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        match slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < cap).then_some(n + 1)
-        })
-        .is_ok()
+        }) {
+            Ok(before) => {
+                if let Some(peak) = self.app_peak.get(app.0 as usize) {
+                    peak.fetch_max(before + 1, Ordering::Relaxed);
+                }
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Returns a slot taken by [`Shared::try_admit`].
@@ -242,6 +254,9 @@ impl Shard {
                     shards,
                     |s, m| self.route(s, m),
                 );
+                self.counters()
+                    .channels
+                    .store(st.rosters.len() as u64, Ordering::Relaxed);
             }
             ShardMsg::PresenceLeave {
                 app,
@@ -252,6 +267,38 @@ impl Shard {
                 let mut st = self.state.borrow_mut();
                 st.rosters
                     .leave(app, channel, peer, from, |s, m| self.route(s, m));
+                self.counters()
+                    .channels
+                    .store(st.rosters.len() as u64, Ordering::Relaxed);
+            }
+            ShardMsg::PeersQuery {
+                app,
+                channel,
+                reply,
+            } => {
+                let roster = self.state.borrow().rosters.roster(app, &channel);
+                let _ = reply.send(roster); // the asker may have timed out
+            }
+            ShardMsg::Kick { app, peer, reply } => {
+                let st = self.state.borrow();
+                let mut closed = 0u32;
+                for c in st.local_peers[app.0 as usize]
+                    .get(&peer)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(e) = st.conns.get(c) {
+                        if e.shared.state() == outbound::CloseState::Open {
+                            e.shared.close(
+                                crate::protocol::close::ADMIN_DISCONNECT,
+                                "disconnected by the server",
+                                false,
+                            );
+                            closed += 1;
+                        }
+                    }
+                }
+                let _ = reply.send(closed);
             }
             ShardMsg::PresenceSnapshot {
                 app,
@@ -326,11 +373,24 @@ impl Shard {
             return;
         };
         let skip = p.origin.filter(|o| o.shard == self.id).map(|o| o.conn);
+        let mut n = 0;
         for sub in subs.iter() {
-            if Some(sub.conn) != skip {
-                sub.handle.send(p.frame_for(sub.include_meta));
+            if Some(sub.conn) != skip
+                && sub.handle.send(p.frame_for(sub.include_meta)) == outbound::Delivery::Queued
+            {
+                n += 1;
             }
         }
+        let c = self.counters();
+        ShardCounters::add(&c.deliveries, n);
+        if let Some(a) = c.app_deliveries.get(p.app.0 as usize) {
+            ShardCounters::add(a, n);
+        }
+    }
+
+    /// This shard's metrics counters (written only by this thread).
+    pub fn counters(&self) -> &ShardCounters {
+        self.shared.metrics.shard(self.id.0 as usize)
     }
 
     /// Writes a direct message to every local connection of its target except its origin.
@@ -394,6 +454,10 @@ impl Shard {
         let first = {
             let mut st = self.state.borrow_mut();
             st.conns.insert(id, entry);
+            let c = self.counters();
+            c.connections
+                .store(st.conns.len() as u64, Ordering::Relaxed);
+            ShardCounters::add(&c.connections_opened, 1);
             let conns = st.local_peers[app.0 as usize]
                 .entry(peer.clone())
                 .or_default();
@@ -415,6 +479,9 @@ impl Shard {
         let Some(entry) = self.state.borrow_mut().conns.remove(&id) else {
             return;
         };
+        self.counters()
+            .connections
+            .store(self.state.borrow().conns.len() as u64, Ordering::Relaxed);
         for ch in channels {
             self.unsubscribe(entry.app, ch, id, &entry.peer);
         }
@@ -459,6 +526,9 @@ impl Shard {
             .remove(app, channel, conn)
             .is_some();
         if removed {
+            self.counters()
+                .subscriptions
+                .fetch_sub(1, Ordering::Relaxed);
             let owner = crate::router::owner_of(app, channel, self.shards());
             self.route(
                 owner,

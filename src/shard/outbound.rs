@@ -10,6 +10,7 @@ use std::{
     collections::VecDeque,
     future::poll_fn,
     rc::Rc,
+    sync::Arc,
     task::{Poll, Waker},
     time::Instant,
 };
@@ -17,7 +18,12 @@ use std::{
 use bytes::{Buf, Bytes};
 use tokio_uring::net::TcpStream;
 
-use crate::protocol::{close, encode};
+use crossbeam::utils::CachePadded;
+
+use crate::{
+    metrics::ShardCounters,
+    protocol::{close, encode},
+};
 
 /// Most frames handed to one `writev`.
 const MAX_IOV: usize = 64;
@@ -189,9 +195,11 @@ impl ConnShared {
 }
 
 /// The writer task of one connection: drains the queue until the connection is done.
-pub async fn run_writer(conn: Rc<ConnShared>) {
+/// Counts frames and bytes written in its shard's `counters` (one add per `writev`).
+pub async fn run_writer(conn: Rc<ConnShared>, counters: Arc<CachePadded<ShardCounters>>) {
     let mut iov: Vec<Bytes> = Vec::new();
     while conn.next_batch(&mut iov).await {
+        ShardCounters::add(&counters.messages_out, iov.len() as u64);
         let mut total: usize = iov.iter().map(Bytes::len).sum();
         while total > 0 {
             let (res, mut v) = conn.stream.writev(std::mem::take(&mut iov)).await;
@@ -206,6 +214,7 @@ pub async fn run_writer(conn: Rc<ConnShared>) {
                 }
             };
             conn.queued_bytes.set(conn.queued_bytes.get() - n);
+            ShardCounters::add(&counters.bytes_out, n as u64);
             total -= n;
             // Drop fully written frames, advance into a partially written one.
             let mut left = n;

@@ -1,0 +1,639 @@
+//! REST routing, authentication and the endpoints of protocol.md §7.
+//!
+//! | endpoint | key needs | answer |
+//! |---|---|---|
+//! | `POST /v1/channels/{channel}/publish` | `publish` + channel in patterns | `{"channel"}` |
+//! | `POST /v1/tokens` | (the minted scope must lie within the key's) | `{"token","expiresAt"}` |
+//! | `GET /v1/channels/{channel}/peers` | `presence` + channel in patterns | `{"channel","peers"}` |
+//! | `DELETE /v1/peers/{peerId}` | any valid key | `{"peerId","closed"}` |
+//! | `GET /v1/usage` | any valid key | `{"appId","concurrentNow","peakConcurrent","messagesUsed",…}` |
+//! | `GET /healthz`, `GET /metrics` | nothing | `{"status"}`, Prometheus text |
+//!
+//! Errors are `{"error":"<code>","message":"<text>"}`. Checks run cheapest first: route
+//! (404/405), draining (503), key (401), declared body size (413), path parameters (400),
+//! permissions (403), then the body is read with a 32 KiB cap (413) and parsed (400).
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderValue},
+    Method, Request, Response, StatusCode,
+};
+use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, value::RawValue, Value};
+
+use super::MAX_BODY;
+use crate::{
+    auth::{jwt, Actions, MintRequest, SecretKeyRef},
+    protocol::{encode, parse::validate_channel, ErrorCode},
+    router::{mesh::Source, owner_of, Publication, ShardId, ShardMsg},
+    shard::Shared,
+};
+
+/// How long a request waits for the shards' answers before giving up with 503.
+const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest `peerMetadata` of a REST publish, compact-serialized (as for tokens).
+const MAX_PEER_METADATA: usize = jwt::MAX_PEER_METADATA_LEN;
+
+/// The response type of every endpoint.
+pub type Resp = Response<Full<Bytes>>;
+
+/// An error answer: status, `error` code and human `message`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    fn too_large() -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body over {MAX_BODY} bytes"),
+        )
+    }
+
+    fn unavailable(message: &str) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "internal_error", message)
+    }
+
+    fn into_response(self) -> Resp {
+        let body = json!({"error": self.code, "message": self.message}).to_string();
+        let mut r = json_response(self.status, body);
+        let h = r.headers_mut();
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The body may still be on the wire: do not try to reuse the connection.
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        if let Some(allow) = self.allow {
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        r
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn ok_json(v: Value) -> Resp {
+    json_response(StatusCode::OK, v.to_string())
+}
+
+/// A matched route; path parameters still percent-encoded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `GET /healthz`
+    Healthz,
+    /// `GET /metrics`
+    Metrics,
+    /// `POST /v1/channels/{channel}/publish`
+    Publish(&'a str),
+    /// `GET /v1/channels/{channel}/peers`
+    Peers(&'a str),
+    /// `POST /v1/tokens`
+    Tokens,
+    /// `DELETE /v1/peers/{peerId}`
+    Kick(&'a str),
+    /// `GET /v1/usage`
+    Usage,
+}
+
+/// Matches a method and a raw (still percent-encoded) path. A channel may be sent with
+/// its `/` encoded (`room%2Fa`) or literal (`room/a`): everything between
+/// `/v1/channels/` and the last segment is the channel.
+pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
+    let (route, allow) = if path == "/healthz" {
+        (Route::Healthz, "GET")
+    } else if path == "/metrics" {
+        (Route::Metrics, "GET")
+    } else if path == "/v1/tokens" {
+        (Route::Tokens, "POST")
+    } else if path == "/v1/usage" {
+        (Route::Usage, "GET")
+    } else if let Some(peer) = path.strip_prefix("/v1/peers/").filter(|p| !p.is_empty()) {
+        (Route::Kick(peer), "DELETE")
+    } else if let Some((ch, action)) = path
+        .strip_prefix("/v1/channels/")
+        .and_then(|rest| rest.rsplit_once('/'))
+        .filter(|(ch, _)| !ch.is_empty())
+    {
+        match action {
+            "publish" => (Route::Publish(ch), "POST"),
+            "peers" => (Route::Peers(ch), "GET"),
+            _ => return Err(not_found()),
+        }
+    } else {
+        return Err(not_found());
+    };
+    if method.as_str() != allow {
+        let mut e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("use {allow} for this path"),
+        );
+        e.allow = Some(allow);
+        return Err(e);
+    }
+    Ok(route)
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// Decodes a percent-encoded path parameter (UTF-8 required).
+fn decode_param(raw: &str, what: &str) -> Result<String, ApiError> {
+    percent_decode_str(raw)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| {
+            ApiError::bad_request(format!("{what} is not valid UTF-8 once percent-decoded"))
+        })
+}
+
+/// Decodes and validates a channel path parameter.
+fn channel_param(raw: &str) -> Result<String, ApiError> {
+    let ch = decode_param(raw, "channel")?;
+    match validate_channel(&ch) {
+        Ok(()) => Ok(ch),
+        Err(ErrorCode::ChannelReserved) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "channel_reserved",
+            "channel names starting with _metered/, _internal/ or _system/ are reserved",
+        )),
+        Err(_) => Err(ApiError::bad_request(
+            "invalid channel name (1-256 bytes of UTF-8, no control characters)",
+        )),
+    }
+}
+
+fn forbidden_action(action: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "action_not_permitted",
+        format!("this key does not have the {action} action"),
+    )
+}
+
+fn forbidden_channel() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "channel_not_authorized",
+        "the channel is outside this key's channel patterns",
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `Some(raw)` even for `null`, so that a missing `data` and `"data":null` differ.
+fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// `POST /v1/channels/{channel}/publish` body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PublishBody {
+    /// Any JSON, `null` included; required.
+    #[serde(default, deserialize_with = "present_raw")]
+    data: Option<Box<RawValue>>,
+    /// The `from` of the delivered `message` (default `"system"`).
+    #[serde(default)]
+    from: Option<String>,
+    /// Sent as `fromMetadata` to subscribers that asked for sender metadata.
+    #[serde(default)]
+    peer_metadata: Option<Value>,
+}
+
+/// Parses a JSON object body; 400 `invalid_request` for anything else.
+fn parse_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The REST API state: the broker's shared half.
+#[derive(Debug)]
+pub struct Api {
+    /// Shared broker state (mesh, authenticator, counters, draining flag).
+    pub shared: Arc<Shared>,
+}
+
+impl Api {
+    /// The API over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Api {
+        Api { shared }
+    }
+
+    /// Answers one request. Never panics on input.
+    pub async fn handle(&self, req: Request<Incoming>) -> Resp {
+        match self.dispatch(req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    fn draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Resp, ApiError> {
+        let path = req.uri().path().to_owned();
+        let route = route(req.method(), &path)?;
+        match route {
+            Route::Metrics => return Ok(self.metrics()),
+            Route::Healthz => return Ok(self.healthz()),
+            _ => {}
+        }
+        if self.draining() {
+            return Err(ApiError::unavailable("the server is shutting down"));
+        }
+        let key = self.authenticate(&req)?;
+        match route {
+            Route::Publish(ch) => self.publish(&key, ch, req).await,
+            Route::Peers(ch) => self.peers(&key, ch).await,
+            Route::Tokens => self.tokens(&key, req).await,
+            Route::Kick(peer) => self.kick(&key, peer).await,
+            Route::Usage => Ok(self.usage(&key)),
+            Route::Metrics | Route::Healthz => Err(not_found()),
+        }
+    }
+
+    fn authenticate(&self, req: &Request<Incoming>) -> Result<SecretKeyRef, ApiError> {
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| self.shared.auth.authenticate_secret(v))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "a valid secret key is required: Authorization: Bearer sk_id_…:sk_secret_…",
+                )
+            })
+    }
+
+    fn healthz(&self) -> Resp {
+        if self.draining() {
+            let mut r = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "draining"}).to_string(),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        } else {
+            ok_json(json!({"status": "ok", "shards": self.shared.mesh.shards()}))
+        }
+    }
+
+    fn metrics(&self) -> Resp {
+        let mesh = &self.shared.mesh;
+        let text = self
+            .shared
+            .metrics
+            .render(|i| mesh.depth(ShardId(i as u16)) as u64, self.draining());
+        let mut r = Response::new(Full::new(Bytes::from(text)));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    }
+
+    /// Reads the body: 413 when `Content-Length` announces more than [`MAX_BODY`] (nothing
+    /// is read), or when a body without one grows past it (reading stops there).
+    async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+        let body = Limited::new(req.into_body(), MAX_BODY);
+        match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+            Ok(Ok(c)) => Ok(c.to_bytes()),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(ApiError::too_large())
+            }
+            Ok(Err(_)) => Err(ApiError::bad_request("the request body could not be read")),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                "the request body did not arrive in time",
+            )),
+        }
+    }
+
+    /// 413 before anything else is done when the declared length is over the cap.
+    fn check_declared_length(req: &Request<Incoming>) -> Result<(), ApiError> {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match declared {
+            Some(n) if n > MAX_BODY as u64 => Err(ApiError::too_large()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn publish(
+        &self,
+        key: &SecretKeyRef,
+        raw_channel: &str,
+        req: Request<Incoming>,
+    ) -> Result<Resp, ApiError> {
+        Self::check_declared_length(&req)?;
+        let channel = channel_param(raw_channel)?;
+        if !key.actions.contains(Actions::PUBLISH) {
+            return Err(forbidden_action("publish"));
+        }
+        if !key.scope.allows(&channel) {
+            return Err(forbidden_channel());
+        }
+        let body = Self::read_body(req).await?;
+        let b: PublishBody = parse_object(&body)?;
+        let data = b
+            .data
+            .ok_or_else(|| ApiError::bad_request("data is required (null is allowed)"))?;
+        let from = b.from.unwrap_or_else(|| "system".to_string());
+        if !jwt::is_valid_peer_id(&from) {
+            return Err(ApiError::bad_request(
+                "from must be 1-128 bytes of printable ASCII",
+            ));
+        }
+        let meta = match b.peer_metadata {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => {
+                let s = v.to_string();
+                if s.len() > MAX_PEER_METADATA {
+                    return Err(ApiError::bad_request(format!(
+                        "peerMetadata is over {MAX_PEER_METADATA} bytes serialized"
+                    )));
+                }
+                Some(s)
+            }
+            Some(_) => return Err(ApiError::bad_request("peerMetadata must be an object")),
+        };
+        let data = data.get().as_bytes();
+        let frame = encode::message(&channel, &from, data, None);
+        let frame_with_meta = meta
+            .as_deref()
+            .map(|m| encode::message(&channel, &from, data, Some(m.as_bytes())));
+        let p = Arc::new(Publication {
+            app: key.app,
+            channel: Arc::from(channel.as_str()),
+            origin: None,
+            frame,
+            frame_with_meta,
+        });
+        let mesh = &self.shared.mesh;
+        for s in 0..mesh.shards() {
+            mesh.push(
+                Source::External,
+                ShardId(s as u16),
+                ShardMsg::Publish(p.clone()),
+            );
+        }
+        if let Some(c) = self
+            .shared
+            .metrics
+            .rest
+            .app_publishes
+            .get(key.app.0 as usize)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(ok_json(json!({"channel": channel})))
+    }
+
+    async fn tokens(&self, key: &SecretKeyRef, req: Request<Incoming>) -> Result<Resp, ApiError> {
+        Self::check_declared_length(&req)?;
+        let body = Self::read_body(req).await?;
+        let mint: MintRequest = parse_object(&body)?;
+        match self.shared.auth.mint(&key.key_id, &mint, unix_now()) {
+            Ok((token, expires_at)) => {
+                Ok(ok_json(json!({"token": token, "expiresAt": expires_at})))
+            }
+            Err(e) => {
+                let text = e
+                    .split_once(": ")
+                    .map_or(e.as_str(), |(_, t)| t)
+                    .to_string();
+                Err(match jwt::mint_error_code(&e) {
+                    "channel_not_authorized" => {
+                        ApiError::new(StatusCode::FORBIDDEN, "channel_not_authorized", text)
+                    }
+                    "action_not_permitted" => {
+                        ApiError::new(StatusCode::FORBIDDEN, "action_not_permitted", text)
+                    }
+                    _ => ApiError::bad_request(text),
+                })
+            }
+        }
+    }
+
+    async fn peers(&self, key: &SecretKeyRef, raw_channel: &str) -> Result<Resp, ApiError> {
+        let channel = channel_param(raw_channel)?;
+        if !key.actions.contains(Actions::PRESENCE) {
+            return Err(forbidden_action("presence"));
+        }
+        if !key.scope.allows(&channel) {
+            return Err(forbidden_channel());
+        }
+        let mesh = &self.shared.mesh;
+        let owner = owner_of(key.app, &channel, mesh.shards());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        mesh.push(
+            Source::External,
+            owner,
+            ShardMsg::PeersQuery {
+                app: key.app,
+                channel: Arc::from(channel.as_str()),
+                reply: tx,
+            },
+        );
+        let mut roster = match tokio::time::timeout(SHARD_REPLY_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            _ => {
+                return Err(ApiError::unavailable(
+                    "the channel's shard did not answer in time",
+                ))
+            }
+        };
+        roster.sort_by(|a, b| a.0.cmp(&b.0));
+        let peers: Vec<Value> = roster
+            .into_iter()
+            .map(|(peer, meta)| {
+                let meta = meta.and_then(|m| serde_json::from_slice::<Value>(&m).ok());
+                match meta {
+                    Some(m) => json!({"peerId": &*peer, "metadata": m}),
+                    None => json!({"peerId": &*peer}),
+                }
+            })
+            .collect();
+        Ok(ok_json(json!({"channel": channel, "peers": peers})))
+    }
+
+    async fn kick(&self, key: &SecretKeyRef, raw_peer: &str) -> Result<Resp, ApiError> {
+        let peer = decode_param(raw_peer, "peerId")?;
+        if !jwt::is_valid_peer_id(&peer) {
+            return Err(ApiError::bad_request(
+                "peerId must be 1-128 bytes of printable ASCII",
+            ));
+        }
+        let mesh = &self.shared.mesh;
+        let peer_arc: Arc<str> = Arc::from(peer.as_str());
+        let mut replies = Vec::with_capacity(mesh.shards());
+        for s in 0..mesh.shards() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            mesh.push(
+                Source::External,
+                ShardId(s as u16),
+                ShardMsg::Kick {
+                    app: key.app,
+                    peer: peer_arc.clone(),
+                    reply: tx,
+                },
+            );
+            replies.push(rx);
+        }
+        let deadline = tokio::time::Instant::now() + SHARD_REPLY_TIMEOUT;
+        let mut closed: u64 = 0;
+        for rx in replies {
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(n)) => closed += u64::from(n),
+                _ => return Err(ApiError::unavailable("a shard did not answer in time")),
+            }
+        }
+        Ok(ok_json(json!({"peerId": peer, "closed": closed})))
+    }
+
+    fn usage(&self, key: &SecretKeyRef) -> Resp {
+        let app = key.app.0 as usize;
+        let load = |v: &[std::sync::atomic::AtomicU32]| {
+            v.get(app).map_or(0, |c| c.load(Ordering::Relaxed))
+        };
+        let u = self.shared.metrics.app_usage(app);
+        ok_json(json!({
+            "appId": self.shared.auth.app_name(key.app),
+            "concurrentNow": load(&self.shared.app_conns),
+            "peakConcurrent": load(&self.shared.app_peak),
+            "messagesUsed": u.messages,
+            "messagesDelivered": u.deliveries,
+            "restPublishes": u.rest_publishes,
+            "maxConnections": self.shared.auth.app_max_connections(key.app),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(m: Method, p: &str) -> Result<Route<'_>, u16> {
+        route(&m, p).map_err(|e| e.status.as_u16())
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            r(Method::POST, "/v1/channels/room%2Fa/publish"),
+            Ok(Route::Publish("room%2Fa"))
+        );
+        assert_eq!(
+            r(Method::POST, "/v1/channels/room/a/publish"),
+            Ok(Route::Publish("room/a"))
+        );
+        assert_eq!(
+            r(Method::GET, "/v1/channels/x/publish/peers"),
+            Ok(Route::Peers("x/publish"))
+        );
+        assert_eq!(
+            r(Method::DELETE, "/v1/peers/alice"),
+            Ok(Route::Kick("alice"))
+        );
+        assert_eq!(r(Method::POST, "/v1/tokens"), Ok(Route::Tokens));
+        assert_eq!(r(Method::GET, "/v1/usage"), Ok(Route::Usage));
+        assert_eq!(r(Method::GET, "/healthz"), Ok(Route::Healthz));
+        assert_eq!(r(Method::GET, "/metrics"), Ok(Route::Metrics));
+        assert_eq!(r(Method::GET, "/v1/tokens"), Err(405));
+        assert_eq!(r(Method::GET, "/v1/channels//peers"), Err(404));
+        assert_eq!(r(Method::GET, "/v1/channels/a/other"), Err(404));
+        assert_eq!(r(Method::GET, "/v1/channels/a"), Err(404));
+        assert_eq!(r(Method::DELETE, "/v1/peers/"), Err(404));
+        assert_eq!(r(Method::GET, "/"), Err(404));
+        assert_eq!(r(Method::GET, "/v2/usage"), Err(404));
+    }
+
+    #[test]
+    fn channel_params_decode_and_validate() {
+        assert_eq!(channel_param("room%2Fa%20b").unwrap(), "room/a b");
+        assert_eq!(channel_param("%F0%9F%8E%89").unwrap(), "🎉");
+        assert_eq!(channel_param("%FF").unwrap_err().code, "invalid_request");
+        assert_eq!(channel_param("a%00b").unwrap_err().code, "invalid_request");
+        assert_eq!(
+            channel_param("_system%2Fx").unwrap_err().code,
+            "channel_reserved"
+        );
+        assert_eq!(
+            channel_param(&"a".repeat(257)).unwrap_err().code,
+            "invalid_request"
+        );
+    }
+
+    #[test]
+    fn publish_body_distinguishes_null_from_missing() {
+        let b: PublishBody = parse_object(br#"{"data":null}"#).unwrap();
+        assert_eq!(b.data.unwrap().get(), "null");
+        let b: PublishBody = parse_object(br#"{"from":"x"}"#).unwrap();
+        assert!(b.data.is_none());
+        assert!(parse_object::<PublishBody>(b"[1]").is_err());
+        assert!(parse_object::<PublishBody>(b"").is_err());
+        assert!(parse_object::<PublishBody>(br#"{"data":1,"peerMetadata":"#).is_err());
+    }
+}
