@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DEFAULT_CONFIG, Broker, decode_unverified, mint
+from helpers import DEFAULT_CONFIG, PK_ANY, Broker, decode_unverified, mint
 
 COMPAT_DIR = Path(__file__).resolve().parent / "compat"
 SCRIPT = COMPAT_DIR / "sdk_check.mjs"
@@ -41,6 +41,8 @@ REQUIRED_CHECKS = [
     "alice send acked",
     "direct data intact",
     "alice sees bob leave",
+    "publishable key connects with ?key=",
+    "publishable key: welcome.expiresAt is null",
 ]
 
 
@@ -96,6 +98,10 @@ def test_js_sdk_pubsub_presence_direct(sdk_installed: None) -> None:
             },
             "badToken": mint("mallory", secret="sk_secret_not_the_right_one_0123456789abcd"),
             "expiredToken": mint("late", exp_in=-60),
+            # Publishable key of the harness config (public/**, any origin; the SDK on
+            # Node sends no Origin header).
+            "apiKey": PK_ANY,
+            "publicChannel": f"public/{uuid.uuid4().hex[:8]}",
         }
         env = dict(os.environ, RINGCAST_COMPAT=json.dumps(cfg), SDK_CHECK_HARD_LIMIT_MS="60000")
         started = time.monotonic()

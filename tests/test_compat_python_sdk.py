@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import jwt
 import pytest
 
-from helpers import DEFAULT_CONFIG, Broker, mint
+from helpers import DEFAULT_CONFIG, PK_ANY, Broker, is_uuid, mint
 
 metered = pytest.importorskip(
     "metered_realtime", reason="metered-realtime is listed in tests/requirements.txt"
@@ -337,3 +337,117 @@ def test_python_sdk_escaped_non_ascii_channel_meets_raw_utf8_client(broker: Brok
             await client.close()
 
     _run(scenario, 30)
+
+
+@pytest.mark.timeout(60)
+def test_python_sdk_publishable_key(broker: Broker) -> None:
+    # api_key= goes on the wire as ?key=; the server assigns a UUID peerId and expiresAt null.
+    async def scenario() -> None:
+        client = SignallingClient(api_key=PK_ANY, url=_origin(broker), reconnect=False)
+        rec = Recorder("pk", client)
+        try:
+            await asyncio.wait_for(client.connect(), STEP)
+            w = await rec.wait_for(Connected)
+            assert is_uuid(w.peer_id), w
+            assert w.expires_at is None
+            ch = f"public/{uuid.uuid4().hex[:8]}"
+            await asyncio.wait_for(client.subscribe(ch), STEP)
+            snap = await rec.wait_for(Presence, lambda p: p.channel == ch)
+            assert snap.joined == () and snap.left == ()
+            # outside the key's channel patterns: the subscribe call fails with the server's code
+            with pytest.raises(ServerRequestError) as ei:
+                await asyncio.wait_for(client.subscribe("private/x"), STEP)
+            assert ei.value.code == "channel_not_authorized"
+            assert client.state == "connected"
+        finally:
+            await client.close()
+
+    _run(scenario, 20)
+
+
+@pytest.mark.timeout(60)
+def test_python_sdk_resubscribe_gets_fresh_snapshot(broker: Broker) -> None:
+    # MeteredPeer (peer.py, _reconcile_deadline) re-sends `subscribe` for a channel it is
+    # already subscribed to when no roster snapshot arrived after a reconnect, and waits
+    # for a presence snapshot in answer; without one it gives up with ReconcileTimeoutError.
+    # protocol.md section 5: every successful subscribe is followed by a snapshot.
+    ch = f"room-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        other = _client(broker, mint("other", peerMetadata={"n": 1}))
+        me = _client(broker, mint("me"))
+        o_rec = Recorder("other", other)
+        rec = Recorder("me", me)
+        try:
+            await asyncio.wait_for(other.connect(), STEP)
+            await asyncio.wait_for(other.subscribe(ch), STEP)
+            await o_rec.wait_for(Presence, lambda p: p.channel == ch)
+            await asyncio.wait_for(me.connect(), STEP)
+            await asyncio.wait_for(me.subscribe(ch), STEP)
+            first = await rec.wait_for(Presence, lambda p: p.channel == ch)
+            assert first.joined == (PresencePeer(peer_id="other", metadata={"n": 1}),)
+            await o_rec.wait_for(Presence, lambda p: any(j.peer_id == "me" for j in p.joined))
+
+            await asyncio.wait_for(me.subscribe(ch), STEP)  # idempotent re-subscribe
+            await rec.wait_for(
+                Presence, lambda p: p.channel == ch and p is not first and bool(p.joined)
+            )
+            snaps = [p for p in rec.all(Presence) if p.channel == ch]
+            assert len(snaps) == 2 and snaps[1].joined == first.joined, snaps
+            # ...and it is not announced to the others a second time
+            await asyncio.sleep(0.5)
+            joins = [p for p in o_rec.all(Presence) if any(j.peer_id == "me" for j in p.joined)]
+            assert len(joins) == 1, o_rec.events
+        finally:
+            await me.close()
+            await other.close()
+
+    _run(scenario, 30)
+
+
+@pytest.mark.timeout(90)
+def test_python_sdk_gets_roster_of_a_channel_larger_than_its_frame_cap(broker: Broker) -> None:
+    # Both SDKs refuse any inbound frame over 1 MiB (Python: websockets max_size=1 MiB ->
+    # close 1009 and reconnect; JS: MAX_INBOUND_FRAME_BYTES). 280 peers with ~3.9 KiB of
+    # peerMetadata (under the 4 KiB claim limit) make a roster of ~1.1 MB: an SDK client
+    # subscribing to that channel must stay connected and still learn every peer.
+    ch = f"big/{uuid.uuid4().hex[:8]}"
+    meta = {"blob": "y" * 3900}
+    n = 280
+    peers = []
+    for i in range(n):
+        c = broker.connect(mint(f"member-{i:03d}", peerMetadata=meta))
+        c.send_json({"type": "subscribe", "channel": ch})
+        peers.append(c)
+    # the last member's subscribe has been processed once it answers a ping
+    peers[-1].ping_pong()
+
+    async def scenario() -> None:
+        client = _client(broker, mint("newcomer"))
+        rec = Recorder("newcomer", client)
+        try:
+            await asyncio.wait_for(client.connect(), STEP)
+            await asyncio.wait_for(client.subscribe(ch), STEP)
+            want = {f"member-{i:03d}" for i in range(n)}
+
+            def seen() -> set[str]:
+                return {
+                    j.peer_id for p in rec.all(Presence) if p.channel == ch for j in p.joined
+                }
+
+            deadline = asyncio.get_running_loop().time() + 10
+            while seen() != want and asyncio.get_running_loop().time() < deadline:
+                assert rec.all(Disconnected) == [], rec.all(Disconnected)
+                await asyncio.sleep(0.1)
+            assert rec.all(Disconnected) == [], rec.all(Disconnected)
+            missing = want - seen()
+            assert not missing, f"{len(missing)} of {n} members never reported"
+            assert client.state == "connected"
+        finally:
+            await client.close()
+
+    try:
+        _run(scenario, 40)
+    finally:
+        for c in peers:
+            c.close()

@@ -10,7 +10,8 @@
 //     "expect":  {"aliceExp": <unix s>, "alicePeerMetadata": {…}, "bobPeerMetadata": {…},
 //                 "aliceIceServers": [...]},
 //     "badToken": "<jwt signed with the wrong secret>",
-//     "expiredToken": "<jwt whose exp is in the past>"
+//     "expiredToken": "<jwt whose exp is in the past>",
+//     "apiKey": "pk_live_…", "publicChannel": "public/…"   // optional: publishable-key path
 //   }
 //
 // The SDK is configured, never patched: Node 20 has no global WebSocket, so the
@@ -281,6 +282,37 @@ async function main() {
       `${name} token: connect() rejects with close code ${code}`,
       { name: err?.name, closeCode: err?.closeCode, message: err?.message },
     );
+  }
+
+  // --- publishable key: ?key=, server-assigned UUID peerId, expiresAt null ----------
+  // The JS SDK drops a welcome whose expiresAt key is absent (it must be null).
+  if (cfg.apiKey) {
+    const pub = new SignallingClient({
+      url: cfg.origin,
+      apiKey: cfg.apiKey,
+      webSocketFactory: (u) => new WebSocket(u),
+      reconnect: false,
+    });
+    clients.push(pub);
+    const p = new Recorder("pk", pub);
+    await step("publishable key connects with ?key=", withTimeout(pub.connect(), STEP_TIMEOUT_MS, "pk.connect()"));
+    const pw = await step("publishable key connected event", p.waitFor("connected"));
+    check(pw.expiresAt === null, "publishable key: welcome.expiresAt is null", pw);
+    check(
+      /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(pw.peerId),
+      "publishable key: server-assigned UUID peerId",
+      pw,
+    );
+    await step(
+      "publishable key subscribe acked",
+      withTimeout(pub.subscribe(cfg.publicChannel), STEP_TIMEOUT_MS, "pk.subscribe"),
+    );
+    const ps = await step(
+      "publishable key presence snapshot",
+      p.waitFor("presence", (x) => x.channel === cfg.publicChannel, "presence snapshot"),
+    );
+    check(ps.joined.length === 0 && ps.left.length === 0, "publishable key snapshot empty", ps);
+    await step("publishable key close", withTimeout(pub.close(), STEP_TIMEOUT_MS, "pk.close"));
   }
 
   check(
