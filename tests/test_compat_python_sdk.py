@@ -451,3 +451,58 @@ def test_python_sdk_gets_roster_of_a_channel_larger_than_its_frame_cap(broker: B
     finally:
         for c in peers:
             c.close()
+
+
+@pytest.mark.timeout(60)
+def test_python_sdk_token_expiry_reconnects_with_fresh_token_and_resubscribes(
+    broker: Broker,
+) -> None:
+    # The server closes with 4002 shortly before exp. 4002 is not terminal for the SDK: it
+    # reconnects, calling token_provider again (the documented token-rotation path), and
+    # replays its subscriptions; the replayed subscribe is answered with a fresh snapshot.
+    ch = f"room-{uuid.uuid4().hex[:8]}"
+    calls: list[int] = []
+
+    async def provider() -> str:
+        calls.append(1)
+        # first token expires in ~2 s, later ones in an hour
+        return mint("rotator", exp_in=2 if len(calls) == 1 else 3600)
+
+    async def scenario() -> None:
+        from metered_realtime import ReconnectOptions
+
+        client = SignallingClient(
+            token_provider=provider,
+            url=_origin(broker),
+            reconnect=ReconnectOptions(initial_delay=0.1, max_delay=1.0, max_attempts=5),
+        )
+        rec = Recorder("rotator", client)
+        watcher = _client(broker, mint("watcher"))
+        w_rec = Recorder("watcher", watcher)
+        try:
+            await asyncio.wait_for(client.connect(), STEP)
+            await asyncio.wait_for(client.subscribe(ch), STEP)
+            await rec.wait_for(Presence, lambda p: p.channel == ch)
+            await asyncio.wait_for(watcher.connect(), STEP)
+            await asyncio.wait_for(watcher.subscribe(ch), STEP)
+            await w_rec.wait_for(Presence, lambda p: p.channel == ch)
+
+            dis = await rec.wait_for(Disconnected, timeout=6)
+            assert dis.code == 4002 and dis.will_reconnect is True, dis
+            again = await rec.wait_for(Connected, lambda c: c.is_reconnect, timeout=STEP)
+            assert again.peer_id == "rotator" and again.expires_at > time.time() + 600
+            assert len(calls) >= 2
+            # auto-resubscribe replayed the channel: a second snapshot, listing the watcher
+            await rec.wait_for(
+                Presence,
+                lambda p: p.channel == ch and any(j.peer_id == "watcher" for j in p.joined),
+            )
+            # and it is live again: a publish from the watcher arrives
+            await asyncio.wait_for(watcher.publish(ch, {"after": "rotation"}), STEP)
+            m = await rec.wait_for(Message, lambda m: m.sender_peer_id == "watcher")
+            assert m.data == {"after": "rotation"}
+        finally:
+            await client.close()
+            await watcher.close()
+
+    _run(scenario, 30)
