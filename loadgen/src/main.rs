@@ -161,6 +161,9 @@ struct Common {
     /// A step whose p99 exceeds this many ms is marked broken.
     #[arg(long, default_value_t = 15.0)]
     break_p99_ms: f64,
+    /// Receive presence frames (ringcast tokens get the `presence` permission).
+    #[arg(long)]
+    presence: bool,
     /// Results JSON file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -399,6 +402,7 @@ fn coordinate(c: Common, plan: Plan) -> Result<()> {
         addr: c.addr,
         key_id: c.key_id.clone(),
         key_secret: c.key_secret.clone(),
+        presence: c.presence,
         src_ips: (0..c.src_ips.max(1))
             .map(|k| Ipv4Addr::new(127, 0, 0, 2 + k))
             .collect(),

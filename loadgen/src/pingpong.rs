@@ -41,7 +41,7 @@ pub fn run(rate: f64, secs: f64, payload: usize, out: Option<std::path::PathBuf>
         for i in 0..n {
             let t = start + (i as f64 * gap) as u64;
             while mono_ns() < t {
-                let left = t - mono_ns();
+                let left = t.saturating_sub(mono_ns());
                 if left > 200_000 {
                     std::thread::sleep(Duration::from_nanos(left - 100_000));
                 } else {

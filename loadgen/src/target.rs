@@ -30,6 +30,8 @@ pub struct Endpoint {
     pub key_secret: String,
     /// Source addresses to spread connections over (loopback only).
     pub src_ips: Vec<Ipv4Addr>,
+    /// Ask for presence frames (ringcast).
+    pub presence: bool,
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -49,9 +51,12 @@ struct Claims<'a> {
     sub: &'a str,
     exp: u64,
     channels: [&'a str; 1],
+    permissions: &'a [&'a str],
 }
 
 /// Mints an HS256 token for `peer` (header `kid` = the key id, HMAC key = the secret's bytes).
+/// Without `presence` a connection receives no presence frames: with N subscribers on one
+/// channel, presence would add N joined-events per subscribe (N² during setup).
 pub fn mint(ep: &Endpoint, peer: &str) -> Result<String> {
     let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     h.kid = Some(ep.key_id.clone());
@@ -66,6 +71,11 @@ pub fn mint(ep: &Endpoint, peer: &str) -> Result<String> {
             sub: peer,
             exp,
             channels: ["**"],
+            permissions: if ep.presence {
+                &["publish", "subscribe", "send", "presence"]
+            } else {
+                &["publish", "subscribe", "send"]
+            },
         },
         &key,
     )?)

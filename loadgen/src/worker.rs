@@ -233,11 +233,11 @@ async fn work() -> Result<()> {
                 let mut on = |b: &[u8]| {
                     let now = mono_ns();
                     let mut s = sh.borrow_mut();
-                    s.recv += 1;
                     let Some(Stamp { g, s: seq, r, t }) = stats::scan(b) else {
                         s.foreign += 1;
                         return;
                     };
+                    s.recv += 1;
                     let lat = now.saturating_sub(t);
                     match s.hists.get_mut(r as usize) {
                         Some(h) => stats::rec(h, lat),
