@@ -3,8 +3,9 @@
 #
 #   bash scripts/test.sh [extra pytest args…]
 #
-# 1. cargo build --release (the integration tests drive target/release/ringcast)
-# 2. cargo test --workspace            (unit + property tests)
+# 1. cargo build --release (the integration tests drive target/release/ringcast; a
+#    fault-injection variant is kept as target/release/ringcast-fault)
+# 2. cargo test --workspace --all-targets (unit + property tests; benches run once each as a smoke test)
 # 3. .venv (python3 -m venv) + pip install -r tests/requirements.txt
 # 4. npm ci in tests/compat            (Metered's JS SDK + ws, pinned by the lockfile), if node exists
 # 5. pytest -q                          (integration + SDK compatibility tests)
@@ -18,12 +19,18 @@ ROOT="$PWD"
 
 log() { printf '==> %s\n' "$*"; }
 
+# A test-only variant with fault hooks (tests/test_hostile.py's panic-isolation test), copied
+# aside before the normal build puts the production binary back in place.
+log "cargo build --release --features fault-injection (-> target/release/ringcast-fault)"
+cargo build --release -p ringcast --bin ringcast --features fault-injection --quiet
+cp target/release/ringcast target/release/ringcast-fault
+
 log "cargo build --release --workspace --bins"
 cargo build --release --workspace --bins --quiet
 
-log "cargo test --workspace"
+log "cargo test --workspace --all-targets"
 cargo_rc=0
-cargo test --workspace --quiet || cargo_rc=$?
+cargo test --workspace --all-targets --quiet || cargo_rc=$?
 
 log "python venv (.venv) + tests/requirements.txt"
 if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
@@ -48,6 +55,7 @@ fi
 
 log "pytest"
 export RINGCAST_BIN="${RINGCAST_BIN:-$ROOT/target/release/ringcast}"
+export RINGCAST_FAULT_BIN="${RINGCAST_FAULT_BIN:-$ROOT/target/release/ringcast-fault}"
 pytest_rc=0
 .venv/bin/python -m pytest -q "$@" || pytest_rc=$?
 
