@@ -32,7 +32,11 @@ use serde_json::{json, value::RawValue, Value};
 use super::MAX_BODY;
 use crate::{
     auth::{jwt, Actions, MintRequest, SecretKeyRef},
-    protocol::{encode, parse::validate_channel, ErrorCode},
+    protocol::{
+        encode,
+        parse::{validate_channel, MAX_DEPTH},
+        ErrorCode,
+    },
     router::{mesh::Source, owner_of, Publication, ShardId, ShardMsg},
     shard::Shared,
 };
@@ -251,11 +255,43 @@ struct PublishBody {
     peer_metadata: Option<Value>,
 }
 
+/// Deepest array/object nesting of a JSON text (strings skipped), for the same limit the
+/// WebSocket parser applies ([`MAX_DEPTH`], the top-level object being depth 1).
+fn json_depth(text: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text {
+        if in_str {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// Parses a JSON object body; 400 `invalid_request` for anything else.
 fn parse_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    if json_depth(body) > MAX_DEPTH {
+        return Err(ApiError::bad_request(format!(
+            "JSON nested deeper than {MAX_DEPTH} levels"
+        )));
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
@@ -635,5 +671,14 @@ mod tests {
         assert!(parse_object::<PublishBody>(b"[1]").is_err());
         assert!(parse_object::<PublishBody>(b"").is_err());
         assert!(parse_object::<PublishBody>(br#"{"data":1,"peerMetadata":"#).is_err());
+        let deep = |n: usize| {
+            format!(
+                r#"{{"data":{}{}, "s":"[[[\"{{"}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(parse_object::<PublishBody>(deep(MAX_DEPTH - 1).as_bytes()).is_ok());
+        assert!(parse_object::<PublishBody>(deep(MAX_DEPTH).as_bytes()).is_err());
     }
 }
