@@ -131,6 +131,11 @@ pub struct RunArgs {
     /// `retryAfterMs` announced in `going_away` at shutdown [default: 1000].
     #[arg(long, env = "RINGCAST_GOING_AWAY_RETRY_MS")]
     pub going_away_retry_ms: Option<u64>,
+    /// Conformance profile, for the Autobahn testsuite only: every connection echoes text and
+    /// binary messages back unchanged instead of speaking the protocol; NO authentication.
+    /// Never enable in production (docs/hardening.md) [default: false].
+    #[arg(long, env = "RINGCAST_ECHO", num_args = 0..=1, default_missing_value = "true")]
+    pub echo: Option<bool>,
 }
 
 /// Options of `ringcast token`.
@@ -191,6 +196,7 @@ pub struct FileConfig {
     upgrade_window_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     going_away_retry_ms: Option<u64>,
+    echo: Option<bool>,
     /// Tenants.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
@@ -244,6 +250,8 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// `retryAfterMs` in `going_away`.
     pub going_away_retry_ms: u64,
+    /// Conformance echo profile (Autobahn only): echo messages, no protocol, no auth.
+    pub echo: bool,
 }
 
 /// Everything `ringcast run` needs, resolved.
@@ -297,6 +305,7 @@ impl Settings {
             upgrade_window: Duration::from_millis(pick!(upgrade_window_ms, 60_000)),
             drain_timeout: Duration::from_millis(pick!(drain_timeout_ms, 10_000)),
             going_away_retry_ms: pick!(going_away_retry_ms, 1000),
+            echo: pick!(echo, false),
         };
         let s = Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),

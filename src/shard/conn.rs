@@ -105,6 +105,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     if res.is_err() {
         return;
     }
+    if limits.echo {
+        // Conformance profile (Autobahn): no credentials, no protocol, just echo.
+        echo(&shard, stream, leftover).await;
+        return;
+    }
     // 2. Credentials, checked after the upgrade so failures are WebSocket close codes.
     let identity =
         match shard
@@ -260,15 +265,108 @@ enum Flow {
     Stop,
 }
 
-async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
-    let limits = &shard.shared.limits;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(limits.read_buffer_size.min(4096))
+/// The tungstenite configuration of the read path (also used by the fuzz target `ws_read`).
+pub fn ws_config(max_message_size: usize, read_buffer_size: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(read_buffer_size.min(4096))
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024)
-        .max_message_size(Some(limits.max_message_size))
-        .max_frame_size(Some(limits.max_message_size))
-        .accept_unmasked_frames(false);
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
+        .accept_unmasked_frames(false)
+}
+
+/// The close code and reason a WebSocket read error closes the connection with.
+pub fn ws_error_close(e: &WsError) -> (u16, &'static str) {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            (close::MESSAGE_TOO_BIG, "message too big")
+        }
+        WsError::Capacity(_) => (close::MESSAGE_TOO_BIG, "frame too big"),
+        WsError::Utf8(_) => (close::INVALID_PAYLOAD, "invalid UTF-8"),
+        WsError::Protocol(_) => (close::PROTOCOL_ERROR, "protocol error"),
+        _ => (close::INTERNAL_ERROR, "internal error"),
+    }
+}
+
+/// The conformance profile's connection: every text and binary message is sent back
+/// unchanged (the Autobahn testsuite's echo-server contract). Not registered with the shard,
+/// not authenticated, not rate limited; bounded by `max_message_size` and
+/// `max_outbound_bytes` like any connection.
+async fn echo(shard: &Shard, stream: Rc<TcpStream>, leftover: Vec<u8>) {
+    let limits = &shard.shared.limits;
+    let shared = Rc::new(ConnShared::new(
+        Rc::try_unwrap(stream).unwrap_or_else(|_| unreachable!("no other owner yet")),
+        limits.max_outbound_bytes,
+        Instant::now(),
+    ));
+    let counters = shard.shared.metrics.shard(shard.id.0 as usize).clone();
+    let writer = tokio_uring::spawn(run_writer(shared.clone(), counters));
+    // Echoed frames are written through tungstenite, so its write cap must fit the largest
+    // message (the protocol path only writes control replies through it).
+    let config = ws_config(limits.max_message_size, limits.read_buffer_size)
+        .max_write_buffer_size(limits.max_message_size + encode::MAX_HEADER_LEN + 1);
+    let mut ws = WebSocketContext::new(Role::Server, Some(config));
+    let mut out: Vec<u8> = Vec::new();
+    let mut buf = leftover;
+    let mut first = true;
+    'conn: loop {
+        if !first {
+            buf.clear();
+            if buf.capacity() < limits.read_buffer_size {
+                buf.reserve_exact(limits.read_buffer_size);
+            }
+            let (res, b) = shared.stream.read(buf).await;
+            buf = b;
+            if !matches!(res, Ok(n) if n > 0) {
+                break;
+            }
+        }
+        first = false;
+        let mut feed = Feed {
+            input: &buf,
+            output: &mut out,
+        };
+        loop {
+            let r = ws.read(&mut feed);
+            if !feed.output.is_empty() {
+                shared.push_raw(Bytes::from(std::mem::take(feed.output)));
+            }
+            match r {
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                    if shared.state() != CloseState::Open {
+                        continue;
+                    }
+                    if ws.write(&mut feed, m).is_err() || ws.flush(&mut feed).is_err() {
+                        shared.close(close::INTERNAL_ERROR, "internal error", false);
+                    }
+                    let frame = Bytes::from(std::mem::take(feed.output));
+                    if !frame.is_empty() {
+                        shared.send(&frame);
+                    }
+                }
+                Ok(_) => {}
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => break 'conn,
+                Err(e) => {
+                    let (code, reason) = ws_error_close(&e);
+                    shared.close(code, reason, false);
+                    break 'conn;
+                }
+            }
+        }
+        if shared.state() == CloseState::Finished {
+            break;
+        }
+    }
+    shared.finish();
+    let _ = tokio::time::timeout(limits.close_timeout, writer).await;
+    shared.abort();
+}
+
+async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
+    let limits = &shard.shared.limits;
+    let config = ws_config(limits.max_message_size, limits.read_buffer_size);
     let mut ws = WebSocketContext::new(Role::Server, Some(config));
     let mut out: Vec<u8> = Vec::new();
     let mut buf = leftover;
@@ -306,7 +404,7 @@ async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
                     if conn.shared.state() != CloseState::Open {
                         continue; // closing: ignore data, wait for the peer's close
                     }
-                    let flow = handle_text(shard, conn, text.as_bytes());
+                    let flow = handle_text_isolated(shard, conn, text.as_bytes());
                     shard.pump_local();
                     if let Flow::Stop = flow {
                         break;
@@ -323,15 +421,7 @@ async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => return,
                 Err(e) => {
-                    let (code, reason) = match &e {
-                        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-                            (close::MESSAGE_TOO_BIG, "message too big")
-                        }
-                        WsError::Capacity(_) => (close::MESSAGE_TOO_BIG, "frame too big"),
-                        WsError::Utf8(_) => (close::INVALID_PAYLOAD, "invalid UTF-8"),
-                        WsError::Protocol(_) => (close::PROTOCOL_ERROR, "protocol error"),
-                        _ => (close::INTERNAL_ERROR, "internal error"),
-                    };
+                    let (code, reason) = ws_error_close(&e);
                     tracing::debug!(cause = %e, code, "closing connection on WebSocket error");
                     conn.shared.close(code, reason, false);
                     return;
@@ -352,6 +442,24 @@ fn reply_error(conn: &Conn, code: ErrorCode, request_id: Option<&str>, message: 
 fn ack(conn: &Conn, request_id: Option<&str>) {
     if let Some(r) = request_id {
         conn.shared.send(&encode::ack(r));
+    }
+}
+
+/// [`handle_text`] behind a panic barrier: a bug that panics while handling one connection's
+/// message closes that connection with 1011 and leaves the shard and its other connections
+/// running (RefCell borrows are released by the unwind; the connection's normal teardown then
+/// removes its subscriptions).
+fn handle_text_isolated(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handle_text(shard, conn, text)
+    })) {
+        Ok(flow) => flow,
+        Err(_) => {
+            tracing::error!(conn = ?conn.id, "panic while handling a message; closing 1011");
+            conn.shared
+                .close(close::INTERNAL_ERROR, "internal error", false);
+            Flow::Stop
+        }
     }
 }
 
@@ -501,6 +609,12 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             data,
             request_id,
         } => {
+            // Test-only fault hook (cargo feature `fault-injection`, never in release builds
+            // shipped): lets tests/test_hostile.py prove a handler panic is isolated.
+            #[cfg(feature = "fault-injection")]
+            if data == b"\"__ringcast_panic__\"" {
+                panic!("fault injection: __ringcast_panic__");
+            }
             if let Err(code) = validate_channel(channel) {
                 reply_error(conn, code, request_id, "invalid channel name");
                 return Flow::Continue;
