@@ -1,8 +1,8 @@
 //! The REST acceptor: binds the listener on the caller's thread (so a bad address fails
 //! start-up), then serves HTTP/1.1 with keep-alive on a dedicated thread running a
-//! current-thread tokio runtime. Each request is logged at `debug` with its method, its
-//! path (query values of credentials redacted), status and duration; never its body or
-//! `Authorization` header.
+//! current-thread tokio runtime, at most `MAX_CONNECTIONS` (1024) connections at once.
+//! Each request is logged at `debug` with its method, its path (query values of
+//! credentials redacted), status and duration; never its body or `Authorization` header.
 
 use std::{
     convert::Infallible,
@@ -25,6 +25,8 @@ use crate::shard::Shared;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (and read buffer) per connection.
 const MAX_HEAD: usize = 64 * 1024;
+/// Most REST connections served at once; further ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 1024;
 
 /// The running REST server.
 #[derive(Debug)]
@@ -63,8 +65,13 @@ async fn accept_loop(listener: StdListener, api: Arc<Api>) {
             return;
         }
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = Duration::from_millis(10);
     loop {
+        // Never closed, so acquiring cannot fail; a slot is held for a connection's life.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, _peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -92,6 +99,7 @@ async fn accept_loop(listener: StdListener, api: Arc<Api>) {
                 if let Err(e) = conn.await {
                     tracing::debug!(cause = %e, "REST connection ended with an error");
                 }
+                drop(slot);
             }
             .in_current_span(),
         );
