@@ -451,7 +451,10 @@ def test_rest_logs_never_contain_secrets_tokens_or_payloads(monkeypatch):
     monkeypatch.setenv("RINGCAST_LOG", "debug")  # the most the broker ever logs
     with Broker(REST_CONFIG, name="debug-log-broker") as b:
         secret_payload = "payload-" + "s3cr3t-data"
-        sub = b.connect(mint("logger"))
+        ws_token = mint("logger")
+        sub = b.connect(ws_token)
+        bad_token = mint("intruder", secret=SECRET + "x")
+        Client.open(b.url(token=bad_token)).expect_close()  # a refused token is not logged either
         ch = chan("logs")
         sub.subscribe(ch)
         r = rest_request(b, "POST", publish_path(ch), {"data": secret_payload, "peerMetadata": {"k": "meta-s3cr3t"}})
@@ -463,7 +466,8 @@ def test_rest_logs_never_contain_secrets_tokens_or_payloads(monkeypatch):
         assert b.wait_for_output(r"token=REDACTED", timeout=3), b.output_tail()
         time.sleep(0.3)
         text = "\n".join(b.stdout_lines + list(b.stderr_lines))
-        for needle in (SECRET, secret_payload, "meta-s3cr3t", tok, "pk_live_zzz"):
+        assert "authentication failed" in text, text[-2000:]
+        for needle in (SECRET, secret_payload, "meta-s3cr3t", tok, "pk_live_zzz", ws_token, bad_token):
             assert needle not in text, f"{needle[:20]}... found in the broker's output"
 
 
