@@ -412,7 +412,7 @@ def test_channel_limit_exceeded(broker_factory):
     c = b.connect(mint("limited"), shard=1)
     for i in range(3):
         c.subscribe(f"lim/{i}")
-    c.subscribe("lim/1", presence=False)  # re-subscribing an existing channel is not a new one
+    c.subscribe("lim/1")  # re-subscribing is not a new channel (it gets a fresh snapshot, §5)
     assert_error(c.request({"type": "subscribe", "channel": "lim/3"}), "channel_limit_exceeded",
                  c.last_rid)
     c.send_json({"type": "subscribe", "channel": "lim/4"})

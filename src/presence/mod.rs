@@ -63,25 +63,18 @@ impl Rosters {
                 shard_subs: vec![0; shards],
             });
         // Snapshot first: it must precede any event this join causes on the same queue.
-        let frame = wants_presence.then(|| {
-            let others: Vec<PresencePeer<'_>> = roster
-                .peers
-                .iter()
-                .filter(|(p, _)| **p != peer)
-                .map(|(p, e)| PresencePeer {
-                    peer_id: p,
-                    metadata: e.metadata.as_deref(),
-                })
-                .collect();
-            encode::presence(&channel, &others, &[])
-        });
+        let frames = if wants_presence {
+            snapshot_frames(roster, &channel, &peer)
+        } else {
+            Vec::new()
+        };
         send(
             from.shard,
             ShardMsg::PresenceSnapshot {
                 app,
                 channel: channel.clone(),
                 conn: from.conn,
-                frame,
+                frames,
             },
         );
         roster.shard_subs[from.shard.0 as usize] += 1;
@@ -98,6 +91,31 @@ impl Rosters {
             let frame = encode::presence(&channel, &me, &[]);
             broadcast(&roster.shard_subs, app, &channel, &peer, frame, &mut send);
         }
+    }
+
+    /// An already subscribed connection subscribed again: it gets a fresh snapshot (every
+    /// successful subscribe is followed by one), and nobody else hears anything.
+    pub fn resnapshot(
+        &self,
+        app: AppId,
+        channel: Arc<str>,
+        peer: &Arc<str>,
+        from: ConnRef,
+        mut send: impl FnMut(ShardId, ShardMsg),
+    ) {
+        let frames = match self.channels.get(&(app, channel.clone())) {
+            Some(roster) => snapshot_frames(roster, &channel, peer),
+            None => vec![encode::presence(&channel, &[], &[])],
+        };
+        send(
+            from.shard,
+            ShardMsg::PresenceSnapshot {
+                app,
+                channel,
+                conn: from.conn,
+                frames,
+            },
+        );
     }
 
     /// A connection of `peer` on `from` left `channel`. For the peer's last connection, emits
@@ -156,6 +174,36 @@ impl Rosters {
     pub fn is_empty(&self) -> bool {
         self.channels.is_empty()
     }
+}
+
+/// Payload budget of one snapshot frame. A large roster is split over several `presence`
+/// frames (each with `left: []`) so that no frame exceeds what clients accept: Metered's
+/// SDKs refuse inbound frames over 1 MiB, and a peer's metadata is at most 4 KiB.
+pub const SNAPSHOT_FRAME_BUDGET: usize = 64 * 1024;
+
+/// The roster of `roster` minus `peer`, as one or more `presence` frames (always at least one,
+/// so an empty roster still yields a snapshot).
+fn snapshot_frames(roster: &ChannelRoster, channel: &str, peer: &Arc<str>) -> Vec<Bytes> {
+    let mut frames = Vec::new();
+    let mut chunk: Vec<PresencePeer<'_>> = Vec::new();
+    let mut size = 0;
+    for (p, e) in roster.peers.iter().filter(|(p, _)| *p != peer) {
+        let len = p.len() + e.metadata.as_ref().map_or(0, |m| m.len()) + 32;
+        if !chunk.is_empty() && size + len > SNAPSHOT_FRAME_BUDGET {
+            frames.push(encode::presence(channel, &chunk, &[]));
+            chunk.clear();
+            size = 0;
+        }
+        size += len;
+        chunk.push(PresencePeer {
+            peer_id: p,
+            metadata: e.metadata.as_deref(),
+        });
+    }
+    if !chunk.is_empty() || frames.is_empty() {
+        frames.push(encode::presence(channel, &chunk, &[]));
+    }
+    frames
 }
 
 fn broadcast(
@@ -238,5 +286,54 @@ mod tests {
         r.leave(AppId(0), ch.clone(), alice.clone(), ShardId(1), &mut rec);
         assert_eq!(log, ["snap1@0", "j1l0@0", "snap2@1"]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn large_roster_snapshot_is_split_and_complete() {
+        let mut r = Rosters::default();
+        let ch: Arc<str> = Arc::from("big");
+        let meta = Bytes::from(format!("{{\"blob\":\"{}\"}}", "y".repeat(3900)));
+        for i in 0..300u64 {
+            let p: Arc<str> = Arc::from(format!("m{i:03}"));
+            r.join(
+                AppId(0),
+                ch.clone(),
+                p,
+                Some(meta.clone()),
+                at(0, i),
+                false,
+                1,
+                |_, _| {},
+            );
+        }
+        let mut frames = vec![];
+        r.resnapshot(
+            AppId(0),
+            ch.clone(),
+            &Arc::from("m000"),
+            at(0, 999),
+            |_, m| {
+                if let ShardMsg::PresenceSnapshot { frames: f, .. } = m {
+                    frames = f
+                }
+            },
+        );
+        assert!(frames.len() > 1, "{} frames", frames.len());
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &frames {
+            assert!(
+                f.len() < SNAPSHOT_FRAME_BUDGET + 8192,
+                "frame of {} bytes",
+                f.len()
+            );
+            let hdr = if f[1] == 126 { 4 } else { 2 };
+            let v: serde_json::Value = serde_json::from_slice(&f[hdr..]).unwrap();
+            assert_eq!(v["left"], serde_json::json!([]));
+            for j in v["joined"].as_array().unwrap() {
+                assert!(seen.insert(j["peerId"].as_str().unwrap().to_string()));
+            }
+        }
+        assert_eq!(seen.len(), 299);
+        assert!(!seen.contains("m000"));
     }
 }

@@ -114,6 +114,18 @@ pub enum ShardMsg {
         /// Whether the connection may receive presence (the snapshot is skipped otherwise).
         wants_presence: bool,
     },
+    /// To the channel owner: an already subscribed connection subscribed again and wants a
+    /// fresh roster snapshot.
+    PresenceResnapshot {
+        /// Tenant.
+        app: AppId,
+        /// Channel.
+        channel: Arc<str>,
+        /// The subscribing peer (left out of its own snapshot).
+        peer: Arc<str>,
+        /// Where the snapshot goes.
+        from: ConnRef,
+    },
     /// To the channel owner: a connection unsubscribed or went away.
     PresenceLeave {
         /// Tenant.
@@ -133,8 +145,9 @@ pub enum ShardMsg {
         channel: Arc<str>,
         /// The subscriber.
         conn: ConnId,
-        /// The encoded `presence` frame (None when the connection may not see presence).
-        frame: Option<Bytes>,
+        /// The encoded `presence` frames: several when the roster is large (see
+        /// `presence::SNAPSHOT_FRAME_BUDGET`), none when the connection may not see presence.
+        frames: Vec<Bytes>,
     },
     /// From the owner: a peer joined or left the channel.
     PresenceEvent {

@@ -546,6 +546,19 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
                     sub.include_meta = include_sender_metadata;
                 }
                 ack(conn, request_id);
+                if id.actions.contains(Actions::PRESENCE) {
+                    // Every successful subscribe is followed by a snapshot (protocol §5);
+                    // SDKs re-subscribe to reconcile their roster.
+                    shard.route(
+                        owner_of(app, &ch, shard.shards()),
+                        ShardMsg::PresenceResnapshot {
+                            app,
+                            channel: ch,
+                            peer: id.peer_id.clone(),
+                            from: shard.conn_ref(conn.id),
+                        },
+                    );
+                }
                 return Flow::Continue;
             }
             if conn.channels.len() >= limits.max_channels_per_conn {

@@ -304,7 +304,7 @@ impl Shard {
                 app,
                 channel,
                 conn,
-                frame,
+                frames,
             } => {
                 let mut st = self.state.borrow_mut();
                 if let Some(sub) = st
@@ -314,11 +314,23 @@ impl Shard {
                 {
                     if sub.presence != PresenceState::NoPermission {
                         sub.presence = PresenceState::Ready;
-                        if let Some(f) = &frame {
-                            sub.handle.send(f);
+                        for f in &frames {
+                            // A snapshot is owed to the subscriber whatever its size (it
+                            // is bounded by the roster), so it is exempt from the cap.
+                            sub.handle.send_exempt(f);
                         }
                     }
                 }
+            }
+            ShardMsg::PresenceResnapshot {
+                app,
+                channel,
+                peer,
+                from,
+            } => {
+                let st = self.state.borrow();
+                st.rosters
+                    .resnapshot(app, channel, &peer, from, |s, m| self.route(s, m));
             }
             ShardMsg::PresenceEvent {
                 app,

@@ -58,6 +58,9 @@ pub struct ConnShared {
     /// Bytes queued plus bytes handed to the kernel and not yet confirmed written.
     queued_bytes: Cell<usize>,
     max_bytes: usize,
+    /// Bytes of exempt frames (roster snapshots) not yet written: the cap is raised by this
+    /// much until they are on the wire, so a large snapshot is delivered, not punished.
+    allowance: Cell<usize>,
     waker: Cell<Option<Waker>>,
     state: Cell<CloseState>,
     /// When the close frame was queued, to enforce the close timeout.
@@ -85,6 +88,7 @@ impl ConnShared {
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             max_bytes,
+            allowance: Cell::new(0),
             waker: Cell::new(None),
             state: Cell::new(CloseState::Open),
             closing_since: Cell::new(None),
@@ -102,11 +106,25 @@ impl ConnShared {
             return Delivery::Closed;
         }
         let after = self.queued_bytes.get() + frame.len();
-        if after > self.max_bytes {
+        if after > self.max_bytes + self.allowance.get() {
             self.close(close::SLOW_CONSUMER, "slow consumer", true);
             return Delivery::SlowConsumer;
         }
         self.queued_bytes.set(after);
+        self.queue.borrow_mut().push_back(frame.clone());
+        self.wake();
+        Delivery::Queued
+    }
+
+    /// Queues a frame the connection is owed whatever the queue holds (a presence roster
+    /// snapshot, bounded by the channel's roster): not checked against the cap, and the cap
+    /// is raised by its size until it is written.
+    pub fn send_exempt(&self, frame: &Bytes) -> Delivery {
+        if self.state.get() != CloseState::Open {
+            return Delivery::Closed;
+        }
+        self.allowance.set(self.allowance.get() + frame.len());
+        self.queued_bytes.set(self.queued_bytes.get() + frame.len());
         self.queue.borrow_mut().push_back(frame.clone());
         self.wake();
         Delivery::Queued
@@ -123,6 +141,7 @@ impl ConnShared {
             let dropped: usize = q.iter().map(Bytes::len).sum();
             q.clear();
             self.queued_bytes.set(self.queued_bytes.get() - dropped);
+            self.allowance.set(0);
         }
         self.push_raw(encode::ws_close(code, reason));
         self.state.set(CloseState::Closing(code));
@@ -214,6 +233,7 @@ pub async fn run_writer(conn: Rc<ConnShared>, counters: Arc<CachePadded<ShardCou
                 }
             };
             conn.queued_bytes.set(conn.queued_bytes.get() - n);
+            conn.allowance.set(conn.allowance.get().saturating_sub(n));
             ShardCounters::add(&counters.bytes_out, n as u64);
             total -= n;
             // Drop fully written frames, advance into a partially written one.
