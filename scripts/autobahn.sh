@@ -6,6 +6,7 @@
 #   bash scripts/autobahn.sh [--install] [--subset] [--update]
 #
 #   --install  create .autobahn-venv (pyenv Python 2.7 + autobahntestsuite==0.8.2) if missing
+#   --install-only  only that (exit 0 when the suite is installed, 3 when it cannot be)
 #   --subset   run the CI subset (every case except the 9.* performance cases)
 #   --update   rewrite autobahn/expected-results.json from this run instead of diffing
 #
@@ -20,13 +21,14 @@ VENV="$ROOT/.autobahn-venv"
 EXPECTED="$ROOT/autobahn/expected-results.json"
 BIN="${RINGCAST_BIN:-$ROOT/target/release/ringcast}"
 
-install=0 subset=0 update=0
+install=0 subset=0 update=0 install_only=0
 for a in "$@"; do
     case "$a" in
         --install) install=1 ;;
+        --install-only) install=1 install_only=1 ;;
         --subset) subset=1 ;;
         --update) update=1 ;;
-        *) echo "usage: $0 [--install] [--subset] [--update]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--install|--install-only] [--subset] [--update]" >&2; exit 2 ;;
     esac
 done
 
@@ -59,6 +61,7 @@ if [ ! -x "$VENV/bin/wstest" ]; then
     echo "autobahn: .autobahn-venv/bin/wstest not found (run: bash scripts/autobahn.sh --install)" >&2
     exit 3
 fi
+[ "$install_only" -eq 1 ] && exit 0
 [ -x "$BIN" ] || { echo "autobahn: broker binary $BIN not found (cargo build --release)" >&2; exit 2; }
 
 work="$(mktemp -d)"

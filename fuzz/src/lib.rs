@@ -54,14 +54,20 @@ fn assert_json(bytes: &[u8], what: &str) {
         if e.to_string().starts_with("number out of range") {
             return;
         }
-        panic!("{what} is not valid JSON ({e}): {:?}", String::from_utf8_lossy(bytes));
+        panic!(
+            "{what} is not valid JSON ({e}): {:?}",
+            String::from_utf8_lossy(bytes)
+        );
     }
 }
 
 fn check_request_id(r: Option<&str>) {
     if let Some(r) = r {
         let n = r.chars().count();
-        assert!((1..=MAX_REQUEST_ID_CHARS).contains(&n), "requestId of {n} chars");
+        assert!(
+            (1..=MAX_REQUEST_ID_CHARS).contains(&n),
+            "requestId of {n} chars"
+        );
     }
 }
 
@@ -85,7 +91,8 @@ pub fn parse_client_msg(data: &[u8]) {
                         let frame = encode::direct(to, data, None);
                         assert_json(ws_payload(&frame), "encoded direct frame");
                     }
-                    ClientMsg::Subscribe { channel, .. } | ClientMsg::Unsubscribe { channel, .. } => {
+                    ClientMsg::Subscribe { channel, .. }
+                    | ClientMsg::Unsubscribe { channel, .. } => {
                         let _ = validate_channel(channel);
                     }
                     ClientMsg::Ping { request_id } => {
@@ -130,13 +137,19 @@ pub fn glob_match(data: &[u8]) {
         }
         if let Ok(pb) = &pb {
             if m && pattern_within(pa, pb) {
-                assert!(pb.matches(ch), "{a:?} within {b:?} but {ch:?} matches only the first");
+                assert!(
+                    pb.matches(ch),
+                    "{a:?} within {b:?} but {ch:?} matches only the first"
+                );
             }
         }
         assert!(pattern_within(pa, pa), "{a:?} not within itself");
     }
     if let Ok(lit) = Pattern::parse(&Pattern::escape(ch)) {
-        assert!(lit.matches(ch), "escaped literal of {ch:?} does not match it");
+        assert!(
+            lit.matches(ch),
+            "escaped literal of {ch:?} does not match it"
+        );
         assert_eq!(lit.literal(), Some(ch));
     }
 }
@@ -163,7 +176,12 @@ fn authenticator() -> &'static Authenticator {
                     id: "sk_id_all".into(),
                     secret: "sk_secret_all0123456789".into(),
                     channel_patterns: vec!["**".into()],
-                    actions: vec!["publish".into(), "subscribe".into(), "presence".into(), "send".into()],
+                    actions: vec![
+                        "publish".into(),
+                        "subscribe".into(),
+                        "presence".into(),
+                        "send".into(),
+                    ],
                 },
             ],
             publishable_keys: vec![PublishableKeyConfig {
@@ -199,16 +217,28 @@ pub fn token_verify(data: &[u8]) {
             let mut parts = rest.splitn(2, |&b| b == 0);
             let header = parts.next().unwrap_or(b"");
             let payload = parts.next().unwrap_or(b"");
-            let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
+            let signing_input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(payload)
+            );
             let key = jsonwebtoken::EncodingKey::from_secret(FUZZ_SECRET.as_bytes());
-            let sig = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
-                .expect("HS256 signing");
+            let sig = jsonwebtoken::crypto::sign(
+                signing_input.as_bytes(),
+                &key,
+                jsonwebtoken::Algorithm::HS256,
+            )
+            .expect("HS256 signing");
             auth.verify_token(&format!("{signing_input}.{sig}"), NOW)
         }
     };
     match result {
         Ok(id) => {
-            assert!(validate_peer_id(&id.peer_id).is_ok(), "accepted invalid peer id {:?}", id.peer_id);
+            assert!(
+                validate_peer_id(&id.peer_id).is_ok(),
+                "accepted invalid peer id {:?}",
+                id.peer_id
+            );
             if let Some(exp) = id.expires_at {
                 assert!(exp > NOW, "accepted a token with exp {exp} <= now");
             }
@@ -301,7 +331,8 @@ pub fn ws_read(data: &[u8]) {
                 Ok(Message::Ping(p)) | Ok(Message::Pong(p)) => assert!(p.len() <= 125),
                 Ok(Message::Close(_)) | Ok(Message::Frame(_)) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => return,
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => return,
                 Err(e) => {
                     let (code, _) = ws_error_close(&e);
                     assert!(matches!(code, 1002 | 1007 | 1009 | 1011), "{e}");

@@ -12,7 +12,9 @@ use std::path::Path;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
     let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
@@ -33,9 +35,12 @@ fn mutate(rng: &mut StdRng, seeds: &[Vec<u8>]) -> Vec<u8> {
             }
             1 => {
                 let i = rng.gen_range(0..=len);
-                let b = *[b'{', b'}', b'[', b']', b'"', b'\\', b':', b',', b'*', b'/', b'\0', 0xff, 0x80, b'\r', b'\n']
-                    .get(rng.gen_range(0..16))
-                    .unwrap_or(&rng.gen());
+                let b = *[
+                    b'{', b'}', b'[', b']', b'"', b'\\', b':', b',', b'*', b'/', b'\0', 0xff, 0x80,
+                    b'\r', b'\n',
+                ]
+                .get(rng.gen_range(0..16))
+                .unwrap_or(&rng.gen());
                 v.insert(i, b);
             }
             2 if len > 0 => {
