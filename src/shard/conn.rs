@@ -82,6 +82,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             Handshake::Upgrade(u) => break u,
         }
     };
+    // This future lives as long as the connection: free the handshake buffer now rather
+    // than at the end of the scope (4 KiB per connection otherwise).
+    drop(buf);
     if !shard.shared.admission.try_upgrade(
         peer.ip(),
         limits.upgrades_per_ip,
@@ -127,6 +130,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
                 return;
             }
         };
+    drop(req); // the query string holds the token: not kept for the connection's life
     if !shard.shared.try_admit(identity.app) {
         shard.counters().auth_failure(AuthFailure::ConnectionCap);
         reject(
@@ -265,10 +269,32 @@ enum Flow {
     Stop,
 }
 
+/// Read size while a connection is quiet. Most idle connections last read a tiny frame
+/// (subscribe, pong), so they wait with a buffer this small instead of the full one.
+const QUIET_READ: usize = 512;
+
+/// Size of the next socket read: back to the full `max` after a read that filled its buffer
+/// (a burst or a large message is arriving), down to [`QUIET_READ`] after a read of at most
+/// half that (the peer is chatting or idle), unchanged otherwise (hysteresis, so steady
+/// medium-size traffic does not reallocate on every read).
+fn next_read_size(current: usize, last_read: usize, max: usize) -> usize {
+    let quiet = QUIET_READ.min(max);
+    if last_read >= current {
+        max
+    } else if last_read <= quiet / 2 {
+        quiet
+    } else {
+        current.clamp(quiet, max)
+    }
+}
+
 /// The tungstenite configuration of the read path (also used by the fuzz target `ws_read`).
+/// tungstenite's `read_buffer_size` is only the chunk it pulls from our in-memory [`Feed`]
+/// per call, but it is allocated eagerly per connection, so it is kept small: frames larger
+/// than it are still read whole (tungstenite reserves each frame's length).
 pub fn ws_config(max_message_size: usize, read_buffer_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(read_buffer_size.min(4096))
+        .read_buffer_size(read_buffer_size.min(256))
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024)
         .max_message_size(Some(max_message_size))
@@ -371,11 +397,15 @@ async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
     let mut out: Vec<u8> = Vec::new();
     let mut buf = leftover;
     let mut first = true;
+    let mut read_size = QUIET_READ.min(limits.read_buffer_size);
     loop {
         if !first {
-            buf.clear();
-            if buf.capacity() < limits.read_buffer_size {
-                buf.reserve_exact(limits.read_buffer_size);
+            read_size = next_read_size(read_size, buf.len(), limits.read_buffer_size);
+            if buf.capacity() != read_size {
+                // Only on a size change (see `next_read_size`): not per read.
+                buf = Vec::with_capacity(read_size);
+            } else {
+                buf.clear();
             }
             let (res, b) = conn.shared.stream.read(buf).await;
             buf = b;
@@ -751,5 +781,20 @@ fn charge(action: RateLimitAction, conn: &mut Conn, request_id: Option<&str>) ->
             );
             Charge::Dropped
         }
+    }
+}
+
+#[cfg(test)]
+mod read_size_tests {
+    use super::*;
+
+    #[test]
+    fn grows_on_full_reads_and_shrinks_when_quiet() {
+        assert_eq!(next_read_size(512, 512, 4096), 4096); // filled: grow
+        assert_eq!(next_read_size(4096, 4096, 4096), 4096);
+        assert_eq!(next_read_size(4096, 1000, 4096), 4096); // medium: keep
+        assert_eq!(next_read_size(4096, 100, 4096), 512); // quiet: shrink
+        assert_eq!(next_read_size(512, 300, 4096), 512);
+        assert_eq!(next_read_size(256, 10, 256), 256); // never above the configured max
     }
 }
