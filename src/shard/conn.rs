@@ -682,6 +682,8 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             }
             // Encoded once per publication (twice when the publisher has metadata: with and
             // without `fromMetadata`); every subscriber on every shard gets these bytes.
+            // Allocations here are per publication, never per subscriber: the frame(s), the
+            // `Arc<str>` channel and the `Arc<Publication>` that other shards share.
             let frame = encode::message(channel, &id.peer_id, data, None);
             let frame_with_meta = id
                 .peer_metadata_json
@@ -720,6 +722,8 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
                 );
                 return Flow::Continue;
             }
+            // One frame, one `Arc<str>` and one `Arc<Direct>` per send (shared by the target's
+            // connections on every shard); nothing per recipient.
             let frame = encode::direct(&id.peer_id, data, id.peer_metadata_json.as_deref());
             let found = shard.send_direct(Direct {
                 app: id.app,
