@@ -1,36 +1,65 @@
 #!/usr/bin/env bash
-# loadgen/compare.sh — ringcast vs nats-server (WebSocket) vs mosquitto (WebSocket), one
-# generator, one payload, same machine, loopback only.
+# loadgen/compare.sh — ringcast vs nats-server (WebSocket) vs mosquitto (WebSocket): one
+# generator, one payload, the same machine, loopback only, all three measured in one run.
 #
-# STATUS: SKELETON, INCOMPLETE. What works: installing the peers with apt, building, starting
-# the three brokers pinned with configs from tuning/, running every scenario RUNS times per
-# broker, medians and ratios into a markdown table written to results/compare.md. What is NOT
-# done yet: REST publish scenario (needs the REST endpoint; ringcast only), churn runs,
-# splicing the table into BENCHMARKS.md automatically (it is printed; paste it), and the
-# nats/mosquitto adapters have only been smoke-tested (see BENCHMARKS.md).
+# What it does:
+#   1. installs nats-server and mosquitto with apt if they are missing;
+#   2. builds ringcast and ringcast-loadgen (release) into $CARGO_TARGET_DIR (default
+#      target/bench, so a parallel `cargo build --features ...` in target/ cannot swap the
+#      binary under the benchmark);
+#   3. for each of RUNS runs, for each scenario, starts each broker fresh (so RSS and CPU start
+#      from zero) with its config from tuning/, pinned to BROKER_CPUS with one shard / one
+#      thread (ringcast --shards 1, nats GOMAXPROCS=1, mosquitto is single-threaded), and runs
+#      the generator pinned to LOADGEN_CPUS. Brokers are interleaved within each scenario, so
+#      the three are measured minutes apart under the same machine load;
+#   4. writes medians (and min..max) of the runs, broker CPU-seconds and the ratios into
+#      $OUT/compare.md, and splices that into BENCHMARKS.md between the `compare:begin` and
+#      `compare:end` markers (BENCH_MD=none to skip).
 #
-# Usage: loadgen/compare.sh [results-dir]
-# Env: RUNS (3), SUBS (10000), FANOUT_RATES (10,50,100,200), STEP_SECS (5), IDLE_CONNS (19000),
-#      BROKER_CPUS (0), LOADGEN_CPUS (1-$(nproc)-1 or 0 on one core), SHARDS (cores in BROKER_CPUS),
-#      TARGETS ("ringcast nats mosquitto").
+# Usage: loadgen/compare.sh [results-dir]          (default target/compare/<date>)
+#        QUICK=1 loadgen/compare.sh                (small sizes, ~5 minutes)
+# Env: RUNS (3), TARGETS ("ringcast nats mosquitto"), SCENARIOS (all: pingpong latency fanout
+#      many-channels direct idle connect rest), SUBS, FANOUT_RATES, STEP_SECS, IDLE_CONNS,
+#      CONNECT_CONNS, MC_CHANNELS, MC_SUBS, MC_RATE, DIRECT_PAIRS, DIRECT_RATES, REST_SECS,
+#      BROKER_CPUS (0), LOADGEN_CPUS (the other cores), BENCH_MD (BENCHMARKS.md).
+# Every generator call is bounded by `timeout` and by the loadgen's own --max-secs; the default
+# set takes about 20 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-OUT=${1:-$ROOT/results/$(date +%Y%m%d-%H%M%S)}
+T0=$(date +%s)
+OUT=${1:-$ROOT/target/compare/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 RUNS=${RUNS:-3}
+if [ "${QUICK:-0}" = 1 ]; then
+  SUBS=${SUBS:-2000}; FANOUT_RATES=${FANOUT_RATES:-10,100}; STEP_SECS=${STEP_SECS:-2}
+  IDLE_CONNS=${IDLE_CONNS:-5000}; CONNECT_CONNS=${CONNECT_CONNS:-2000}
+  MC_CHANNELS=${MC_CHANNELS:-100}; MC_SUBS=${MC_SUBS:-10}; MC_RATE=${MC_RATE:-5000}
+  DIRECT_PAIRS=${DIRECT_PAIRS:-200}; DIRECT_RATES=${DIRECT_RATES:-50000}; REST_SECS=${REST_SECS:-2}
+fi
 SUBS=${SUBS:-10000}
 FANOUT_RATES=${FANOUT_RATES:-10,50,100,200}
 STEP_SECS=${STEP_SECS:-5}
 IDLE_CONNS=${IDLE_CONNS:-19000}
+CONNECT_CONNS=${CONNECT_CONNS:-10000}
+MC_CHANNELS=${MC_CHANNELS:-1000}
+MC_SUBS=${MC_SUBS:-10}
+MC_RATE=${MC_RATE:-20000}
+DIRECT_PAIRS=${DIRECT_PAIRS:-1000}
+DIRECT_RATES=${DIRECT_RATES:-50000,100000,200000}
+REST_SECS=${REST_SECS:-5}
+TARGETS=${TARGETS:-ringcast nats mosquitto}
+SCENARIOS=${SCENARIOS:-pingpong latency fanout many-channels direct idle connect rest}
 NCPU=$(nproc)
 BROKER_CPUS=${BROKER_CPUS:-0}
 if [ "$NCPU" -gt 1 ]; then LOADGEN_CPUS=${LOADGEN_CPUS:-1-$((NCPU - 1))}; else LOADGEN_CPUS=${LOADGEN_CPUS:-0}; fi
-SHARDS=${SHARDS:-$(taskset -c "$BROKER_CPUS" nproc)}
-TARGETS=${TARGETS:-ringcast nats mosquitto}
-LG="taskset -c $LOADGEN_CPUS $ROOT/target/release/ringcast-loadgen"
+BENCH_MD=${BENCH_MD:-$ROOT/BENCHMARKS.md}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/bench}
+BIN=$CARGO_TARGET_DIR/release
+LG="taskset -c $LOADGEN_CPUS $BIN/ringcast-loadgen"
+WS_PORT=18080; REST_PORT=18081
 
-log() { echo "compare: $*" >&2; }
+log() { echo "compare: [$(($(date +%s) - T0))s] $*" >&2; }
 
 # 1. Peers from Debian packages.
 need=()
@@ -40,7 +69,7 @@ if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]} with apt"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
-# The Debian package starts a system mosquitto on 1883; it does not touch our ports.
+# The Debian package may start a system mosquitto on 1883; our listeners are 9001 and 11883.
 
 # 2. Build, tune (best effort), record the machine.
 cargo build --release -p ringcast -p ringcast-loadgen
@@ -51,102 +80,121 @@ ulimit -n "$(ulimit -Hn)" || true
   echo "kernel: $(uname -sr)"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs) x $NCPU"
   echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
-  echo "ringcast: $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)"
+  echo "ringcast: $(git rev-parse --short HEAD)$(git diff --quiet -- src Cargo.toml Cargo.lock || echo ' (src modified)')"
   echo "nats-server: $(nats-server --version 2>&1 | head -1)"
   echo "mosquitto: $(mosquitto -h 2>&1 | head -1)"
   echo "rustc: $(rustc --version)"
-  echo "broker cpus: $BROKER_CPUS (shards $SHARDS), loadgen cpus: $LOADGEN_CPUS"
+  echo "ulimit -n: $(ulimit -n)"
+  echo "placement: brokers on CPU $BROKER_CPUS (ringcast --shards 1, nats GOMAXPROCS=1, mosquitto single-threaded); generator on CPU $LOADGEN_CPUS"
+  echo "runs: $RUNS; scenarios: $SCENARIOS"
+  echo "load at start: $(uptime | sed 's/.*load average/load average/')"
 } > "$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
+echo "$(cut -d' ' -f1 /proc/loadavg)" > "$OUT/load.txt"
 
 BPID=
+ADDR=
 start_broker() {
   case $1 in
     ringcast)
-      taskset -c "$BROKER_CPUS" target/release/ringcast --config tuning/ringcast-bench.toml \
-        --listen 127.0.0.1:18080 --shards "$SHARDS" --rate-limit-per-sec 1000000 \
-        --rate-limit-burst 1000000 --upgrades-per-ip 0 --max-outbound-bytes 4194304 \
-        > "$OUT/ringcast.log" 2>&1 &
-      ADDR=127.0.0.1:18080 ;;
+      taskset -c "$BROKER_CPUS" "$BIN/ringcast" --config tuning/ringcast-bench.toml \
+        --listen 127.0.0.1:$WS_PORT --rest-listen 127.0.0.1:$REST_PORT --shards 1 \
+        --rate-limit-per-sec 1000000 --rate-limit-burst 1000000 --upgrades-per-ip 0 \
+        --max-outbound-bytes 4194304 > "$OUT/ringcast.log" 2>&1 &
+      ADDR=127.0.0.1:$WS_PORT ;;
     nats)
-      GOMAXPROCS=$SHARDS taskset -c "$BROKER_CPUS" nats-server -c tuning/nats.conf > "$OUT/nats.log" 2>&1 &
+      GOMAXPROCS=1 taskset -c "$BROKER_CPUS" nats-server -c tuning/nats.conf > "$OUT/nats.log" 2>&1 &
       ADDR=127.0.0.1:8222 ;;
     mosquitto)
       taskset -c "$BROKER_CPUS" mosquitto -c tuning/mosquitto.conf > "$OUT/mosquitto.log" 2>&1 &
       ADDR=127.0.0.1:9001 ;;
   esac
   BPID=$!
-  for _ in $(seq 50); do
-    (exec 3<>/dev/tcp/${ADDR%:*}/${ADDR#*:}) 2>/dev/null && return 0
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/${ADDR%:*}/${ADDR#*:}") 2>/dev/null; then
+      [ "$1" != ringcast ] && return 0
+      (exec 3<>"/dev/tcp/127.0.0.1/$REST_PORT") 2>/dev/null && return 0
+    fi
+    kill -0 "$BPID" 2>/dev/null || break
     sleep 0.1
   done
   log "$1 did not start"; cat "$OUT/$1.log" >&2; return 1
 }
-stop_broker() { [ -n "$BPID" ] && kill "$BPID" 2>/dev/null && wait "$BPID" 2>/dev/null; BPID=; sleep 1; }
+stop_broker() {
+  if [ -n "$BPID" ]; then
+    kill "$BPID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$BPID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$BPID" 2>/dev/null || true
+    wait "$BPID" 2>/dev/null || true
+  fi
+  BPID=
+  sleep 0.5
+}
 trap stop_broker EXIT
 
-# 3. Scenarios. Each run gets a fresh broker so RSS and CPU start from zero.
-run() { # target scenario run args...
-  local t=$1 s=$2 r=$3; shift 3
-  start_broker "$t"
-  log "$t $s run $r"
-  timeout 900 $LG "$s" --target "$t" --addr "$ADDR" --broker-pid "$BPID" \
-    --out "$OUT/$t-$s-$r.json" "$@" > "$OUT/$t-$s-$r.txt" 2>&1 || log "$t $s run $r failed (see $OUT/$t-$s-$r.txt)"
+# 3. Scenarios. Each (run, scenario, target) gets a fresh broker.
+run_lg() { # target name run scenario args...
+  local t=$1 name=$2 r=$3 s=$4; shift 4
+  start_broker "$t" || return 0
+  cut -d' ' -f1 /proc/loadavg >> "$OUT/load.txt"
+  log "$t $name run $r"
+  if [ "$s" = rest ]; then
+    timeout 120 $LG rest --addr 127.0.0.1:$REST_PORT --broker-pid "$BPID" \
+      --out "$OUT/$t-$name-$r.json" "$@" > "$OUT/$t-$name-$r.txt" 2>&1 ||
+      log "$t $name run $r failed (see $OUT/$t-$name-$r.txt)"
+  else
+    timeout 300 $LG "$s" --target "$t" --addr "$ADDR" --broker-pid "$BPID" --max-secs 240 \
+      --out "$OUT/$t-$name-$r.json" "$@" > "$OUT/$t-$name-$r.txt" 2>&1 ||
+      log "$t $name run $r failed (see $OUT/$t-$name-$r.txt)"
+  fi
   stop_broker
 }
+has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
 for r in $(seq "$RUNS"); do
-  $LG pingpong --rate 10000 --secs "$STEP_SECS" --out "$OUT/tcp-pingpong-$r.json" > "$OUT/tcp-pingpong-$r.txt"
+  if has pingpong; then
+    log "tcp pingpong run $r"
+    # Echo thread on the broker's core, client on the generator's: the same crossing as a
+    # broker's publish -> deliver path.
+    timeout 60 $LG pingpong --rate 10000 --secs "$STEP_SECS" --echo-cpu "${BROKER_CPUS%%[-,]*}" \
+      --out "$OUT/tcp-pingpong-$r.json" > "$OUT/tcp-pingpong-$r.txt" 2>&1 || log "pingpong failed"
+  fi
   for t in $TARGETS; do
-    run "$t" fanout "$r" --subscribers 1 --rates 10000 --step-secs "$STEP_SECS"
-    mv "$OUT/$t-fanout-$r.json" "$OUT/$t-latency-$r.json" 2>/dev/null || true
-    run "$t" fanout "$r" --subscribers "$SUBS" --rates "$FANOUT_RATES" --step-secs "$STEP_SECS"
-    run "$t" many-channels "$r" --channels 1000 --subscribers-per-channel 10 --rates 20000 --step-secs "$STEP_SECS"
-    run "$t" direct "$r" --pairs 1000 --rates 100000 --step-secs "$STEP_SECS"
-    run "$t" idle "$r" --connections "$IDLE_CONNS" --hold-secs 10
-    run "$t" connect "$r" --connections 10000
+    has latency && run_lg "$t" latency "$r" fanout --subscribers 1 --rates 10000 --step-secs "$STEP_SECS"
   done
+  for t in $TARGETS; do
+    has fanout && run_lg "$t" fanout "$r" fanout --subscribers "$SUBS" --rates "$FANOUT_RATES" --step-secs "$STEP_SECS"
+  done
+  for t in $TARGETS; do
+    has many-channels && run_lg "$t" many-channels "$r" many-channels --channels "$MC_CHANNELS" \
+      --subscribers-per-channel "$MC_SUBS" --rates "$MC_RATE" --step-secs "$STEP_SECS"
+  done
+  for t in $TARGETS; do
+    has direct && run_lg "$t" direct "$r" direct --pairs "$DIRECT_PAIRS" --rates "$DIRECT_RATES" --step-secs "$STEP_SECS"
+  done
+  for t in $TARGETS; do
+    has idle && run_lg "$t" idle "$r" idle --connections "$IDLE_CONNS" --hold-secs 5
+  done
+  for t in $TARGETS; do
+    has connect && run_lg "$t" connect "$r" connect --connections "$CONNECT_CONNS"
+  done
+  # REST publish: ringcast only (nats-server and mosquitto have no HTTP publish endpoint).
+  case " $TARGETS " in *" ringcast "*) has rest && run_lg ringcast rest "$r" rest --secs "$REST_SECS" ;; esac
 done
+cut -d' ' -f1 /proc/loadavg >> "$OUT/load.txt"
+echo "load at end: $(uptime | sed 's/.*load average/load average/')" >> "$OUT/machine.txt"
+echo "wall time: $(($(date +%s) - T0)) s" >> "$OUT/machine.txt"
 
-# 4. Medians and ratios.
-python3 - "$OUT" "$TARGETS" > "$OUT/compare.md" <<'PY'
-import json, glob, os, statistics, sys
-out, targets = sys.argv[1], sys.argv[2].split()
-def load(pat):
-    return [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, pat)))]
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-def best_step(d, key):
-    return max((s.get(key) or 0) for s in d["steps"]) if d.get("steps") else None
-floor = med([d["round_trip"]["p99_ms"] for d in load("tcp-pingpong-*.json")])
-metrics = [
-    ("fan-out deliveries per broker CPU-s (best step)", "fanout", lambda d: best_step(d, "deliveries_per_broker_cpu_sec"), "higher"),
-    ("fan-out deliveries/s (best step)", "fanout", lambda d: best_step(d, "deliveries_per_sec"), "higher"),
-    ("fan-out publish -> last subscriber p99 ms", "fanout", lambda d: (d.get("publish_to_last_subscriber") or {}).get("p99_ms"), "lower"),
-    ("fan-out lost + duplicated", "fanout", lambda d: d["deliveries"]["lost"] + d["deliveries"]["duplicated"], "lower"),
-    ("1->1 @10k/s p99 ms", "latency", lambda d: d["steps"][0]["latency"]["p99_ms"] if d["steps"] else None, "lower"),
-    ("many-channels deliveries/s", "many-channels", lambda d: best_step(d, "deliveries_per_sec"), "higher"),
-    ("many-channels p99 ms", "many-channels", lambda d: d["steps"][0]["latency"]["p99_ms"] if d["steps"] else None, "lower"),
-    ("direct relayed msg/s", "direct", lambda d: best_step(d, "deliveries_per_sec"), "higher"),
-    ("idle: broker RSS bytes per connection", "idle", lambda d: d["broker"]["rss_bytes_per_connection"], "lower"),
-    ("idle: connections held", "idle", lambda d: d["connections"]["ok"], "higher"),
-    ("connection setup per s", "connect", lambda d: d["connections"]["per_sec"], "higher"),
-]
-print(f"TCP loopback ping-pong p99 (floor): {floor} ms\n")
-hdr = "| metric | " + " | ".join(targets) + " | " + " | ".join(f"ringcast/{t}" for t in targets if t != "ringcast") + " |"
-print(hdr); print("|" + "---|" * (hdr.count("|") - 1))
-for name, scen, f, better in metrics:
-    vals = {}
-    for t in targets:
-        try: vals[t] = med([f(d) for d in load(f"{t}-{scen}-*.json")])
-        except Exception: vals[t] = None
-    fmt = lambda v: "-" if v is None else (f"{v:.3g}" if isinstance(v, float) and v < 100 else f"{v:,.0f}")
-    ratios = []
-    for t in targets:
-        if t == "ringcast": continue
-        a, b = vals.get("ringcast"), vals.get(t)
-        ratios.append("-" if not a or not b else (f"{a/b:.2f}x" if better == "higher" else f"{b/a:.2f}x better" if a <= b else f"{a/b:.2f}x worse"))
-    print(f"| {name} ({better} is better) | " + " | ".join(fmt(vals[t]) for t in targets) + " | " + " | ".join(ratios) + " |")
+# 4. Medians, ratios, goals.
+python3 loadgen/report.py "$OUT" "$TARGETS" > "$OUT/compare.md"
+cat "$OUT/compare.md"
+if [ "$BENCH_MD" != none ] && grep -q '<!-- compare:begin -->' "$BENCH_MD"; then
+  python3 - "$BENCH_MD" "$OUT/compare.md" <<'PY'
+import sys
+md, table = sys.argv[1], open(sys.argv[2]).read()
+s = open(md).read()
+a, b = s.index("<!-- compare:begin -->"), s.index("<!-- compare:end -->")
+open(md, "w").write(s[:a] + "<!-- compare:begin -->\n" + table + s[b:])
 PY
-cat "$OUT/machine.txt" "$OUT/compare.md"
-log "results in $OUT (paste compare.md into BENCHMARKS.md)"
+  log "table written into $BENCH_MD"
+fi
+log "results in $OUT"

@@ -16,6 +16,7 @@
 
 mod pingpong;
 mod procstat;
+mod rest;
 mod stats;
 mod target;
 mod worker;
@@ -113,6 +114,40 @@ enum Cmd {
         payload: usize,
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Pin the echo server thread to this CPU (so the round trip crosses cores like a
+        /// broker's would: generator on one core, broker on another).
+        #[arg(long)]
+        echo_cpu: Option<usize>,
+    },
+    /// REST publish (ringcast only): closed loop, `--connections` keep-alive HTTP/1.1
+    /// connections with `--pipeline` requests in flight each.
+    Rest {
+        /// ringcast's REST listener (`--rest-listen`).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        addr: SocketAddr,
+        #[arg(long, env = "RINGCAST_KEY_ID", default_value = "sk_id_test1")]
+        key_id: String,
+        #[arg(
+            long,
+            env = "RINGCAST_KEY_SECRET",
+            default_value = "sk_secret_abcdefghijklmnopqrstuvwxyz012345"
+        )]
+        key_secret: String,
+        #[arg(long, default_value = "rest")]
+        channel: String,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 16)]
+        pipeline: usize,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Request body size, bytes (approximately).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        #[arg(long)]
+        broker_pid: Option<u32>,
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Internal: a worker process (spec on stdin).
     #[command(hide = true)]
@@ -194,7 +229,33 @@ fn main() -> Result<()> {
             secs,
             payload,
             out,
-        } => return pingpong::run(rate, secs, payload, out),
+            echo_cpu,
+        } => return pingpong::run(rate, secs, payload, out, echo_cpu),
+        Cmd::Rest {
+            addr,
+            key_id,
+            key_secret,
+            channel,
+            connections,
+            pipeline,
+            secs,
+            payload,
+            broker_pid,
+            out,
+        } => {
+            return rest::run(rest::RestSpec {
+                addr,
+                key_id,
+                key_secret,
+                channel,
+                connections,
+                pipeline,
+                secs: secs.min(600.0),
+                payload,
+                broker_pid,
+                out,
+            })
+        }
         Cmd::Fanout {
             c,
             subscribers,
@@ -515,6 +576,17 @@ fn report(
     let failed: u64 = rs.iter().map(|r| r.failed).sum();
     let mut ch = stats::new_hist();
     rs.iter().for_each(|r| r.connect_hist.merge_into(&mut ch));
+    let mut last = Vec::<u64>::new();
+    for r in rs {
+        if last.len() < r.last_by_seq.len() {
+            last.resize(r.last_by_seq.len(), 0);
+        }
+        for (i, &v) in r.last_by_seq.iter().enumerate() {
+            last[i] = last[i].max(v);
+        }
+    }
+    // Sequence numbers of publisher 0 in each step: [first, end).
+    let mut seq0 = 0usize;
     let mut steps = Vec::new();
     println!(
         "\n{:>10} {:>9} {:>11} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11}",
@@ -550,6 +622,15 @@ fn report(
         let rate = st.rate_per_pub * plan.pubs.len() as f64;
         let per_cpu = cpu.filter(|&x| x > 0.0).map(|x| lat.count as f64 / x);
         let broken = lat.p99_ms > c.break_p99_ms || lat.count < sent * plan.fanout;
+        let n0 = (st.rate_per_pub * st.secs).round() as usize;
+        let mut sh = stats::new_hist();
+        last.iter()
+            .skip(seq0)
+            .take(n0)
+            .filter(|&&v| v > 0)
+            .for_each(|&v| stats::rec(&mut sh, v));
+        seq0 += n0;
+        let step_last = (!sh.is_empty()).then(|| Lat::of(&sh));
         println!(
             "{:>10.0} {:>9} {:>11} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>11}{}",
             rate,
@@ -569,8 +650,14 @@ fn report(
             "rate": rate, "secs": st.secs, "sent": sent, "expected": sent * plan.fanout,
             "delivered": lat.count, "deliveries_per_sec": lat.count as f64 / st.secs,
             "latency": lat, "broker_cpu_secs": cpu, "deliveries_per_broker_cpu_sec": per_cpu,
-            "broken": broken,
+            "broken": broken, "publish_to_last_subscriber": step_last,
         }));
+        if let Some(l) = step_last.as_ref().filter(|_| plan.track_last) {
+            println!(
+                "{:>10} publish -> last subscriber: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                "", l.p50_ms, l.p99_ms, l.max_ms
+            );
+        }
     }
     let sent: u64 = rs.iter().flat_map(|r| r.sent.iter()).sum();
     let unique: u64 = rs.iter().map(|r| r.unique).sum();
@@ -579,15 +666,6 @@ fn report(
         .iter()
         .fold((0, 0), |(d, o), r| (d + r.duplicated, o + r.reordered));
     let lost = expected.saturating_sub(unique);
-    let mut last = Vec::<u64>::new();
-    for r in rs {
-        if last.len() < r.last_by_seq.len() {
-            last.resize(r.last_by_seq.len(), 0);
-        }
-        for (i, &v) in r.last_by_seq.iter().enumerate() {
-            last[i] = last[i].max(v);
-        }
-    }
     let mut lh = stats::new_hist();
     last.iter()
         .filter(|&&v| v > 0)

@@ -14,10 +14,19 @@ use serde_json::json;
 use crate::stats::{self, mono_ns, Lat};
 
 /// Runs `rate × secs` pings of `payload` bytes; latency from each ping's intended send time.
-pub fn run(rate: f64, secs: f64, payload: usize, out: Option<std::path::PathBuf>) -> Result<()> {
+pub fn run(
+    rate: f64,
+    secs: f64,
+    payload: usize,
+    out: Option<std::path::PathBuf>,
+    echo_cpu: Option<usize>,
+) -> Result<()> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?;
     std::thread::spawn(move || {
+        if let Some(cpu) = echo_cpu {
+            pin(cpu);
+        }
         if let Ok((mut s, _)) = l.accept() {
             let _ = s.set_nodelay(true);
             let mut buf = vec![0u8; 65536];
@@ -78,4 +87,17 @@ pub fn run(rate: f64, secs: f64, payload: usize, out: Option<std::path::PathBuf>
         )?;
     }
     Ok(())
+}
+
+/// Pins the calling thread to `cpu` (best effort: a CPU outside the allowed set is ignored).
+fn pin(cpu: usize) {
+    // SAFETY: `set` is a zeroed cpu_set_t filled by CPU_SET; sched_setaffinity(0, ...) applies
+    // to the calling thread and only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            eprintln!("pingpong: could not pin the echo thread to CPU {cpu}");
+        }
+    }
 }
