@@ -190,15 +190,15 @@ def verdict(ok):
 
 print("\n### Goals (issue 4)\n")
 print("| goal | measured | verdict |\n|---|---|---|")
-# Fan-out efficiency: compared at the highest rate step (where each broker batches most).
-lastk = len(fan[0]["steps"]) - 1 if fan else 0
-eff = {t: m(t, "fanout", lambda d: step(d, lastk)["deliveries_per_broker_cpu_sec"]) for t in targets}
-effbest = best("ringcast", "fanout", "deliveries_per_broker_cpu_sec")
+# Fan-out efficiency: each broker at its own best rate step (per run, then the median): a
+# broker that stops delivering at the higher rates is compared where it still delivers.
+eff = {t: best(t, "fanout", "deliveries_per_broker_cpu_sec") for t in targets}
+effbest = eff.get("ringcast")
 for t, need in (("nats", 1.5), ("mosquitto", 3.0)):
     if t in targets:
         a, b = eff.get("ringcast"), eff.get(t)
         ok = None if not a or not b else a / b >= need
-        print(f"| fan-out deliveries per broker CPU-s ≥ {need}× {t} (highest rate step) | "
+        print(f"| fan-out deliveries per broker CPU-s ≥ {need}× {t} (each at its best step) | "
               f"{num(a)} vs {num(b)}: {a / b if a and b else float('nan'):.2f}× | {verdict(ok)} |")
 print(f"| fan-out ≥ 2 M deliveries per broker CPU-s | best step {num(effbest)} | "
       f"{verdict(None if effbest is None else effbest >= 2e6)} |")

@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     time::Duration,
 };
 
@@ -37,42 +37,52 @@ pub fn run(
             }
         }
     });
-    let s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    let mut r = s.try_clone()?;
-    let mut w = s;
+    // The client runs like a loadgen worker: one single-threaded tokio runtime, the sender
+    // sleeping on tokio's timer until each intended send time, the receiver in the same thread.
+    // So the floor carries the same timer and scheduling artefacts as the broker measurements
+    // (a spinning sender thread next to a blocked reader on one core would not).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let n = (rate * secs).round() as u64;
     let size = payload.max(8);
-    let start = mono_ns() + 100_000_000;
-    let gap = 1e9 / rate;
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut msg = vec![b'x'; size];
-        for i in 0..n {
-            let t = start + (i as f64 * gap) as u64;
-            while mono_ns() < t {
-                let left = t.saturating_sub(mono_ns());
-                if left > 200_000 {
-                    std::thread::sleep(Duration::from_nanos(left - 100_000));
-                } else {
-                    std::hint::spin_loop();
+    let h = rt.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (mut r, mut w) = s.into_split();
+        let start = mono_ns() + 100_000_000;
+        let gap = 1e9 / rate;
+        let writer = async move {
+            let mut msg = vec![b'x'; size];
+            for i in 0..n {
+                let t = start + (i as f64 * gap) as u64;
+                let now = mono_ns();
+                if t > now {
+                    tokio::time::sleep(Duration::from_nanos(t - now)).await;
                 }
+                msg[..8].copy_from_slice(&t.to_le_bytes());
+                w.write_all(&msg).await?;
             }
-            msg[..8].copy_from_slice(&t.to_le_bytes());
-            w.write_all(&msg)?;
-        }
-        Ok(())
-    });
-    let mut h = stats::new_hist();
-    let mut buf = vec![0u8; size];
-    r.set_read_timeout(Some(Duration::from_secs(5)))?;
-    for _ in 0..n {
-        if r.read_exact(&mut buf).is_err() {
-            break;
-        }
-        let t = u64::from_le_bytes(buf[..8].try_into()?);
-        stats::rec(&mut h, mono_ns().saturating_sub(t));
-    }
-    let _ = writer.join();
+            std::io::Result::Ok(w)
+        };
+        let reader = async move {
+            let mut h = stats::new_hist();
+            let mut buf = vec![0u8; size];
+            for _ in 0..n {
+                match tokio::time::timeout(Duration::from_secs(5), r.read_exact(&mut buf)).await {
+                    Ok(Ok(_)) => {}
+                    _ => break,
+                }
+                let t = u64::from_le_bytes(buf[..8].try_into().unwrap_or([0; 8]));
+                stats::rec(&mut h, mono_ns().saturating_sub(t));
+            }
+            h
+        };
+        let (w, h) = tokio::join!(writer, reader);
+        drop(w);
+        anyhow::Ok(h)
+    })?;
     let lat = Lat::of(&h);
     println!(
         "tcp ping-pong {rate:.0}/s x {secs}s, {size} B: n={} p50 {:.3} ms p90 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms max {:.3} ms",
