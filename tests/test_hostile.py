@@ -526,7 +526,7 @@ def test_slow_readers_are_closed_4008_and_counted_while_others_keep_up():
             while True:
                 try:
                     m = json.loads(reader.ws.recv(timeout=5))
-                except TimeoutError:
+                except Exception:  # noqa: BLE001 - timeout or close: `got` tells the story
                     return
                 if m.get("type") == "message":
                     got.append(m["data"]["seq"])
