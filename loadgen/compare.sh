@@ -23,7 +23,7 @@
 #      CONNECT_CONNS, MC_CHANNELS, MC_SUBS, MC_RATE, DIRECT_PAIRS, DIRECT_RATES, REST_SECS,
 #      BROKER_CPUS (0), LOADGEN_CPUS (the other cores), BENCH_MD (BENCHMARKS.md).
 # Every generator call is bounded by `timeout` and by the loadgen's own --max-secs; the default
-# set takes about 20 minutes on 2 cores.
+# set took 13–14 minutes on 2 cores (QUICK=1: ~4.5 minutes per run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -155,11 +155,16 @@ for r in $(seq "$RUNS"); do
     log "tcp pingpong run $r"
     # Echo thread on the broker's core, client on the generator's: the same crossing as a
     # broker's publish -> deliver path.
-    timeout 60 $LG pingpong --rate 10000 --secs "$STEP_SECS" --echo-cpu "${BROKER_CPUS%%[-,]*}" \
+    # --spin-timer: send times kept to a few µs (tokio's timer alone is 1 ms coarse), as in
+    # the 1 -> 1 runs below, so both carry the same generator.
+    timeout 60 $LG pingpong --rate 10000 --secs "$STEP_SECS" --echo-cpu "${BROKER_CPUS%%[-,]*}" --spin-timer \
       --out "$OUT/tcp-pingpong-$r.json" > "$OUT/tcp-pingpong-$r.txt" 2>&1 || log "pingpong failed"
   fi
   for t in $TARGETS; do
-    has latency && run_lg "$t" latency "$r" fanout --subscribers 1 --rates 10000 --step-secs "$STEP_SECS"
+    # One worker process (publisher and subscriber in one runtime, so the yielding publisher
+    # never keeps the subscriber off the core), precise send times.
+    has latency && run_lg "$t" latency "$r" fanout --subscribers 1 --rates 10000 --step-secs "$STEP_SECS" \
+      --workers 1 --spin-timer
   done
   for t in $TARGETS; do
     has fanout && run_lg "$t" fanout "$r" fanout --subscribers "$SUBS" --rates "$FANOUT_RATES" --step-secs "$STEP_SECS"

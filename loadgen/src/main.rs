@@ -114,6 +114,9 @@ enum Cmd {
         payload: usize,
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Wait for send times by yielding instead of tokio's 1 ms timer (as `fanout --spin-timer`).
+        #[arg(long)]
+        spin_timer: bool,
         /// Pin the echo server thread to this CPU (so the round trip crosses cores like a
         /// broker's would: generator on one core, broker on another).
         #[arg(long)]
@@ -202,6 +205,10 @@ struct Common {
     /// Results JSON file.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Publishers wait for send times by yielding instead of tokio's 1 ms timer (precise send
+    /// times, costs a generator core; meant for the 1 -> 1 latency run).
+    #[arg(long)]
+    spin_timer: bool,
     /// Hard cap on the whole run, seconds.
     #[arg(long, default_value_t = 600.0)]
     max_secs: f64,
@@ -230,7 +237,8 @@ fn main() -> Result<()> {
             payload,
             out,
             echo_cpu,
-        } => return pingpong::run(rate, secs, payload, out, echo_cpu),
+            spin_timer,
+        } => return pingpong::run(rate, secs, payload, out, echo_cpu, spin_timer),
         Cmd::Rest {
             addr,
             key_id,
@@ -487,6 +495,7 @@ fn coordinate(c: Common, plan: Plan) -> Result<()> {
             churn_per_sec: plan.churn_per_sec / nw as f64,
             churn_channel: plan.churn_channel.clone(),
             track_last: plan.track_last,
+            spin: c.spin_timer,
         };
         ws.push(spawn_worker(&spec, progress.clone())?);
     }

@@ -20,6 +20,7 @@ pub fn run(
     payload: usize,
     out: Option<std::path::PathBuf>,
     echo_cpu: Option<usize>,
+    spin: bool,
 ) -> Result<()> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let addr = l.local_addr()?;
@@ -57,9 +58,13 @@ pub fn run(
             let mut msg = vec![b'x'; size];
             for i in 0..n {
                 let t = start + (i as f64 * gap) as u64;
-                let now = mono_ns();
-                if t > now {
-                    tokio::time::sleep(Duration::from_nanos(t - now)).await;
+                if spin {
+                    crate::worker::spin_until_ns(t).await;
+                } else {
+                    let now = mono_ns();
+                    if t > now {
+                        tokio::time::sleep(Duration::from_nanos(t - now)).await;
+                    }
                 }
                 msg[..8].copy_from_slice(&t.to_le_bytes());
                 w.write_all(&msg).await?;

@@ -64,6 +64,11 @@ pub struct WorkerSpec {
     pub churn_channel: Option<String>,
     /// Sequence numbers tracked for the "last subscriber" latency of publisher 0.
     pub track_last: bool,
+    /// Publishers wait for each send time by yielding in a loop for its last 2 ms instead of
+    /// relying on tokio's timer alone (1 ms granularity: sends up to ~1 ms late, which the
+    /// open-loop latency then includes). Costs a core; for few-connection latency runs.
+    #[serde(default)]
+    pub spin: bool,
 }
 
 /// A worker's report.
@@ -123,6 +128,15 @@ fn raise_nofile() {
 
 fn emit<T: Serialize>(v: &T) {
     println!("{}", serde_json::to_string(v).unwrap_or_default());
+}
+
+/// Waits until `t` with sub-millisecond precision: tokio's timer until 2 ms before, then
+/// yields (other tasks of the worker keep running) until the time has come.
+pub async fn spin_until_ns(t: u64) {
+    sleep_until_ns(t.saturating_sub(2_000_000)).await;
+    while mono_ns() < t {
+        tokio::task::yield_now().await;
+    }
 }
 
 async fn sleep_until_ns(t: u64) {
@@ -276,6 +290,7 @@ async fn work() -> Result<()> {
         let (steps, sh, size, target) =
             (spec.steps.clone(), sh.clone(), spec.payload, spec.ep.target);
         let stagger = p.g as f64 / spec.total_pubs.max(1) as f64;
+        let spin = spec.spin;
         tokio::task::spawn_local(async move {
             let mut seq = 0u64;
             let mut step_start = start;
@@ -284,7 +299,11 @@ async fn work() -> Result<()> {
                 let gap = 1e9 / st.rate_per_pub.max(1e-9);
                 for i in 0..n {
                     let t = step_start + ((i as f64 + stagger) * gap) as u64;
-                    sleep_until_ns(t).await;
+                    if spin {
+                        spin_until_ns(t).await;
+                    } else {
+                        sleep_until_ns(t).await;
+                    }
                     let data = stats::payload(
                         Stamp {
                             g: p.g,
