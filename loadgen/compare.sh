@@ -17,7 +17,7 @@
 #      `compare:end` markers (BENCH_MD=none to skip).
 #
 # Usage: loadgen/compare.sh [results-dir]          (default target/compare/<date>)
-#        QUICK=1 loadgen/compare.sh                (small sizes, ~5 minutes)
+#        QUICK=1 RUNS=1 loadgen/compare.sh         (small sizes, ~5 minutes; RUNS=3: ~12)
 # Env: RUNS (3), TARGETS ("ringcast nats mosquitto"), SCENARIOS (all: pingpong latency fanout
 #      many-channels direct idle connect rest), SUBS, FANOUT_RATES, STEP_SECS, IDLE_CONNS,
 #      CONNECT_CONNS, MC_CHANNELS, MC_SUBS, MC_RATE, DIRECT_PAIRS, DIRECT_RATES, REST_SECS,
