@@ -434,11 +434,13 @@ async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
                     if conn.shared.state() != CloseState::Open {
                         continue; // closing: ignore data, wait for the peer's close
                     }
-                    let flow = handle_text_isolated(shard, conn, text.as_bytes());
+                    // On `Flow::Stop` a close frame is already queued (state `Closing`), so the
+                    // frames still buffered are ignored by the check above. Do not leave this
+                    // loop early: tungstenite pulls bytes from `feed` in small chunks, and
+                    // bytes left in `buf` would be lost, corrupting the stream we must keep
+                    // reading until the peer's close frame arrives.
+                    let _flow: Flow = handle_text_isolated(shard, conn, text.as_bytes());
                     shard.pump_local();
-                    if let Flow::Stop = flow {
-                        break;
-                    }
                 }
                 Ok(Message::Binary(_)) => {
                     conn.shared.close(

@@ -55,7 +55,10 @@ pub struct ConnShared {
     /// The socket. Reads happen in the reader task, writes in the writer task.
     pub stream: TcpStream,
     queue: RefCell<VecDeque<Bytes>>,
-    /// Bytes queued plus bytes handed to the kernel and not yet confirmed written.
+    /// Bytes queued and not yet handed to the kernel. Bytes of a `writev` in flight are not
+    /// counted: its completion is reaped only when the shard next polls io_uring, so counting
+    /// them would charge a fast reader for data the kernel already took. A reader that stops
+    /// is still caught: its socket buffer fills, the `writev` stalls and the queue grows.
     queued_bytes: Cell<usize>,
     max_bytes: usize,
     /// Bytes of exempt frames (roster snapshots) not yet written: the cap is raised by this
@@ -175,7 +178,7 @@ impl ConnShared {
         self.closing_since.get()
     }
 
-    /// Bytes queued and in flight.
+    /// Bytes queued and not yet handed to the kernel.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
     }
@@ -207,6 +210,11 @@ impl ConnShared {
             }
             let n = q.len().min(MAX_IOV);
             iov.extend(q.drain(..n));
+            // Handed to the kernel: no longer counted against the cap (see `queued_bytes`).
+            let taken: usize = iov.iter().map(Bytes::len).sum();
+            self.queued_bytes.set(self.queued_bytes.get() - taken);
+            self.allowance
+                .set(self.allowance.get().saturating_sub(taken));
             Poll::Ready(true)
         })
         .await
@@ -232,8 +240,6 @@ pub async fn run_writer(conn: Rc<ConnShared>, counters: Arc<CachePadded<ShardCou
                     return;
                 }
             };
-            conn.queued_bytes.set(conn.queued_bytes.get() - n);
-            conn.allowance.set(conn.allowance.get().saturating_sub(n));
             ShardCounters::add(&counters.bytes_out, n as u64);
             total -= n;
             // Drop fully written frames, advance into a partially written one.
