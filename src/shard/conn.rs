@@ -466,6 +466,25 @@ async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
     }
 }
 
+/// The checks every channel command makes, in order: a valid name, the action, the scope.
+fn authorize(
+    id: &Identity,
+    channel: &str,
+    action: Actions,
+) -> Result<(), (ErrorCode, &'static str)> {
+    validate_channel(channel).map_err(|code| (code, "invalid channel name"))?;
+    if !id.actions.contains(action) {
+        return Err((
+            ErrorCode::ActionNotPermitted,
+            "action not permitted by the token",
+        ));
+    }
+    if !id.scope.allows(channel) {
+        return Err((ErrorCode::ChannelNotAuthorized, "channel not authorized"));
+    }
+    Ok(())
+}
+
 fn reply_error(conn: &Conn, code: ErrorCode, request_id: Option<&str>, message: &str) {
     conn.shared
         .send(&encode::error(code, request_id, Some(message)));
@@ -542,26 +561,8 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             request_id,
             include_sender_metadata,
         } => {
-            if let Err(code) = validate_channel(channel) {
-                reply_error(conn, code, request_id, "invalid channel name");
-                return Flow::Continue;
-            }
-            if !id.actions.contains(Actions::SUBSCRIBE) {
-                reply_error(
-                    conn,
-                    ErrorCode::ActionNotPermitted,
-                    request_id,
-                    "subscribe is not permitted",
-                );
-                return Flow::Continue;
-            }
-            if !id.scope.allows(channel) {
-                reply_error(
-                    conn,
-                    ErrorCode::ChannelNotAuthorized,
-                    request_id,
-                    "channel not authorized",
-                );
+            if let Err((code, why)) = authorize(id, channel, Actions::SUBSCRIBE) {
+                reply_error(conn, code, request_id, why);
                 return Flow::Continue;
             }
             let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
@@ -660,26 +661,8 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             if data == b"\"__ringcast_panic__\"" {
                 panic!("fault injection: __ringcast_panic__");
             }
-            if let Err(code) = validate_channel(channel) {
-                reply_error(conn, code, request_id, "invalid channel name");
-                return Flow::Continue;
-            }
-            if !id.actions.contains(Actions::PUBLISH) {
-                reply_error(
-                    conn,
-                    ErrorCode::ActionNotPermitted,
-                    request_id,
-                    "publish is not permitted",
-                );
-                return Flow::Continue;
-            }
-            if !id.scope.allows(channel) {
-                reply_error(
-                    conn,
-                    ErrorCode::ChannelNotAuthorized,
-                    request_id,
-                    "channel not authorized",
-                );
+            if let Err((code, why)) = authorize(id, channel, Actions::PUBLISH) {
+                reply_error(conn, code, request_id, why);
                 return Flow::Continue;
             }
             // Encoded once per publication (twice when the publisher has metadata: with and
