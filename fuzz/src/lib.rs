@@ -16,11 +16,7 @@
 //!   chunk sizes like io_uring reads: messages respect the size cap; every error maps to a close
 //!   code the broker sends.
 
-use std::{
-    cell::RefCell,
-    io::{self, Read, Write},
-    sync::OnceLock,
-};
+use std::{cell::RefCell, io, sync::OnceLock};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use ringcast::{
@@ -34,7 +30,7 @@ use ringcast::{
         parse::{validate_channel, validate_peer_id, ClientMsg, Parser, MAX_REQUEST_ID_CHARS},
     },
     shard::{
-        conn::{ws_config, ws_error_close},
+        conn::{ws_config, ws_error_close, Feed},
         handshake::{self, Handshake},
     },
 };
@@ -279,34 +275,6 @@ pub fn upgrade_parse(data: &[u8]) {
         if let Handshake::Upgrade(u) = handshake::parse(&data[..cut], MAX_BYTES, MAX_HEADERS) {
             assert_eq!(whole, Handshake::Upgrade(u), "prefix and whole disagree");
         }
-    }
-}
-
-/// What tungstenite reads from: one "io_uring read" of bytes, then `WouldBlock`.
-struct Feed<'a> {
-    input: &'a [u8],
-    output: &'a mut Vec<u8>,
-}
-
-impl Read for Feed<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.input.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = buf.len().min(self.input.len());
-        buf[..n].copy_from_slice(&self.input[..n]);
-        self.input = &self.input[n..];
-        Ok(n)
-    }
-}
-
-impl Write for Feed<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -237,9 +237,13 @@ struct Conn {
 }
 
 /// What tungstenite sees as its stream: the bytes of the last read, then `WouldBlock`.
-struct Feed<'a> {
-    input: &'a [u8],
-    output: &'a mut Vec<u8>,
+/// Public so that the fuzz target `ws_read` drives the exact same adapter.
+#[derive(Debug)]
+pub struct Feed<'a> {
+    /// Bytes not yet handed to tungstenite.
+    pub input: &'a [u8],
+    /// What tungstenite wrote (pong and close replies), to be queued for the socket.
+    pub output: &'a mut Vec<u8>,
 }
 
 impl Read for Feed<'_> {
