@@ -113,9 +113,14 @@ pub struct RunArgs {
     /// Most HTTP headers in the upgrade request; more answers 431 [default: 64].
     #[arg(long, env = "RINGCAST_MAX_HEADERS")]
     pub max_headers: Option<usize>,
-    /// Per-connection socket read buffer in bytes [default: 4096].
+    /// Size of each of a shard's provided receive buffers in bytes: the most one socket
+    /// read returns [default: 2048].
     #[arg(long, env = "RINGCAST_READ_BUFFER_SIZE")]
     pub read_buffer_size: Option<usize>,
+    /// Provided receive buffers per shard, shared by all its connections; a power of two,
+    /// 64..=32768 [default: 1024].
+    #[arg(long, env = "RINGCAST_RECV_BUFFERS")]
+    pub recv_buffers: Option<u16>,
     /// How long a server-initiated close waits for the peer's close frame, ms [default: 1000].
     #[arg(long, env = "RINGCAST_CLOSE_TIMEOUT_MS")]
     pub close_timeout_ms: Option<u64>,
@@ -191,6 +196,7 @@ pub struct FileConfig {
     max_header_bytes: Option<usize>,
     max_headers: Option<usize>,
     read_buffer_size: Option<usize>,
+    recv_buffers: Option<u16>,
     close_timeout_ms: Option<u64>,
     upgrades_per_ip: Option<u32>,
     upgrade_window_ms: Option<u64>,
@@ -238,8 +244,10 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Header count cap (431).
     pub max_headers: usize,
-    /// Socket read buffer per connection.
+    /// Size of each provided receive buffer (the most one socket read returns).
     pub read_buffer_size: usize,
+    /// Provided receive buffers per shard (a power of two).
+    pub recv_buffers: u16,
     /// Wait for the peer's close frame after a server close.
     pub close_timeout: Duration,
     /// Upgrade attempts per source IP per window (0: unlimited).
@@ -299,7 +307,8 @@ impl Settings {
             expiry_lead: Duration::from_millis(pick!(expiry_lead_ms, 250)),
             max_header_bytes: pick!(max_header_bytes, 8192),
             max_headers: pick!(max_headers, 64),
-            read_buffer_size: pick!(read_buffer_size, 4096),
+            read_buffer_size: pick!(read_buffer_size, 2048),
+            recv_buffers: pick!(recv_buffers, 1024),
             close_timeout: Duration::from_millis(pick!(close_timeout_ms, 1000)),
             upgrades_per_ip: pick!(upgrades_per_ip, 60),
             upgrade_window: Duration::from_millis(pick!(upgrade_window_ms, 60_000)),
@@ -374,6 +383,14 @@ impl Settings {
         check(
             (256..=1 << 20).contains(&l.read_buffer_size),
             "read_buffer_size must be between 256 and 1048576",
+        )?;
+        check(
+            l.recv_buffers.is_power_of_two() && (64..=32768).contains(&l.recv_buffers),
+            "recv_buffers must be a power of two between 64 and 32768",
+        )?;
+        check(
+            l.recv_buffers as usize * l.read_buffer_size <= 1 << 30,
+            "recv_buffers * read_buffer_size must be at most 1 GiB",
         )?;
         Ok(())
     }

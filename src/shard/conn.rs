@@ -183,27 +183,152 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             }
         })
     });
-    let mut conn = Conn {
+    let conn = Conn {
         id,
-        shared: shared.clone(),
+        shared,
         identity,
         channels: Vec::new(),
         bucket: TokenBucket::new(limits.rate_limit_per_sec, limits.rate_limit_burst, now),
     };
-    read_loop(&shard, &mut conn, leftover).await;
-    // 4. Teardown.
+    let reader = Box::new(Reader {
+        conn,
+        ws: WebSocketContext::new(
+            Role::Server,
+            Some(ws_config(limits.max_message_size, limits.read_buffer_size)),
+        ),
+        out: Vec::new(),
+        app,
+        writer: Some(writer),
+        expiry,
+        done: false,
+    });
+    // From here on the shard's receive ring reads the connection; this task ends.
+    shard.rx.attach(&shard, reader, &leftover);
+}
+
+/// A registered connection's read side, driven by the shard's receive ring
+/// ([`super::rx`]): its WebSocket state and the handles its teardown needs.
+pub struct Reader {
+    conn: Conn,
+    ws: WebSocketContext,
+    /// What tungstenite wrote (pong and close replies), moved to the outbound queue.
+    out: Vec<u8>,
+    app: AppId,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    expiry: Option<tokio::task::JoinHandle<()>>,
+    /// Teardown has started: bytes still arriving are ignored.
+    done: bool,
+}
+
+impl Reader {
+    /// The connection id (the receive ring's `user_data`).
+    pub fn id(&self) -> u64 {
+        self.conn.id.0
+    }
+
+    /// The socket.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.conn.shared.stream.as_raw_fd()
+    }
+
+    /// True once teardown has started.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// Feeds bytes read from the socket to the connection: WebSocket frames are decoded and each
+/// text message handled. Returns false when the connection is finished (the close
+/// handshake completed or the stream is broken): teardown has started.
+pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
+    if r.done {
+        return false;
+    }
+    r.conn.shared.last_seen.set(Instant::now());
+    ShardCounters::add(&shard.counters().bytes_in, bytes.len() as u64);
+    let mut feed = Feed {
+        input: bytes,
+        output: &mut r.out,
+    };
+    loop {
+        let res = r.ws.read(&mut feed);
+        if !feed.output.is_empty() {
+            r.conn
+                .shared
+                .push_raw(Bytes::from(std::mem::take(feed.output)));
+        }
+        match res {
+            Ok(Message::Text(text)) => {
+                ShardCounters::add(&shard.counters().messages_in, 1);
+                if r.conn.shared.state() != CloseState::Open {
+                    continue; // closing: ignore data, wait for the peer's close
+                }
+                // On `Flow::Stop` a close frame is already queued (state `Closing`), so the
+                // frames still buffered are ignored by the check above. Do not stop feeding
+                // early: tungstenite pulls bytes from `feed` in small chunks, and bytes left
+                // behind would be lost, corrupting the stream we must keep reading until the
+                // peer's close frame arrives.
+                let _flow: Flow = handle_text_isolated(shard, &mut r.conn, text.as_bytes());
+                shard.pump_local();
+            }
+            Ok(Message::Binary(_)) => {
+                r.conn.shared.close(
+                    close::UNSUPPORTED_DATA,
+                    "binary frames are not supported",
+                    false,
+                );
+            }
+            Ok(_) => {} // ping (answered by tungstenite), pong, close (reply queued)
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
+                teardown(shard, r);
+                return false;
+            }
+            Err(e) => {
+                let (code, reason) = ws_error_close(&e);
+                tracing::debug!(cause = %e, code, "closing connection on WebSocket error");
+                r.conn.shared.close(code, reason, false);
+                teardown(shard, r);
+                return false;
+            }
+        }
+    }
+}
+
+/// The socket's stream ended (end of stream, reset, or shut down by teardown).
+pub fn on_recv_end(shard: &Shard, r: &mut Reader) {
+    teardown(shard, r);
+}
+
+/// Unregisters the connection, lets the writer flush (bounded by the close timeout), then
+/// shuts the socket down. Runs once per connection.
+fn teardown(shard: &Shard, r: &mut Reader) {
+    if r.done {
+        return;
+    }
+    r.done = true;
+    let shared = r.conn.shared.clone();
     if let CloseState::Closing(code) = shared.state() {
         shard.counters().server_close(code);
     }
-    if let Some(t) = expiry {
+    if let Some(t) = r.expiry.take() {
         t.abort();
     }
-    shard.unregister(id, &conn.channels);
-    shard.shared.release(app);
+    shard.unregister(r.conn.id, &r.conn.channels);
+    r.conn.channels = Vec::new();
+    shard.shared.release(r.app);
     shared.finish();
-    // Give the writer the close timeout to flush (e.g. a close reply), then cut the socket.
-    let _ = tokio::time::timeout(limits.close_timeout, writer).await;
-    shared.abort();
+    let writer = r.writer.take();
+    let wait = shard.shared.limits.close_timeout;
+    // Give the writer the close timeout to flush (e.g. a close reply), then cut the socket,
+    // which also ends the multishot receive.
+    tokio_uring::spawn(async move {
+        if let Some(w) = writer {
+            let _ = tokio::time::timeout(wait, w).await;
+        }
+        shared.abort();
+    });
 }
 
 /// Sends a close frame before `welcome` and waits (bounded) for the peer's answer.
@@ -271,25 +396,6 @@ impl Write for Feed<'_> {
 enum Flow {
     Continue,
     Stop,
-}
-
-/// Read size while a connection is quiet. Most idle connections last read a tiny frame
-/// (subscribe, pong), so they wait with a buffer this small instead of the full one.
-const QUIET_READ: usize = 512;
-
-/// Size of the next socket read: back to the full `max` after a read that filled its buffer
-/// (a burst or a large message is arriving), down to [`QUIET_READ`] after a read of at most
-/// half that (the peer is chatting or idle), unchanged otherwise (hysteresis, so steady
-/// medium-size traffic does not reallocate on every read).
-fn next_read_size(current: usize, last_read: usize, max: usize) -> usize {
-    let quiet = QUIET_READ.min(max);
-    if last_read >= current {
-        max
-    } else if last_read <= quiet / 2 {
-        quiet
-    } else {
-        current.clamp(quiet, max)
-    }
 }
 
 /// The tungstenite configuration of the read path (also used by the fuzz target `ws_read`).
@@ -392,82 +498,6 @@ async fn echo(shard: &Shard, stream: Rc<TcpStream>, leftover: Vec<u8>) {
     shared.finish();
     let _ = tokio::time::timeout(limits.close_timeout, writer).await;
     shared.abort();
-}
-
-async fn read_loop(shard: &Shard, conn: &mut Conn, leftover: Vec<u8>) {
-    let limits = &shard.shared.limits;
-    let config = ws_config(limits.max_message_size, limits.read_buffer_size);
-    let mut ws = WebSocketContext::new(Role::Server, Some(config));
-    let mut out: Vec<u8> = Vec::new();
-    let mut buf = leftover;
-    let mut first = true;
-    let mut read_size = QUIET_READ.min(limits.read_buffer_size);
-    loop {
-        if !first {
-            read_size = next_read_size(read_size, buf.len(), limits.read_buffer_size);
-            if buf.capacity() != read_size {
-                // Only on a size change (see `next_read_size`): not per read.
-                buf = Vec::with_capacity(read_size);
-            } else {
-                buf.clear();
-            }
-            let (res, b) = conn.shared.stream.read(buf).await;
-            buf = b;
-            match res {
-                Ok(n) if n > 0 => {
-                    conn.shared.last_seen.set(Instant::now());
-                    ShardCounters::add(&shard.counters().bytes_in, n as u64);
-                }
-                _ => return,
-            }
-        }
-        first = false;
-        let mut feed = Feed {
-            input: &buf,
-            output: &mut out,
-        };
-        loop {
-            let r = ws.read(&mut feed);
-            if !feed.output.is_empty() {
-                conn.shared
-                    .push_raw(Bytes::from(std::mem::take(feed.output)));
-            }
-            match r {
-                Ok(Message::Text(text)) => {
-                    ShardCounters::add(&shard.counters().messages_in, 1);
-                    if conn.shared.state() != CloseState::Open {
-                        continue; // closing: ignore data, wait for the peer's close
-                    }
-                    // On `Flow::Stop` a close frame is already queued (state `Closing`), so the
-                    // frames still buffered are ignored by the check above. Do not leave this
-                    // loop early: tungstenite pulls bytes from `feed` in small chunks, and
-                    // bytes left in `buf` would be lost, corrupting the stream we must keep
-                    // reading until the peer's close frame arrives.
-                    let _flow: Flow = handle_text_isolated(shard, conn, text.as_bytes());
-                    shard.pump_local();
-                }
-                Ok(Message::Binary(_)) => {
-                    conn.shared.close(
-                        close::UNSUPPORTED_DATA,
-                        "binary frames are not supported",
-                        false,
-                    );
-                }
-                Ok(_) => {} // ping (answered by tungstenite), pong, close (reply queued)
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => return,
-                Err(e) => {
-                    let (code, reason) = ws_error_close(&e);
-                    tracing::debug!(cause = %e, code, "closing connection on WebSocket error");
-                    conn.shared.close(code, reason, false);
-                    return;
-                }
-            }
-        }
-        if conn.shared.state() == CloseState::Finished {
-            return;
-        }
-    }
 }
 
 /// The checks every channel command makes, in order: a valid name, the action, the scope.
@@ -774,20 +804,5 @@ fn charge(action: RateLimitAction, conn: &mut Conn, request_id: Option<&str>) ->
             );
             Charge::Dropped
         }
-    }
-}
-
-#[cfg(test)]
-mod read_size_tests {
-    use super::*;
-
-    #[test]
-    fn grows_on_full_reads_and_shrinks_when_quiet() {
-        assert_eq!(next_read_size(512, 512, 4096), 4096); // filled: grow
-        assert_eq!(next_read_size(4096, 4096, 4096), 4096);
-        assert_eq!(next_read_size(4096, 1000, 4096), 4096); // medium: keep
-        assert_eq!(next_read_size(4096, 100, 4096), 512); // quiet: shrink
-        assert_eq!(next_read_size(512, 300, 4096), 512);
-        assert_eq!(next_read_size(256, 10, 256), 256); // never above the configured max
     }
 }

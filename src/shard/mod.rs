@@ -4,6 +4,8 @@
 //!
 //! - [`spawn`]: threads, pinning, SO_REUSEPORT listeners, runtime start;
 //! - [`conn`]: one connection's reader task (upgrade, auth, WebSocket, commands);
+//! - [`rx`]: the shard's receive ring: one multishot `recv` per connection, provided
+//!   buffers shared by the shard (no per-connection read buffer or reader task);
 //! - [`outbound`]: its bounded outbound queue and writer task;
 //! - [`inbox`]: the task that drains the shard's mesh queues (woken by eventfd);
 //! - [`housekeeping`]: server pings, idle drops, close deadlines;
@@ -15,6 +17,7 @@ pub mod housekeeping;
 pub mod inbox;
 pub mod outbound;
 pub mod rate_limit;
+pub mod rx;
 pub mod spawn;
 
 use std::{
@@ -161,16 +164,20 @@ pub struct Shard {
     pub state: RefCell<State>,
     /// The JSON parser and its scratch buffers, reused by every connection of the shard.
     pub parser: RefCell<Parser>,
+    /// The receive ring: every registered connection's reads.
+    pub rx: rx::Rx,
     /// Messages this shard sent to itself, handled in order by [`Shard::pump_local`].
     local: RefCell<VecDeque<ShardMsg>>,
     next_conn: Cell<u64>,
 }
 
 impl Shard {
-    /// A shard with empty state.
-    pub fn new(id: ShardId, shared: Arc<Shared>) -> Shard {
+    /// A shard with empty state. Fails when its receive ring cannot be set up.
+    pub fn new(id: ShardId, shared: Arc<Shared>) -> std::io::Result<Shard> {
         let apps = shared.auth.app_count();
-        Shard {
+        let l = &shared.limits;
+        let rx = rx::Rx::new(l.recv_buffers, l.read_buffer_size, 1024)?;
+        Ok(Shard {
             id,
             state: RefCell::new(State {
                 conns: HashMap::default(),
@@ -180,10 +187,11 @@ impl Shard {
                 directory: (0..apps).map(|_| HashMap::default()).collect(),
             }),
             parser: RefCell::new(Parser::new()),
+            rx,
             local: RefCell::new(VecDeque::new()),
             next_conn: Cell::new(1),
             shared,
-        }
+        })
     }
 
     /// Number of shards.

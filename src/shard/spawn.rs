@@ -12,7 +12,7 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{conn, housekeeping, inbox, Shard, Shared};
+use super::{conn, housekeeping, inbox, rx, Shard, Shared};
 use crate::{config::Placement, router::ShardId};
 
 /// Listen backlog per shard (the kernel caps it at net.core.somaxconn).
@@ -52,7 +52,7 @@ pub fn start(
         listeners.push(bind(local_addr)?);
     }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let (ready_tx, ready_rx) = mpsc::channel::<usize>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
     let mut threads = Vec::with_capacity(n);
     for (i, listener) in listeners.into_iter().enumerate() {
         let shared = shared.clone();
@@ -72,11 +72,20 @@ pub fn start(
                 let span = tracing::info_span!("shard", shard_id = i);
                 let _enter = span.enter();
                 tokio_uring::start(async move {
-                    let shard = Rc::new(Shard::new(ShardId(i as u16), shared));
+                    let shard = match Shard::new(ShardId(i as u16), shared) {
+                        Ok(s) => Rc::new(s),
+                        Err(e) => {
+                            let _ = ready.send(Err(format!(
+                                "shard {i}: cannot set up its io_uring receive ring: {e}"
+                            )));
+                            return;
+                        }
+                    };
                     let listener = tokio_uring::net::TcpListener::from_std(listener);
                     tokio_uring::spawn(inbox::run(shard.clone()));
+                    tokio_uring::spawn(rx::run(shard.clone()));
                     tokio_uring::spawn(housekeeping::run(shard.clone()));
-                    let _ = ready.send(i);
+                    let _ = ready.send(Ok(i));
                     accept_loop(shard, listener).await;
                 });
             })?;
@@ -86,7 +95,8 @@ pub fn start(
     for _ in 0..n {
         ready_rx
             .recv()
-            .map_err(|_| std::io::Error::other("a shard thread died during start-up"))?;
+            .map_err(|_| std::io::Error::other("a shard thread died during start-up"))?
+            .map_err(std::io::Error::other)?;
     }
     Ok(Shards {
         local_addr,

@@ -1,0 +1,403 @@
+//! The shard's receive side: one multishot `recv` per connection on a second io_uring
+//! instance (through the `io-uring` crate, since tokio-uring 0.5 has no multishot or
+//! provided buffers), with one ring of provided buffers shared by every connection of the
+//! shard.
+//!
+//! Why: with one-shot reads every idle connection holds a pending read, its own buffer and
+//! a reader task (about 2 KB together). Here an idle connection holds nothing but its
+//! armed `recv`: the kernel picks a buffer from the shard's ring only when bytes arrive,
+//! the bytes are fed to the connection's [`Reader`] right away and the buffer goes
+//! straight back to the ring.
+//!
+//! Wake-up: the ring has an eventfd registered; the [`run`] task waits on it through
+//! tokio-uring (one pending read), then drains every completion. Per completion:
+//! - bytes: fed to the connection ([`conn::on_recv`]); the buffer is recycled at once;
+//! - no `IORING_CQE_F_MORE` flag: the multishot ended (buffers ran out, completion queue
+//!   overflow, end of stream or error): re-armed if the connection is still reading,
+//!   otherwise the reader is dropped ([`conn::on_recv_end`] starts the teardown first).
+//!
+//! Lifetime rule: a [`Reader`] (which owns a reference to the socket) stays in
+//! [`Rx::readers`] until its multishot's last completion, so the kernel never holds a
+//! `recv` on a descriptor that was closed and reused. Teardown ends the multishot by
+//! shutting the socket down, which completes it with 0.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    fs::File,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    rc::Rc,
+    sync::atomic::{AtomicU16, Ordering},
+};
+
+use ahash::RandomState;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::{
+    conn::{self, Reader},
+    Shard,
+};
+
+/// The provided-buffer group id used by every `recv` of the ring.
+const BGID: u16 = 0;
+
+/// Completions handled before yielding to the shard's other tasks (writers, inbox).
+const BUDGET: usize = 4096;
+
+/// A ring of `count` provided buffers of `size` bytes, registered with one io_uring.
+struct BufRing {
+    /// The `io_uring_buf` entries (page-aligned anonymous mapping, shared with the kernel).
+    ring: *mut types::BufRingEntry,
+    ring_len: usize,
+    /// The buffers themselves (one anonymous mapping, `count * size` bytes).
+    mem: *mut u8,
+    mem_len: usize,
+    count: u16,
+    size: usize,
+    /// Our copy of the ring's tail (the kernel reads the shared one).
+    tail: Cell<u16>,
+}
+
+/// Maps `len` bytes of anonymous, zeroed, page-aligned memory.
+fn map_anon(len: usize) -> io::Result<*mut u8> {
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
+    // result is checked against MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.cast())
+}
+
+impl BufRing {
+    fn new(count: u16, size: usize) -> io::Result<BufRing> {
+        assert!(count.is_power_of_two(), "validated by config");
+        let ring_len = count as usize * std::mem::size_of::<types::BufRingEntry>();
+        let ring = map_anon(ring_len)?.cast::<types::BufRingEntry>();
+        let mem_len = count as usize * size;
+        let mem = match map_anon(mem_len) {
+            Ok(m) => m,
+            Err(e) => {
+                // SAFETY: `ring` was mapped above with `ring_len` bytes and is not used again.
+                unsafe { libc::munmap(ring.cast(), ring_len) };
+                return Err(e);
+            }
+        };
+        let b = BufRing {
+            ring,
+            ring_len,
+            mem,
+            mem_len,
+            count,
+            size,
+            tail: Cell::new(0),
+        };
+        for bid in 0..count {
+            b.push(bid);
+        }
+        b.publish();
+        Ok(b)
+    }
+
+    /// Writes buffer `bid` into the next ring slot (not yet visible to the kernel).
+    fn push(&self, bid: u16) {
+        let tail = self.tail.get();
+        let slot = (tail & (self.count - 1)) as usize;
+        // SAFETY: `slot < count`, so the entry lies inside the ring mapping. The kernel only
+        // reads entries between its head and the published tail; this slot is past the
+        // published tail (the buffer it described was consumed), so nobody reads it now.
+        let e = unsafe { &mut *self.ring.add(slot) };
+        // SAFETY: `bid < count`, so the buffer lies inside `mem`.
+        e.set_addr(unsafe { self.mem.add(bid as usize * self.size) } as u64);
+        e.set_len(self.size as u32);
+        e.set_bid(bid);
+        self.tail.set(tail.wrapping_add(1));
+    }
+
+    /// Makes every pushed entry visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail field lies in the first entry of the live ring mapping; the kernel
+        // reads it with acquire semantics, so a release store orders the entries before it.
+        let tail = unsafe { &*(types::BufRingEntry::tail(self.ring) as *const AtomicU16) };
+        tail.store(self.tail.get(), Ordering::Release);
+    }
+
+    /// The first `len` bytes of buffer `bid`, which a completion just handed us.
+    ///
+    /// # Safety
+    /// `bid` must come from a completion whose buffer has not been recycled yet, so the
+    /// kernel does not write to it while the slice lives.
+    unsafe fn bytes(&self, bid: u16, len: usize) -> &[u8] {
+        assert!(
+            bid < self.count && len <= self.size,
+            "kernel-provided buffer id"
+        );
+        // SAFETY: in bounds (checked above); not written by the kernel until recycled
+        // (the caller's contract).
+        unsafe { std::slice::from_raw_parts(self.mem.add(bid as usize * self.size), len) }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: both regions were mapped in `new` with these lengths; the ring they were
+        // registered with is dropped before this (field order in `Rx`), so the kernel no
+        // longer uses them.
+        unsafe {
+            libc::munmap(self.ring.cast(), self.ring_len);
+            libc::munmap(self.mem.cast(), self.mem_len);
+        }
+    }
+}
+
+/// One shard's receive ring and its readers.
+pub struct Rx {
+    /// Declared before `bufs` so that it is dropped (unregistering the buffers) first.
+    ring: RefCell<IoUring>,
+    bufs: BufRing,
+    eventfd: OwnedFd,
+    /// Every connection with an armed `recv`, by connection id (the completions'
+    /// `user_data`). A reader is taken out while it handles bytes, so handlers never see
+    /// this map borrowed.
+    readers: RefCell<HashMap<u64, Box<Reader>, RandomState>>,
+    /// Readers whose multishot ended but who are still reading: re-armed after the drain.
+    rearm: RefCell<Vec<(u64, RawFd)>>,
+    /// Scratch copy of a batch of completions (`user_data`, `result`, `flags`).
+    batch: RefCell<Vec<(u64, i32, u32)>>,
+}
+
+impl std::fmt::Debug for Rx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rx")
+            .field("readers", &self.readers.borrow().len())
+            .field("buffers", &self.bufs.count)
+            .field("buffer_size", &self.bufs.size)
+            .finish()
+    }
+}
+
+impl Rx {
+    /// A receive ring with `buffers` provided buffers of `buffer_size` bytes, sized for
+    /// `entries` submissions per batch.
+    pub fn new(buffers: u16, buffer_size: usize, entries: u32) -> io::Result<Rx> {
+        let mut b = IoUring::builder();
+        // The completion queue holds a full round of buffers plus end-of-stream completions;
+        // when it overflows the kernel keeps completions (FEAT_NODROP) and ends multishots,
+        // which are re-armed.
+        b.setup_cqsize((entries * 4).max(u32::from(buffers) * 2));
+        // Task work (completion posting) runs at our next syscall instead of interrupting
+        // the thread with an IPI; a sleeping shard is still woken.
+        let ring = match b.clone().setup_coop_taskrun().build(entries) {
+            Ok(r) => r,
+            Err(_) => b.build(entries)?,
+        };
+        let bufs = BufRing::new(buffers, buffer_size)?;
+        // SAFETY: the ring and buffer memory live in `bufs`, which outlives the ring (field
+        // order in `Rx`), and are never unmapped while registered.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring(bufs.ring as u64, buffers, BGID)?;
+        }
+        // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        Ok(Rx {
+            ring: RefCell::new(ring),
+            bufs,
+            eventfd,
+            readers: RefCell::new(HashMap::default()),
+            rearm: RefCell::new(Vec::new()),
+            batch: RefCell::new(Vec::with_capacity(256)),
+        })
+    }
+
+    /// Connections with an armed `recv`.
+    pub fn len(&self) -> usize {
+        self.readers.borrow().len()
+    }
+
+    /// True when no connection is attached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hands a freshly upgraded connection to the ring: the bytes that came with the upgrade
+    /// request are handled first, then its multishot `recv` is armed.
+    pub fn attach(&self, shard: &Shard, mut r: Box<Reader>, leftover: &[u8]) {
+        if !leftover.is_empty() && !conn::on_recv(shard, &mut r, leftover) {
+            return; // already closed by the peer; teardown started, nothing to arm
+        }
+        let (id, fd) = (r.id(), r.fd());
+        self.readers.borrow_mut().insert(id, r);
+        let mut ring = self.ring.borrow_mut();
+        push(&mut ring, recv_sqe(id, fd));
+        if let Err(e) = ring.submit() {
+            tracing::error!(cause = %e, "io_uring submit failed");
+        }
+    }
+
+    /// Handles up to [`BUDGET`] completions; returns how many.
+    fn drain(&self, shard: &Shard) -> usize {
+        let mut handled = 0;
+        let mut batch = self.batch.borrow_mut();
+        while handled < BUDGET {
+            batch.clear();
+            {
+                let mut ring = self.ring.borrow_mut();
+                let cq = ring.completion();
+                let room = batch.capacity();
+                batch.extend(
+                    cq.take(room)
+                        .map(|c| (c.user_data(), c.result(), c.flags())),
+                );
+            }
+            if batch.is_empty() {
+                break;
+            }
+            handled += batch.len();
+            for &(id, res, flags) in batch.iter() {
+                self.complete(shard, id, res, flags);
+            }
+            // Handlers may have queued messages for this shard itself.
+            shard.pump_local();
+        }
+        drop(batch);
+        let mut rearm = self.rearm.borrow_mut();
+        if !rearm.is_empty() {
+            let mut ring = self.ring.borrow_mut();
+            for (id, fd) in rearm.drain(..) {
+                push(&mut ring, recv_sqe(id, fd));
+            }
+            if let Err(e) = ring.submit() {
+                tracing::error!(cause = %e, "io_uring submit failed");
+            }
+        } else {
+            let mut ring = self.ring.borrow_mut();
+            if ring.submission().cq_overflow() {
+                // Let the kernel flush the completions it kept aside.
+                let _ = ring.submit();
+            }
+        }
+        handled
+    }
+
+    /// True when completions are waiting (e.g. flushed from an overflow after a drain).
+    fn pending(&self) -> bool {
+        !self.ring.borrow_mut().completion().is_empty()
+    }
+
+    /// Handles one completion of connection `id`.
+    fn complete(&self, shard: &Shard, id: u64, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let taken = self.readers.borrow_mut().remove(&id);
+        let Some(mut r) = taken else {
+            // Cannot happen (a reader stays until its last completion); never leak a buffer.
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.bufs.push(bid);
+                self.bufs.publish();
+            }
+            return;
+        };
+        if res > 0 {
+            let Some(bid) = cqueue::buffer_select(flags) else {
+                tracing::error!("recv completion without a buffer");
+                conn::on_recv_end(shard, &mut r);
+                return;
+            };
+            if !r.is_done() {
+                // SAFETY: `bid` was just handed to us by this completion and is recycled
+                // only after the slice is no longer used.
+                let bytes = unsafe { self.bufs.bytes(bid, res as usize) };
+                conn::on_recv(shard, &mut r, bytes);
+            }
+            self.bufs.push(bid);
+            self.bufs.publish();
+            if !more {
+                if r.is_done() {
+                    return; // teardown is under way and nothing is armed: drop the reader
+                }
+                self.rearm.borrow_mut().push((id, r.fd()));
+            }
+            self.readers.borrow_mut().insert(id, r);
+        } else if res == -libc::ENOBUFS && !r.is_done() {
+            // Every buffer was in use: recycled by now, so read again.
+            self.rearm.borrow_mut().push((id, r.fd()));
+            self.readers.borrow_mut().insert(id, r);
+        } else if more {
+            // Not expected (errors end the multishot); keep the reader until the last one.
+            self.readers.borrow_mut().insert(id, r);
+        } else {
+            // End of stream, reset, shutdown by teardown: the multishot is over.
+            conn::on_recv_end(shard, &mut r);
+        }
+    }
+}
+
+/// Queues a submission, flushing the queue to the kernel first when it is full.
+fn push(ring: &mut IoUring, sqe: squeue::Entry) {
+    loop {
+        // SAFETY: the entry refers to no user memory (buffers come from the registered ring,
+        // which outlives the request).
+        if unsafe { ring.submission().push(&sqe) }.is_ok() {
+            return;
+        }
+        if let Err(e) = ring.submit() {
+            tracing::error!(cause = %e, "io_uring submit failed");
+            return;
+        }
+    }
+}
+
+fn recv_sqe(id: u64, fd: RawFd) -> squeue::Entry {
+    opcode::RecvMulti::new(types::Fd(fd), BGID)
+        .build()
+        .user_data(id)
+}
+
+/// Waits on the ring's eventfd and drains completions, until the process exits.
+pub async fn run(shard: Rc<Shard>) {
+    let rx = &shard.rx;
+    // SAFETY: `dup` of the ring's eventfd, which lives as long as the shard; the duplicate
+    // is owned by `file` alone.
+    let fd = unsafe { libc::dup(rx.eventfd.as_raw_fd()) };
+    if fd < 0 {
+        tracing::error!(
+            shard = shard.id.0,
+            "cannot dup eventfd; connections will not be read"
+        );
+        return;
+    }
+    // SAFETY: `fd` is a fresh, valid descriptor owned by nobody else.
+    let file = tokio_uring::fs::File::from_std(unsafe { File::from_raw_fd(fd) });
+    let mut buf = vec![0u8; 8];
+    loop {
+        // Reset the counter before draining: a completion posted during the drain makes the
+        // next read return at once, so none is left unseen.
+        let (res, b) = file.read_at(buf, 0).await;
+        buf = b;
+        if let Err(e) = res {
+            if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(shard = shard.id.0, cause = %e, "eventfd read failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        while rx.drain(&shard) >= BUDGET || rx.pending() {
+            tokio::task::yield_now().await;
+        }
+    }
+}
