@@ -9,11 +9,13 @@
 //! draining flag) and never touches shard internals or takes a lock on the publish path.
 //!
 //! - [`server`]: binding, the thread, keep-alive connections, timeouts, request logging;
-//! - [`api`]: routing, authentication and the endpoints.
+//! - [`api`]: routing, authentication and the endpoints;
+//! - [`io`]: the connection's socket, with the answers of one poll sent in one write.
 //!
 //! Decisions are recorded in `docs/rest.md`.
 
 pub mod api;
+pub mod io;
 pub mod server;
 
 pub use server::{start, RestServer};

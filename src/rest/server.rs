@@ -18,7 +18,7 @@ use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, R
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tracing::Instrument;
 
-use super::api::Api;
+use super::{api::Api, io};
 use crate::shard::Shared;
 
 /// How long a client may take to send a request head.
@@ -90,14 +90,21 @@ async fn accept_loop(listener: StdListener, api: Arc<Api>) {
                     let api = api.clone();
                     async move { Ok::<_, Infallible>(serve_one(&api, req).await) }
                 });
+                let (io, flusher) = io::coalesced(stream);
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_READ_TIMEOUT)
                     .max_buf_size(MAX_HEAD)
                     .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    tracing::debug!(cause = %e, "REST connection ended with an error");
+                    .serve_connection(TokioIo::new(io), service);
+                match io::serve(conn, flusher).await {
+                    io::End::Conn(Ok(())) => {}
+                    io::End::Conn(Err(e)) => {
+                        tracing::debug!(cause = %e, "REST connection ended with an error");
+                    }
+                    io::End::Write(e) => {
+                        tracing::debug!(cause = %e, "REST connection ended with a write error");
+                    }
                 }
                 drop(slot);
             }
