@@ -12,6 +12,8 @@
 //! - [`target`]: the three brokers' client protocols over WebSocket.
 //! - [`stats`]: payload stamp, sequence tracking, histograms.
 //! - [`pingpong`]: the raw loopback TCP round trip, the latency floor.
+//! - [`tcpfanout`]: raw loopback TCP fan-out (one pinned sender, N sockets), the floor under
+//!   "one publish reaches the last of N subscribers".
 //! - [`procstat`]: broker RSS and CPU from /proc/PID.
 
 mod pingpong;
@@ -19,6 +21,7 @@ mod procstat;
 mod rest;
 mod stats;
 mod target;
+mod tcpfanout;
 mod worker;
 
 use std::{
@@ -122,6 +125,29 @@ enum Cmd {
         #[arg(long)]
         echo_cpu: Option<usize>,
     },
+    /// Raw loopback TCP fan-out: one sender thread pinned to `--sender-cpu` writes a 64-byte
+    /// record to each of `--sockets` connections per publish; the receiving ends are in
+    /// separate processes. The floor under "publish -> last of N subscribers".
+    TcpFanout {
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        /// Publishes per second.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Pin the sender thread to this CPU (compare.sh: the broker core).
+        #[arg(long, default_value_t = 0)]
+        sender_cpu: usize,
+        /// Receivers connect from 127.0.0.2 .. 127.0.0.(1+N).
+        #[arg(long, default_value_t = 8)]
+        src_ips: u8,
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Internal: a tcp-fanout receiver process (spec on stdin).
+    #[command(hide = true)]
+    TcpFanoutRx,
     /// REST publish (ringcast only): closed loop, `--connections` keep-alive HTTP/1.1
     /// connections with `--pipeline` requests in flight each.
     Rest {
@@ -209,6 +235,12 @@ struct Common {
     /// times, costs a generator core; meant for the 1 -> 1 latency run).
     #[arg(long)]
     spin_timer: bool,
+    /// A publisher writes at most once per this many ms, all frames due by then in one write
+    /// (one syscall); each message keeps its own send time and latency is measured from it,
+    /// so the batching delay shows in the latency. 0: one write per send time (frames that
+    /// fell due while the publisher ran late still share a write).
+    #[arg(long, default_value_t = 0.0)]
+    batch_ms: f64,
     /// Hard cap on the whole run, seconds.
     #[arg(long, default_value_t = 600.0)]
     max_secs: f64,
@@ -231,6 +263,24 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let (c, plan) = match cli.cmd {
         Cmd::Worker => return worker::run(),
+        Cmd::TcpFanoutRx => return tcpfanout::receiver(),
+        Cmd::TcpFanout {
+            sockets,
+            rate,
+            secs,
+            sender_cpu,
+            src_ips,
+            out,
+        } => {
+            return tcpfanout::run(tcpfanout::Spec {
+                sockets,
+                rate,
+                secs,
+                sender_cpu: Some(sender_cpu),
+                src_ips,
+                out,
+            })
+        }
         Cmd::Pingpong {
             rate,
             secs,
@@ -496,6 +546,7 @@ fn coordinate(c: Common, plan: Plan) -> Result<()> {
             churn_channel: plan.churn_channel.clone(),
             track_last: plan.track_last,
             spin: c.spin_timer,
+            batch_ms: c.batch_ms,
         };
         ws.push(spawn_worker(&spec, progress.clone())?);
     }

@@ -31,6 +31,7 @@ pub struct Stamp {
 
 /// The payload: a JSON object padded with `p` to `size` bytes (when `size` allows it). The same
 /// bytes are sent to every target: as ringcast `data`, as the NATS or MQTT payload.
+#[cfg(test)]
 pub fn payload(st: Stamp, size: usize) -> String {
     let mut s = format!(
         "{{\"g\":{},\"s\":{},\"r\":{},\"t\":{},\"p\":\"",
@@ -40,6 +41,20 @@ pub fn payload(st: Stamp, size: usize) -> String {
     s.extend(std::iter::repeat_n('x', pad));
     s.push_str("\"}");
     s
+}
+
+/// [`payload`] into a reused buffer (cleared first).
+pub fn payload_into(out: &mut Vec<u8>, st: Stamp, size: usize) {
+    use std::io::Write;
+    out.clear();
+    let _ = write!(
+        out,
+        "{{\"g\":{},\"s\":{},\"r\":{},\"t\":{},\"p\":\"",
+        st.g, st.s, st.r, st.t
+    );
+    let pad = size.saturating_sub(out.len() + 2);
+    out.resize(out.len() + pad, b'x');
+    out.extend_from_slice(b"\"}");
 }
 
 fn field(buf: &[u8], key: &[u8]) -> Option<u64> {
@@ -172,6 +187,9 @@ mod tests {
         };
         let p = payload(st, 64);
         assert_eq!(p.len(), 64);
+        let mut q = b"junk".to_vec();
+        payload_into(&mut q, st, 64);
+        assert_eq!(q, p.as_bytes());
         assert!(serde_json::from_str::<serde_json::Value>(&p).is_ok());
         let frame =
             format!("{{\"type\":\"message\",\"channel\":\"c\",\"from\":\"x\",\"data\":{p}}}");

@@ -6,13 +6,12 @@
 use std::{cell::RefCell, collections::HashMap, rc::Rc, time::Duration};
 
 use anyhow::{Context, Result};
-use futures_util::SinkExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::stats::{self, mono_ns, HistDump, SeqTrack, Stamp};
-use crate::target::{inbox, Conn, Endpoint, Target};
+use crate::target::{inbox, Conn, Endpoint, Route, Target};
 
 /// One rate level of the schedule.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -69,6 +68,12 @@ pub struct WorkerSpec {
     /// open-loop latency then includes). Costs a core; for few-connection latency runs.
     #[serde(default)]
     pub spin: bool,
+    /// A publisher writes at most once per this many ms: every frame due by then goes out in
+    /// one write (one syscall). 0: a write per send time (frames that fell due while the
+    /// publisher was late still share one write). Send times, and the latency measured from
+    /// them, are unchanged either way.
+    #[serde(default)]
+    pub batch_ms: f64,
 }
 
 /// A worker's report.
@@ -112,7 +117,7 @@ struct Shared {
     churn_failed: u64,
 }
 
-fn raise_nofile() {
+pub(crate) fn raise_nofile() {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -290,21 +295,58 @@ async fn work() -> Result<()> {
         let (steps, sh, size, target) =
             (spec.steps.clone(), sh.clone(), spec.payload, spec.ep.target);
         let stagger = p.g as f64 / spec.total_pubs.max(1) as f64;
-        let spin = spec.spin;
+        let (spin, batch_ns) = (spec.spin, (spec.batch_ms.max(0.0) * 1e6) as u64);
         tokio::task::spawn_local(async move {
-            let mut seq = 0u64;
-            let mut step_start = start;
-            for (k, st) in steps.iter().enumerate() {
-                let n = (st.rate_per_pub * st.secs).round() as u64;
-                let gap = 1e9 / st.rate_per_pub.max(1e-9);
-                for i in 0..n {
-                    let t = step_start + ((i as f64 + stagger) * gap) as u64;
-                    if spin {
-                        spin_until_ns(t).await;
-                    } else {
-                        sleep_until_ns(t).await;
+            let route = match &p.dest {
+                Dest::Channel(ch) => Route::channel(target, ch),
+                Dest::Peer(to) => Route::peer(target, to),
+            };
+            // Message i of step k is due at starts[k] + (i + stagger) * gap[k]; the latency of
+            // every message is measured from that time however late it is written.
+            let mut starts = Vec::with_capacity(steps.len());
+            let mut at = start;
+            for st in &steps {
+                starts.push(at);
+                at += (st.secs * 1e9) as u64;
+            }
+            let count = |k: usize| (steps[k].rate_per_pub * steps[k].secs).round() as u64;
+            let due = |k: usize, i: u64| {
+                starts[k] + ((i as f64 + stagger) * 1e9 / steps[k].rate_per_pub.max(1e-9)) as u64
+            };
+            let (mut k, mut i, mut seq) = (0usize, 0u64, 0u64);
+            let mut frames = Vec::with_capacity(16 * 1024);
+            let mut data = Vec::with_capacity(size + 64);
+            let mut per_step = vec![0u64; steps.len()];
+            let mut last_write = 0u64;
+            loop {
+                while k < steps.len() && i >= count(k) {
+                    k += 1;
+                    i = 0;
+                }
+                if k == steps.len() {
+                    break;
+                }
+                // Wake at the next send time, but (with --batch-ms) no sooner than `batch_ns`
+                // after the previous write: every frame due by then goes out in one write.
+                let wake = due(k, i).max(last_write + batch_ns);
+                if spin {
+                    spin_until_ns(wake).await;
+                } else {
+                    sleep_until_ns(wake).await;
+                }
+                let now = mono_ns();
+                while k < steps.len() {
+                    if i >= count(k) {
+                        k += 1;
+                        i = 0;
+                        continue;
                     }
-                    let data = stats::payload(
+                    let t = due(k, i);
+                    if t > now {
+                        break;
+                    }
+                    stats::payload_into(
+                        &mut data,
                         Stamp {
                             g: p.g,
                             s: seq,
@@ -313,20 +355,23 @@ async fn work() -> Result<()> {
                         },
                         size,
                     );
-                    let m = match &p.dest {
-                        Dest::Channel(ch) => Conn::publish_msg(target, ch, &data),
-                        Dest::Peer(to) => Conn::send_msg(target, to, &data),
-                    };
+                    c.push_publish(&mut frames, &route, &data);
+                    per_step[k] += 1;
                     seq += 1;
-                    let ok = c.ws.send(m).await.is_ok();
-                    let mut s = sh.borrow_mut();
-                    if ok {
-                        s.sent[k] += 1;
-                    } else {
-                        s.send_errors += 1;
-                    }
+                    i += 1;
                 }
-                step_start += (st.secs * 1e9) as u64;
+                last_write = now;
+                let ok = c.write_all(&frames).await.is_ok();
+                frames.clear();
+                let mut s = sh.borrow_mut();
+                for (n, x) in per_step.iter_mut().enumerate() {
+                    if ok {
+                        s.sent[n] += *x;
+                    } else {
+                        s.send_errors += *x;
+                    }
+                    *x = 0;
+                }
             }
             // Keep the connection open until the worker reports.
             std::future::pending::<()>().await;
@@ -365,7 +410,7 @@ async fn work() -> Result<()> {
                                 r = c.recv(&mut ignore) => if !r? { break },
                             }
                         }
-                        let _ = c.ws.close(None).await;
+                        let _ = c.close().await;
                         anyhow::Ok(())
                     }
                     .await;
