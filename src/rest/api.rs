@@ -14,19 +14,22 @@
 //! permissions (403), then the body is read with a 32 KiB cap (413) and parsed (400).
 
 use std::{
+    borrow::Cow,
+    future::Future,
     sync::{atomic::Ordering, Arc},
+    task::Poll,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
 use hyper::{
     body::Incoming,
     header::{self, HeaderValue},
-    Method, Request, Response, StatusCode,
+    HeaderMap, Method, Request, Response, StatusCode,
 };
 use percent_encoding::percent_decode_str;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, value::RawValue, Value};
 
 use super::MAX_BODY;
@@ -110,8 +113,8 @@ impl ApiError {
     }
 }
 
-fn json_response(status: StatusCode, body: String) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -186,18 +189,15 @@ fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-/// Decodes a percent-encoded path parameter (UTF-8 required).
-fn decode_param(raw: &str, what: &str) -> Result<String, ApiError> {
-    percent_decode_str(raw)
-        .decode_utf8()
-        .map(|c| c.into_owned())
-        .map_err(|_| {
-            ApiError::bad_request(format!("{what} is not valid UTF-8 once percent-decoded"))
-        })
+/// Decodes a percent-encoded path parameter (UTF-8 required); borrowed when nothing is encoded.
+fn decode_param<'a>(raw: &'a str, what: &str) -> Result<Cow<'a, str>, ApiError> {
+    percent_decode_str(raw).decode_utf8().map_err(|_| {
+        ApiError::bad_request(format!("{what} is not valid UTF-8 once percent-decoded"))
+    })
 }
 
 /// Decodes and validates a channel path parameter.
-fn channel_param(raw: &str) -> Result<String, ApiError> {
+fn channel_param(raw: &str) -> Result<Cow<'_, str>, ApiError> {
     let ch = decode_param(raw, "channel")?;
     match validate_channel(&ch) {
         Ok(()) => Ok(ch),
@@ -235,21 +235,29 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `Some(raw)` even for `null`, so that a missing `data` and `"data":null` differ.
-fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(d).map(Some)
+/// `Some(raw)` even for `null`, so that a missing `data` and `"data":null` differ. The raw
+/// text is borrowed from the body.
+fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// An optional string borrowed from the body unless it has escapes.
+fn cow_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct S<'a>(#[serde(borrow)] Cow<'a, str>);
+    Option::<S<'de>>::deserialize(d).map(|o| o.map(|s| s.0))
 }
 
 /// `POST /v1/channels/{channel}/publish` body.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PublishBody {
+struct PublishBody<'a> {
     /// Any JSON, `null` included; required.
-    #[serde(default, deserialize_with = "present_raw")]
-    data: Option<Box<RawValue>>,
+    #[serde(default, borrow, deserialize_with = "present_raw")]
+    data: Option<&'a RawValue>,
     /// The `from` of the delivered `message` (default `"system"`).
-    #[serde(default)]
-    from: Option<String>,
+    #[serde(default, borrow, deserialize_with = "cow_str")]
+    from: Option<Cow<'a, str>>,
     /// Sent as `fromMetadata` to subscribers that asked for sender metadata.
     #[serde(default)]
     peer_metadata: Option<Value>,
@@ -297,6 +305,40 @@ fn parse_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
+/// Why a body could not be read.
+enum BodyError {
+    /// Over [`MAX_BODY`] bytes.
+    TooLarge,
+    /// The connection failed or the body was malformed (e.g. bad chunking).
+    Read,
+}
+
+/// The whole body, refused as soon as it passes [`MAX_BODY`] bytes. One chunk (the usual
+/// case: a small body read with its head) is returned as is, without a copy.
+async fn read_capped(mut body: Incoming) -> Result<Bytes, BodyError> {
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyError::Read)?.into_data() else {
+            continue; // trailers
+        };
+        len += data.len();
+        if len > MAX_BODY {
+            return Err(BodyError::TooLarge);
+        }
+        if first.is_none() && joined.is_empty() {
+            first = Some(data);
+        } else {
+            if let Some(f) = first.take() {
+                joined.extend_from_slice(&f);
+            }
+            joined.extend_from_slice(&data);
+        }
+    }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
+}
+
 /// The REST API state: the broker's shared half.
 #[derive(Debug)]
 pub struct Api {
@@ -323,8 +365,8 @@ impl Api {
     }
 
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Resp, ApiError> {
-        let path = req.uri().path().to_owned();
-        let route = route(req.method(), &path)?;
+        let (head, body) = req.into_parts();
+        let route = route(&head.method, head.uri.path())?;
         match route {
             Route::Metrics => return Ok(self.metrics()),
             Route::Healthz => return Ok(self.healthz()),
@@ -333,19 +375,19 @@ impl Api {
         if self.draining() {
             return Err(ApiError::unavailable("the server is shutting down"));
         }
-        let key = self.authenticate(&req)?;
+        let key = self.authenticate(&head.headers)?;
         match route {
-            Route::Publish(ch) => self.publish(&key, ch, req).await,
+            Route::Publish(ch) => self.publish(&key, ch, &head.headers, body).await,
             Route::Peers(ch) => self.peers(&key, ch).await,
-            Route::Tokens => self.tokens(&key, req).await,
+            Route::Tokens => self.tokens(&key, &head.headers, body).await,
             Route::Kick(peer) => self.kick(&key, peer).await,
             Route::Usage => Ok(self.usage(&key)),
             Route::Metrics | Route::Healthz => Err(not_found()),
         }
     }
 
-    fn authenticate(&self, req: &Request<Incoming>) -> Result<SecretKeyRef, ApiError> {
-        req.headers()
+    fn authenticate(&self, headers: &HeaderMap) -> Result<SecretKeyRef, ApiError> {
+        headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| self.shared.auth.authenticate_secret(v))
@@ -387,27 +429,34 @@ impl Api {
     }
 
     /// Reads the body: 413 when `Content-Length` announces more than [`MAX_BODY`] (nothing
-    /// is read), or when a body without one grows past it (reading stops there).
-    async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-        let body = Limited::new(req.into_body(), MAX_BODY);
-        match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
-            Ok(Ok(c)) => Ok(c.to_bytes()),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                Err(ApiError::too_large())
-            }
-            Ok(Err(_)) => Err(ApiError::bad_request("the request body could not be read")),
-            Err(_) => Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "invalid_request",
-                "the request body did not arrive in time",
-            )),
-        }
+    /// is read), or when a body without one grows past it (reading stops there), 408 after
+    /// [`BODY_READ_TIMEOUT`].
+    async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+        let mut read = std::pin::pin!(read_capped(body));
+        // Usually the body came with the head: then no timer is set up at all.
+        let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+        let r = match first {
+            Poll::Ready(r) => r,
+            Poll::Pending => match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "invalid_request",
+                        "the request body did not arrive in time",
+                    ))
+                }
+            },
+        };
+        r.map_err(|e| match e {
+            BodyError::TooLarge => ApiError::too_large(),
+            BodyError::Read => ApiError::bad_request("the request body could not be read"),
+        })
     }
 
     /// 413 before anything else is done when the declared length is over the cap.
-    fn check_declared_length(req: &Request<Incoming>) -> Result<(), ApiError> {
-        let declared = req
-            .headers()
+    fn check_declared_length(headers: &HeaderMap) -> Result<(), ApiError> {
+        let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
@@ -421,9 +470,10 @@ impl Api {
         &self,
         key: &SecretKeyRef,
         raw_channel: &str,
-        req: Request<Incoming>,
+        headers: &HeaderMap,
+        body: Incoming,
     ) -> Result<Resp, ApiError> {
-        Self::check_declared_length(&req)?;
+        Self::check_declared_length(headers)?;
         let channel = channel_param(raw_channel)?;
         if !key.actions.contains(Actions::PUBLISH) {
             return Err(forbidden_action("publish"));
@@ -431,12 +481,12 @@ impl Api {
         if !key.scope.allows(&channel) {
             return Err(forbidden_channel());
         }
-        let body = Self::read_body(req).await?;
+        let body = Self::read_body(body).await?;
         let b: PublishBody = parse_object(&body)?;
         let data = b
             .data
             .ok_or_else(|| ApiError::bad_request("data is required (null is allowed)"))?;
-        let from = b.from.unwrap_or_else(|| "system".to_string());
+        let from = b.from.unwrap_or(Cow::Borrowed("system"));
         if !jwt::is_valid_peer_id(&from) {
             return Err(ApiError::bad_request(
                 "from must be 1-128 bytes of printable ASCII",
@@ -462,7 +512,7 @@ impl Api {
             .map(|m| encode::message(&channel, &from, data, Some(m.as_bytes())));
         let p = Arc::new(Publication {
             app: key.app,
-            channel: Arc::from(channel.as_str()),
+            channel: Arc::from(&*channel),
             origin: None,
             frame,
             frame_with_meta,
@@ -484,12 +534,23 @@ impl Api {
         {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(ok_json(json!({"channel": channel})))
+        #[derive(Serialize)]
+        struct Published<'a> {
+            channel: &'a str,
+        }
+        let answer = serde_json::to_vec(&Published { channel: &channel })
+            .map_err(|_| ApiError::unavailable("the answer could not be encoded"))?;
+        Ok(json_response(StatusCode::OK, Bytes::from(answer)))
     }
 
-    async fn tokens(&self, key: &SecretKeyRef, req: Request<Incoming>) -> Result<Resp, ApiError> {
-        Self::check_declared_length(&req)?;
-        let body = Self::read_body(req).await?;
+    async fn tokens(
+        &self,
+        key: &SecretKeyRef,
+        headers: &HeaderMap,
+        body: Incoming,
+    ) -> Result<Resp, ApiError> {
+        Self::check_declared_length(headers)?;
+        let body = Self::read_body(body).await?;
         let mint: MintRequest = parse_object(&body)?;
         match self.shared.auth.mint(&key.key_id, &mint, unix_now()) {
             Ok((token, expires_at)) => {
@@ -529,7 +590,7 @@ impl Api {
             owner,
             ShardMsg::PeersQuery {
                 app: key.app,
-                channel: Arc::from(channel.as_str()),
+                channel: Arc::from(&*channel),
                 reply: tx,
             },
         );
@@ -563,7 +624,7 @@ impl Api {
             ));
         }
         let mesh = &self.shared.mesh;
-        let peer_arc: Arc<str> = Arc::from(peer.as_str());
+        let peer_arc: Arc<str> = Arc::from(&*peer);
         let mut replies = Vec::with_capacity(mesh.shards());
         for s in 0..mesh.shards() {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -668,6 +729,12 @@ mod tests {
         assert_eq!(b.data.unwrap().get(), "null");
         let b: PublishBody = parse_object(br#"{"from":"x"}"#).unwrap();
         assert!(b.data.is_none());
+        assert!(matches!(b.from, Some(Cow::Borrowed("x"))));
+        let b: PublishBody = parse_object(br#"{"data":[1, 2],"from":"a\"b\u0041"}"#).unwrap();
+        assert_eq!(b.data.unwrap().get(), "[1, 2]");
+        assert_eq!(b.from.as_deref(), Some("a\"bA"));
+        let b: PublishBody = parse_object(br#"{"data":1,"from":null}"#).unwrap();
+        assert!(b.from.is_none());
         assert!(parse_object::<PublishBody>(b"[1]").is_err());
         assert!(parse_object::<PublishBody>(b"").is_err());
         assert!(parse_object::<PublishBody>(br#"{"data":1,"peerMetadata":"#).is_err());
