@@ -96,6 +96,8 @@ pub struct ShardCounters {
     pub admin_disconnects: AtomicU64,
     /// Upgrades refused with HTTP 429 (per-IP throttle).
     pub upgrades_throttled: AtomicU64,
+    /// Receives ended because every provided receive buffer was in use (re-armed).
+    pub recv_buffers_exhausted: AtomicU64,
     /// Pre-`welcome` refusals, indexed by [`AuthFailure`].
     pub auth_failures: [AtomicU64; 4],
     /// Per app (indexed by `AppId`): publications and direct messages accepted from
@@ -125,6 +127,7 @@ impl ShardCounters {
             rate_limited_errors: AtomicU64::new(0),
             admin_disconnects: AtomicU64::new(0),
             upgrades_throttled: AtomicU64::new(0),
+            recv_buffers_exhausted: AtomicU64::new(0),
             auth_failures: Default::default(),
             app_messages: zeros(),
             app_deliveries: zeros(),
@@ -285,7 +288,7 @@ impl Metrics {
         for i in 0..self.shards.len() {
             w.sample_shard("ringcast_cross_shard_queue_depth", i, queue_depth(i));
         }
-        let totals: [(&str, &str, &str, u64); 14] = [
+        let totals: [(&str, &str, &str, u64); 15] = [
             (
                 "ringcast_subscriptions",
                 "gauge",
@@ -369,6 +372,12 @@ impl Metrics {
                 "counter",
                 "Upgrades refused with HTTP 429 (per-IP limit).",
                 self.sum(|s| &s.upgrades_throttled),
+            ),
+            (
+                "ringcast_recv_buffers_exhausted_total",
+                "counter",
+                "Socket receives that found every provided receive buffer in use (they wait and are re-armed; raise recv_buffers if this grows).",
+                self.sum(|s| &s.recv_buffers_exhausted),
             ),
         ];
         for (name, kind, help, v) in totals {

@@ -26,7 +26,7 @@ use tungstenite::{
 
 use super::{
     handshake::{self, Handshake},
-    outbound::{run_writer, CloseState, ConnShared},
+    outbound::{CloseState, ConnShared},
     rate_limit::TokenBucket,
     ConnEntry, Shard,
 };
@@ -150,6 +150,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         Rc::try_unwrap(stream).unwrap_or_else(|_| unreachable!("no other owner yet")),
         limits.max_outbound_bytes,
         now,
+        shard.tx.clone(),
     ));
     shared.send(&encode::welcome(
         &identity.peer_id,
@@ -166,8 +167,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             peer: identity.peer_id.clone(),
         },
     );
-    let counters = shard.shared.metrics.shard(shard.id.0 as usize).clone();
-    let writer = tokio_uring::spawn(run_writer(shared.clone(), counters));
     let expiry = identity.expires_at.map(|exp| {
         let weak = Rc::downgrade(&shared);
         let lead = limits.expiry_lead;
@@ -198,7 +197,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         ),
         out: Vec::new(),
         app,
-        writer: Some(writer),
         expiry,
         done: false,
     });
@@ -214,7 +212,6 @@ pub struct Reader {
     /// What tungstenite wrote (pong and close replies), moved to the outbound queue.
     out: Vec<u8>,
     app: AppId,
-    writer: Option<tokio::task::JoinHandle<()>>,
     expiry: Option<tokio::task::JoinHandle<()>>,
     /// Teardown has started: bytes still arriving are ignored.
     done: bool,
@@ -319,14 +316,11 @@ fn teardown(shard: &Shard, r: &mut Reader) {
     r.conn.channels = Vec::new();
     shard.shared.release(r.app);
     shared.finish();
-    let writer = r.writer.take();
     let wait = shard.shared.limits.close_timeout;
-    // Give the writer the close timeout to flush (e.g. a close reply), then cut the socket,
+    // Give the queue the close timeout to flush (e.g. a close reply), then cut the socket,
     // which also ends the multishot receive.
     tokio_uring::spawn(async move {
-        if let Some(w) = writer {
-            let _ = tokio::time::timeout(wait, w).await;
-        }
+        let _ = tokio::time::timeout(wait, shared.drained()).await;
         shared.abort();
     });
 }
@@ -435,9 +429,8 @@ async fn echo(shard: &Shard, stream: Rc<TcpStream>, leftover: Vec<u8>) {
         Rc::try_unwrap(stream).unwrap_or_else(|_| unreachable!("no other owner yet")),
         limits.max_outbound_bytes,
         Instant::now(),
+        shard.tx.clone(),
     ));
-    let counters = shard.shared.metrics.shard(shard.id.0 as usize).clone();
-    let writer = tokio_uring::spawn(run_writer(shared.clone(), counters));
     // Echoed frames are written through tungstenite, so its write cap must fit the largest
     // message (the protocol path only writes control replies through it).
     let config = ws_config(limits.max_message_size, limits.read_buffer_size)
@@ -496,7 +489,7 @@ async fn echo(shard: &Shard, stream: Rc<TcpStream>, leftover: Vec<u8>) {
         }
     }
     shared.finish();
-    let _ = tokio::time::timeout(limits.close_timeout, writer).await;
+    let _ = tokio::time::timeout(limits.close_timeout, shared.drained()).await;
     shared.abort();
 }
 

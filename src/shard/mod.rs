@@ -6,7 +6,7 @@
 //! - [`conn`]: one connection's reader task (upgrade, auth, WebSocket, commands);
 //! - [`rx`]: the shard's receive ring: one multishot `recv` per connection, provided
 //!   buffers shared by the shard (no per-connection read buffer or reader task);
-//! - [`outbound`]: its bounded outbound queue and writer task;
+//! - [`outbound`]: its bounded outbound queue, written through the receive ring;
 //! - [`inbox`]: the task that drains the shard's mesh queues (woken by eventfd);
 //! - [`housekeeping`]: server pings, idle drops, close deadlines;
 //! - [`handshake`], [`rate_limit`]: pure helpers.
@@ -164,8 +164,10 @@ pub struct Shard {
     pub state: RefCell<State>,
     /// The JSON parser and its scratch buffers, reused by every connection of the shard.
     pub parser: RefCell<Parser>,
-    /// The receive ring: every registered connection's reads.
+    /// The receive ring: every registered connection's reads and writes.
     pub rx: rx::Rx,
+    /// Connections with frames to write (drained by [`rx::flusher`]).
+    pub tx: Rc<outbound::TxQueue>,
     /// Messages this shard sent to itself, handled in order by [`Shard::pump_local`].
     local: RefCell<VecDeque<ShardMsg>>,
     next_conn: Cell<u64>,
@@ -188,6 +190,7 @@ impl Shard {
             }),
             parser: RefCell::new(Parser::new()),
             rx,
+            tx: Rc::default(),
             local: RefCell::new(VecDeque::new()),
             next_conn: Cell::new(1),
             shared,

@@ -1,16 +1,23 @@
 //! A connection's shared half: its outbound frame queue (bounded in bytes), liveness
-//! clocks, close state, and the writer task that drains the queue with one `writev` per
-//! wake-up (frames coalesced, the shared `Bytes` handed to the kernel without copying).
+//! clocks and close state, and the shard's list of connections with frames to write.
 //!
-//! Held by `Rc` by the connection's reader task, its writer task, the shard's connection
-//! registry and the subscription index; all on one shard thread, hence `Cell`/`RefCell`.
+//! There is no writer task. [`ConnShared::send`] queues a frame and, if the connection is
+//! not already listed, puts it on the shard's [`TxQueue`]; the shard's flusher
+//! ([`super::rx::flusher`]) then submits one `send` (one frame) or `writev` (up to
+//! [`MAX_IOV`] frames, coalesced) per listed connection to the receive ring and enters the
+//! kernel once for all of them. The shared `Bytes` are handed to the kernel without copying.
+//! One write is in flight per connection at most, so frames stay in order; its completion
+//! (handled with the ring's receive completions) sends the rest.
+//!
+//! Held by `Rc` by the connection's reader, the shard's connection registry, the
+//! subscription index, the flusher's list and an in-flight write; all on one shard thread,
+//! hence `Cell`/`RefCell`.
 
 use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
     future::poll_fn,
     rc::Rc,
-    sync::Arc,
     task::{Poll, Waker},
     time::Instant,
 };
@@ -18,12 +25,7 @@ use std::{
 use bytes::{Buf, Bytes};
 use tokio_uring::net::TcpStream;
 
-use crossbeam::utils::CachePadded;
-
-use crate::{
-    metrics::ShardCounters,
-    protocol::{close, encode},
-};
+use crate::protocol::{close, encode};
 
 /// Most frames handed to one `writev`.
 const MAX_IOV: usize = 64;
@@ -50,21 +52,74 @@ pub enum Delivery {
     SlowConsumer,
 }
 
+/// The shard's list of connections with frames queued and no write in flight, and the
+/// flusher task's waker.
+#[derive(Default)]
+pub struct TxQueue {
+    pub(super) dirty: RefCell<Vec<Rc<ConnShared>>>,
+    pub(super) waker: Cell<Option<Waker>>,
+}
+
+impl std::fmt::Debug for TxQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxQueue")
+            .field("dirty", &self.dirty.borrow().len())
+            .finish()
+    }
+}
+
+/// The write a connection has in flight: its frames are kept alive until it completes.
+#[derive(Default)]
+pub enum Inflight {
+    /// Nothing in flight.
+    #[default]
+    Idle,
+    /// One frame (an IORING_OP_SEND).
+    One(Bytes),
+    /// Several frames (an IORING_OP_WRITEV) in a pooled batch.
+    Many(Batch),
+}
+
+/// Up to [`MAX_IOV`] frames and their iovecs; pooled per shard so that connections hold
+/// no write buffers while idle.
+pub struct Batch {
+    /// The frames, partly written ones advanced.
+    pub frames: Vec<Bytes>,
+    /// The iovecs handed to the kernel (valid while `frames` is unchanged).
+    pub iov: Vec<libc::iovec>,
+}
+
+impl Batch {
+    /// An empty batch with room for [`MAX_IOV`] frames.
+    pub fn new() -> Batch {
+        Batch {
+            frames: Vec::with_capacity(MAX_IOV),
+            iov: Vec::with_capacity(MAX_IOV),
+        }
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch::new()
+    }
+}
+
 /// State shared by everything that talks to one connection.
 pub struct ConnShared {
-    /// The socket. Reads happen in the reader task, writes in the writer task.
+    /// The socket. Reads happen in the shard's receive ring, writes too (see module docs).
     pub stream: TcpStream,
     queue: RefCell<VecDeque<Bytes>>,
-    /// Bytes queued and not yet handed to the kernel. Bytes of a `writev` in flight are not
-    /// counted: its completion is reaped only when the shard next polls io_uring, so counting
-    /// them would charge a fast reader for data the kernel already took. A reader that stops
-    /// is still caught: its socket buffer fills, the `writev` stalls and the queue grows.
+    /// Bytes queued and not yet handed to the kernel. Bytes of a write in flight are not
+    /// counted: its completion is reaped only when the shard next drains its ring, so
+    /// counting them would charge a fast reader for data the kernel already took. A reader
+    /// that stops is still caught: its socket buffer fills, the write stalls and the queue
+    /// grows.
     queued_bytes: Cell<usize>,
     max_bytes: usize,
     /// Bytes of exempt frames (roster snapshots) not yet written: the cap is raised by this
     /// much until they are on the wire, so a large snapshot is delivered, not punished.
     allowance: Cell<usize>,
-    waker: Cell<Option<Waker>>,
     state: Cell<CloseState>,
     /// When the close frame was queued, to enforce the close timeout.
     closing_since: Cell<Option<Instant>>,
@@ -72,6 +127,16 @@ pub struct ConnShared {
     pub last_seen: Cell<Instant>,
     /// Last time the server sent a WebSocket ping.
     pub last_ping: Cell<Instant>,
+    /// The shard's flush list.
+    tx: Rc<TxQueue>,
+    /// On the flush list already.
+    listed: Cell<bool>,
+    /// A write failed (peer gone): nothing more is written.
+    dead: Cell<bool>,
+    /// The write in flight.
+    pub(super) inflight: RefCell<Inflight>,
+    /// Woken when the queue is flushed (teardown waits for it).
+    drained: Cell<Option<Waker>>,
 }
 
 impl std::fmt::Debug for ConnShared {
@@ -84,19 +149,23 @@ impl std::fmt::Debug for ConnShared {
 }
 
 impl ConnShared {
-    /// Wraps an upgraded socket.
-    pub fn new(stream: TcpStream, max_bytes: usize, now: Instant) -> Self {
+    /// Wraps an upgraded socket; its writes go through the shard's flush list `tx`.
+    pub fn new(stream: TcpStream, max_bytes: usize, now: Instant, tx: Rc<TxQueue>) -> Self {
         ConnShared {
             stream,
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
             max_bytes,
             allowance: Cell::new(0),
-            waker: Cell::new(None),
             state: Cell::new(CloseState::Open),
             closing_since: Cell::new(None),
             last_seen: Cell::new(now),
             last_ping: Cell::new(now),
+            tx,
+            listed: Cell::new(false),
+            dead: Cell::new(false),
+            inflight: RefCell::new(Inflight::Idle),
+            drained: Cell::new(None),
         }
     }
 
@@ -104,7 +173,7 @@ impl ConnShared {
     /// Over the byte cap the connection is closed as a slow consumer: what is queued is
     /// discarded and a 4008 close frame takes its place, so the stream ends visibly
     /// instead of losing frames from its middle.
-    pub fn send(&self, frame: &Bytes) -> Delivery {
+    pub fn send(self: &Rc<Self>, frame: &Bytes) -> Delivery {
         if self.state.get() != CloseState::Open {
             return Delivery::Closed;
         }
@@ -115,27 +184,27 @@ impl ConnShared {
         }
         self.queued_bytes.set(after);
         self.queue.borrow_mut().push_back(frame.clone());
-        self.wake();
+        self.list();
         Delivery::Queued
     }
 
     /// Queues a frame the connection is owed whatever the queue holds (a presence roster
     /// snapshot, bounded by the channel's roster): not checked against the cap, and the cap
     /// is raised by its size until it is written.
-    pub fn send_exempt(&self, frame: &Bytes) -> Delivery {
+    pub fn send_exempt(self: &Rc<Self>, frame: &Bytes) -> Delivery {
         if self.state.get() != CloseState::Open {
             return Delivery::Closed;
         }
         self.allowance.set(self.allowance.get() + frame.len());
         self.queued_bytes.set(self.queued_bytes.get() + frame.len());
         self.queue.borrow_mut().push_back(frame.clone());
-        self.wake();
+        self.list();
         Delivery::Queued
     }
 
     /// Starts a server-initiated close: queues a close frame after the pending frames (or
     /// instead of them when `discard_pending`), and accepts nothing more.
-    pub fn close(&self, code: u16, reason: &str, discard_pending: bool) {
+    pub fn close(self: &Rc<Self>, code: u16, reason: &str, discard_pending: bool) {
         if self.state.get() != CloseState::Open {
             return;
         }
@@ -154,18 +223,17 @@ impl ConnShared {
     /// Queues bytes produced by the WebSocket codec itself (pong and close replies) while
     /// the connection is open; not subject to the byte cap (they are tiny and one per
     /// inbound control frame, which the read path bounds).
-    pub fn push_raw(&self, frame: Bytes) {
+    pub fn push_raw(self: &Rc<Self>, frame: Bytes) {
         if matches!(self.state.get(), CloseState::Open) {
             self.queued_bytes.set(self.queued_bytes.get() + frame.len());
             self.queue.borrow_mut().push_back(frame);
-            self.wake();
+            self.list();
         }
     }
 
-    /// The reader has finished: flush what is queued, then let the writer stop.
+    /// The reader has finished: flush what is queued, accept nothing more.
     pub fn finish(&self) {
         self.state.set(CloseState::Finished);
-        self.wake();
     }
 
     /// Current close state.
@@ -188,79 +256,146 @@ impl ConnShared {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
-    fn wake(&self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
+    /// Puts the connection on the shard's flush list (once) and wakes the flusher.
+    pub(super) fn list(self: &Rc<Self>) {
+        if self.listed.get() || self.dead.get() {
+            return;
         }
+        self.listed.set(true);
+        let mut d = self.tx.dirty.borrow_mut();
+        if d.is_empty() {
+            if let Some(w) = self.tx.waker.take() {
+                w.wake();
+            }
+        }
+        d.push(self.clone());
     }
 
-    /// Moves up to [`MAX_IOV`] frames into `iov`; waits while the queue is empty.
-    /// Resolves to false when there is nothing more to write, ever.
-    async fn next_batch(&self, iov: &mut Vec<Bytes>) -> bool {
-        poll_fn(|cx| {
-            let mut q = self.queue.borrow_mut();
-            if q.is_empty() {
-                return match self.state.get() {
-                    CloseState::Open => {
-                        self.waker.set(Some(cx.waker().clone()));
-                        Poll::Pending
-                    }
-                    CloseState::Closing(_) | CloseState::Finished => Poll::Ready(false),
-                };
+    /// Taken off the flush list by the flusher.
+    pub(super) fn unlist(&self) {
+        self.listed.set(false);
+    }
+
+    /// True when a write may be started now: frames are queued, none is in flight, and
+    /// the socket still works.
+    pub(super) fn writable(&self) -> bool {
+        !self.dead.get()
+            && matches!(*self.inflight.borrow(), Inflight::Idle)
+            && !self.queue.borrow().is_empty()
+    }
+
+    /// Moves the next frames into a write: one frame alone, or up to [`MAX_IOV`] into
+    /// `batch`. They no longer count against the cap (see `queued_bytes`). Returns the
+    /// frame count.
+    pub(super) fn take_frames(&self, batch: impl FnOnce() -> Batch) -> usize {
+        let mut q = self.queue.borrow_mut();
+        let n = q.len().min(MAX_IOV);
+        let taken = if n == 1 {
+            let f = q.pop_front().unwrap_or_default();
+            let len = f.len();
+            *self.inflight.borrow_mut() = Inflight::One(f);
+            len
+        } else {
+            let mut b = batch();
+            b.frames.extend(q.drain(..n));
+            let len = b.frames.iter().map(Bytes::len).sum();
+            *self.inflight.borrow_mut() = Inflight::Many(b);
+            len
+        };
+        self.queued_bytes.set(self.queued_bytes.get() - taken);
+        self.allowance
+            .set(self.allowance.get().saturating_sub(taken));
+        if q.is_empty() && q.capacity() > 4 {
+            // A burst is over: do not keep its queue capacity for an idle connection.
+            q.shrink_to(4);
+        }
+        n
+    }
+
+    /// A write completed with `res` (bytes written or -errno). Returns the batch to pool,
+    /// if the write is over, and whether more is to be written now.
+    pub(super) fn write_done(self: &Rc<Self>, res: i32) -> (Option<Batch>, bool) {
+        let mut inflight = self.inflight.borrow_mut();
+        if res <= 0 {
+            // Peer gone or socket aborted: stop writing; the reader notices too.
+            let old = std::mem::take(&mut *inflight);
+            drop(inflight);
+            self.dead.set(true);
+            self.abort();
+            self.queue.borrow_mut().clear();
+            self.queued_bytes.set(0);
+            self.wake_drained();
+            return (
+                match old {
+                    Inflight::Many(b) => Some(b),
+                    _ => None,
+                },
+                false,
+            );
+        }
+        let mut left = res as usize;
+        let finished = match &mut *inflight {
+            Inflight::Idle => true,
+            Inflight::One(f) => {
+                f.advance(left.min(f.len()));
+                f.is_empty()
             }
-            let n = q.len().min(MAX_IOV);
-            iov.extend(q.drain(..n));
-            // Handed to the kernel: no longer counted against the cap (see `queued_bytes`).
-            let taken: usize = iov.iter().map(Bytes::len).sum();
-            self.queued_bytes.set(self.queued_bytes.get() - taken);
-            self.allowance
-                .set(self.allowance.get().saturating_sub(taken));
-            Poll::Ready(true)
+            Inflight::Many(b) => {
+                let full = b.frames.iter().take_while(|f| {
+                    let whole = f.len() <= left;
+                    if whole {
+                        left -= f.len();
+                    }
+                    whole
+                });
+                let k = full.count();
+                b.frames.drain(..k);
+                if let Some(first) = b.frames.first_mut() {
+                    first.advance(left);
+                }
+                b.frames.is_empty()
+            }
+        };
+        if !finished {
+            return (None, true); // the rest of the same write goes again
+        }
+        let old = std::mem::take(&mut *inflight);
+        drop(inflight);
+        let more = !self.queue.borrow().is_empty();
+        if !more {
+            self.wake_drained();
+        }
+        (
+            match old {
+                Inflight::Many(b) => Some(b),
+                _ => None,
+            },
+            more,
+        )
+    }
+
+    /// True when nothing is left to write (or nothing can be written any more).
+    pub fn is_drained(&self) -> bool {
+        self.dead.get()
+            || (matches!(*self.inflight.borrow(), Inflight::Idle) && self.queue.borrow().is_empty())
+    }
+
+    /// Resolves once everything queued is written (or the socket failed).
+    pub async fn drained(&self) {
+        poll_fn(|cx| {
+            if self.is_drained() {
+                Poll::Ready(())
+            } else {
+                self.drained.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
         })
         .await
     }
-}
 
-/// The writer task of one connection: drains the queue until the connection is done.
-/// Counts frames and bytes written in its shard's `counters` (one add per `writev`).
-pub async fn run_writer(conn: Rc<ConnShared>, counters: Arc<CachePadded<ShardCounters>>) {
-    let mut iov: Vec<Bytes> = Vec::new();
-    while conn.next_batch(&mut iov).await {
-        ShardCounters::add(&counters.messages_out, iov.len() as u64);
-        let mut total: usize = iov.iter().map(Bytes::len).sum();
-        while total > 0 {
-            let (res, mut v) = conn.stream.writev(std::mem::take(&mut iov)).await;
-            let n = match res {
-                Ok(n) if n > 0 => n,
-                _ => {
-                    // Peer gone or socket aborted: stop writing; the reader notices too.
-                    conn.abort();
-                    conn.queue.borrow_mut().clear();
-                    conn.queued_bytes.set(0);
-                    return;
-                }
-            };
-            ShardCounters::add(&counters.bytes_out, n as u64);
-            total -= n;
-            // Drop fully written frames, advance into a partially written one.
-            let mut left = n;
-            let full = v.iter().take_while(|b| {
-                let whole = b.len() <= left;
-                if whole {
-                    left -= b.len();
-                }
-                whole
-            });
-            let k = full.count();
-            v.drain(..k);
-            if let Some(first) = v.first_mut() {
-                first.advance(left);
-            }
-            iov = v;
-        }
-        iov.clear();
-        if iov.capacity() > MAX_IOV {
-            iov.shrink_to(8);
+    fn wake_drained(&self) {
+        if let Some(w) = self.drained.take() {
+            w.wake();
         }
     }
 }

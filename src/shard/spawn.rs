@@ -84,6 +84,7 @@ pub fn start(
                     let listener = tokio_uring::net::TcpListener::from_std(listener);
                     tokio_uring::spawn(inbox::run(shard.clone()));
                     tokio_uring::spawn(rx::run(shard.clone()));
+                    tokio_uring::spawn(rx::flusher(shard.clone()));
                     tokio_uring::spawn(housekeeping::run(shard.clone()));
                     let _ = ready.send(Ok(i));
                     accept_loop(shard, listener).await;
