@@ -167,21 +167,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             peer: identity.peer_id.clone(),
         },
     );
-    let expiry = identity.expires_at.map(|exp| {
-        let weak = Rc::downgrade(&shared);
-        let lead = limits.expiry_lead;
-        tokio_uring::spawn(async move {
-            let wall = UNIX_EPOCH + Duration::from_secs(exp);
-            let left = wall
-                .duration_since(SystemTime::now())
-                .unwrap_or_default()
-                .saturating_sub(lead);
-            tokio::time::sleep(left).await;
-            if let Some(c) = weak.upgrade() {
-                c.close(close::TOKEN_EXPIRED, "token expired", false);
-            }
-        })
-    });
+    if let Some(exp) = identity.expires_at {
+        let wall = UNIX_EPOCH + Duration::from_secs(exp);
+        let left = wall
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .saturating_sub(limits.expiry_lead);
+        shard.expire_at(now + left, id);
+    }
     let conn = Conn {
         id,
         shared,
@@ -197,7 +190,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         ),
         out: Vec::new(),
         app,
-        expiry,
         done: false,
     });
     // From here on the shard's receive ring reads the connection; this task ends.
@@ -212,7 +204,6 @@ pub struct Reader {
     /// What tungstenite wrote (pong and close replies), moved to the outbound queue.
     out: Vec<u8>,
     app: AppId,
-    expiry: Option<tokio::task::JoinHandle<()>>,
     /// Teardown has started: bytes still arriving are ignored.
     done: bool,
 }
@@ -309,9 +300,6 @@ fn teardown(shard: &Shard, r: &mut Reader) {
     if let CloseState::Closing(code) = shared.state() {
         shard.counters().server_close(code);
     }
-    if let Some(t) = r.expiry.take() {
-        t.abort();
-    }
     shard.unregister(r.conn.id, &r.conn.channels);
     r.conn.channels = Vec::new();
     shard.shared.release(r.app);
@@ -398,7 +386,7 @@ enum Flow {
 /// than it are still read whole (tungstenite reserves each frame's length).
 pub fn ws_config(max_message_size: usize, read_buffer_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(read_buffer_size.min(256))
+        .read_buffer_size(read_buffer_size.min(64))
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024)
         .max_message_size(Some(max_message_size))

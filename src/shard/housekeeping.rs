@@ -4,7 +4,13 @@
 //! ping interval, idle timeout and close timeout, clamped to 10 ms..1 s: at the defaults
 //! the shard wakes 4 times a second, which costs nothing measurable when idle.
 
-use std::{rc::Rc, time::Instant};
+use std::{
+    cmp::Reverse,
+    future::{poll_fn, Future},
+    rc::Rc,
+    task::Poll,
+    time::Instant,
+};
 
 use bytes::Bytes;
 
@@ -47,6 +53,61 @@ pub async fn run(shard: Rc<Shard>) {
                         .is_some_and(|t| now.duration_since(t) >= l.close_timeout)
                     {
                         c.abort();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Closes connections whose token expired (4002), at their deadline: one timer per shard
+/// instead of one task per connection. Runs until the process exits.
+pub async fn expiry(shard: Rc<Shard>) {
+    loop {
+        let next = shard.expiries.borrow().peek().map(|Reverse((t, _))| *t);
+        match next {
+            None => {
+                poll_fn(|cx| {
+                    if shard.expiries.borrow().is_empty() {
+                        *shard.expiry_waker.borrow_mut() = Some(cx.waker().clone());
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(())
+                    }
+                })
+                .await
+            }
+            Some(at) => {
+                let sleep = tokio::time::sleep_until(at.into());
+                tokio::pin!(sleep);
+                poll_fn(|cx| {
+                    if shard
+                        .expiries
+                        .borrow()
+                        .peek()
+                        .is_some_and(|Reverse((t, _))| *t < at)
+                    {
+                        return Poll::Ready(()); // an earlier deadline arrived: sleep on that
+                    }
+                    *shard.expiry_waker.borrow_mut() = Some(cx.waker().clone());
+                    sleep.as_mut().poll(cx)
+                })
+                .await;
+                let now = Instant::now();
+                loop {
+                    let due = {
+                        let mut heap = shard.expiries.borrow_mut();
+                        match heap.peek() {
+                            Some(Reverse((t, _))) if *t <= now => {
+                                heap.pop().map(|Reverse((_, c))| c)
+                            }
+                            _ => None,
+                        }
+                    };
+                    let Some(id) = due else { break };
+                    let st = shard.state.borrow();
+                    if let Some(e) = st.conns.get(&id) {
+                        e.shared.close(close::TOKEN_EXPIRED, "token expired", false);
                     }
                 }
             }

@@ -168,6 +168,11 @@ pub struct Shard {
     pub rx: rx::Rx,
     /// Connections with frames to write (drained by [`rx::flusher`]).
     pub tx: Rc<outbound::TxQueue>,
+    /// Token expiry deadlines of this shard's connections, earliest first (one timer per
+    /// shard: [`housekeeping::expiry`]). Entries of closed connections are skipped when due.
+    pub expiries: RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(Instant, ConnId)>>>,
+    /// The expiry task's waker, woken when a new earliest deadline arrives.
+    pub expiry_waker: RefCell<Option<std::task::Waker>>,
     /// Messages this shard sent to itself, handled in order by [`Shard::pump_local`].
     local: RefCell<VecDeque<ShardMsg>>,
     next_conn: Cell<u64>,
@@ -191,6 +196,8 @@ impl Shard {
             parser: RefCell::new(Parser::new()),
             rx,
             tx: Rc::default(),
+            expiries: RefCell::default(),
+            expiry_waker: RefCell::new(None),
             local: RefCell::new(VecDeque::new()),
             next_conn: Cell::new(1),
             shared,
@@ -200,6 +207,21 @@ impl Shard {
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.shared.mesh.shards()
+    }
+
+    /// Closes connection `id` with 4002 at `at` (its token's expiry less the lead), unless
+    /// it is gone by then.
+    pub fn expire_at(&self, at: Instant, id: ConnId) {
+        let mut heap = self.expiries.borrow_mut();
+        heap.push(std::cmp::Reverse((at, id)));
+        if heap
+            .peek()
+            .is_some_and(|std::cmp::Reverse((t, c))| *t == at && *c == id)
+        {
+            if let Some(w) = self.expiry_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
     }
 
     /// A fresh connection id.

@@ -86,6 +86,7 @@ pub fn start(
                     tokio_uring::spawn(rx::run(shard.clone()));
                     tokio_uring::spawn(rx::flusher(shard.clone()));
                     tokio_uring::spawn(housekeeping::run(shard.clone()));
+                    tokio_uring::spawn(housekeeping::expiry(shard.clone()));
                     let _ = ready.send(Ok(i));
                     accept_loop(shard, listener).await;
                 });
