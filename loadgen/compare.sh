@@ -19,11 +19,13 @@
 # Usage: loadgen/compare.sh [results-dir]          (default target/compare/<date>)
 #        QUICK=1 RUNS=1 loadgen/compare.sh         (small sizes, ~5 minutes; RUNS=3: ~12)
 # Env: RUNS (3), TARGETS ("ringcast nats mosquitto"), SCENARIOS (all: pingpong latency fanout
-#      many-channels direct idle connect rest), SUBS, FANOUT_RATES, STEP_SECS, IDLE_CONNS,
-#      CONNECT_CONNS, MC_CHANNELS, MC_SUBS, MC_RATE, DIRECT_PAIRS, DIRECT_RATES, REST_SECS,
-#      BROKER_CPUS (0), LOADGEN_CPUS (the other cores), BENCH_MD (BENCHMARKS.md).
+#      many-channels direct idle connect rest; `fanout` also runs the raw TCP fan-out floor,
+#      `tcp-fanout` runs only that), SUBS, FANOUT_RATES, STEP_SECS, IDLE_CONNS,
+#      CONNECT_CONNS, MC_CHANNELS, MC_SUBS, MC_RATE, DIRECT_PAIRS, DIRECT_RATES, DIRECT_BATCH_MS,
+#      REST_SECS, BROKER_CPUS (0), LOADGEN_CPUS (the other cores), BENCH_MD (BENCHMARKS.md).
 # Every generator call is bounded by `timeout` and by the loadgen's own --max-secs; the default
-# set took 13–14 minutes on 2 cores (QUICK=1: ~4.5 minutes per run).
+# set took 13–14 minutes on 2 cores before the TCP fan-out floor was added (~10 s more per run;
+# QUICK=1: ~4.5 minutes per run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -46,7 +48,10 @@ MC_CHANNELS=${MC_CHANNELS:-1000}
 MC_SUBS=${MC_SUBS:-10}
 MC_RATE=${MC_RATE:-20000}
 DIRECT_PAIRS=${DIRECT_PAIRS:-1000}
-DIRECT_RATES=${DIRECT_RATES:-50000,100000,200000}
+DIRECT_RATES=${DIRECT_RATES:-100000,200000,400000}
+# Direct publishers write at most once per DIRECT_BATCH_MS, every frame due by then in one
+# write (the latency still counts from each message's own send time); 0: a write per send time.
+DIRECT_BATCH_MS=${DIRECT_BATCH_MS:-0}
 REST_SECS=${REST_SECS:-5}
 TARGETS=${TARGETS:-ringcast nats mosquitto}
 SCENARIOS=${SCENARIOS:-pingpong latency fanout many-channels direct idle connect rest}
@@ -166,6 +171,16 @@ for r in $(seq "$RUNS"); do
     has latency && run_lg "$t" latency "$r" fanout --subscribers 1 --rates 10000 --step-secs "$STEP_SECS" \
       --workers 1 --spin-timer
   done
+  if has fanout || has tcp-fanout; then
+    # The floor under "publish -> last of SUBS subscribers": one sender thread on the broker's
+    # core writing 64 B to each of SUBS loopback sockets per publish, at the first fan-out rate
+    # (the step the goal is checked at); the receiving ends run on the generator's cores.
+    log "tcp fan-out floor run $r"
+    cut -d' ' -f1 /proc/loadavg >> "$OUT/load.txt"
+    timeout 120 $LG tcp-fanout --sockets "$SUBS" --rate "${FANOUT_RATES%%,*}" --secs "$STEP_SECS" \
+      --sender-cpu "${BROKER_CPUS%%[-,]*}" --out "$OUT/tcp-fanout-$r.json" > "$OUT/tcp-fanout-$r.txt" 2>&1 ||
+      log "tcp fan-out floor failed (see $OUT/tcp-fanout-$r.txt)"
+  fi
   for t in $TARGETS; do
     has fanout && run_lg "$t" fanout "$r" fanout --subscribers "$SUBS" --rates "$FANOUT_RATES" --step-secs "$STEP_SECS"
   done
@@ -174,7 +189,8 @@ for r in $(seq "$RUNS"); do
       --subscribers-per-channel "$MC_SUBS" --rates "$MC_RATE" --step-secs "$STEP_SECS"
   done
   for t in $TARGETS; do
-    has direct && run_lg "$t" direct "$r" direct --pairs "$DIRECT_PAIRS" --rates "$DIRECT_RATES" --step-secs "$STEP_SECS"
+    has direct && run_lg "$t" direct "$r" direct --pairs "$DIRECT_PAIRS" --rates "$DIRECT_RATES" --step-secs "$STEP_SECS" \
+      --batch-ms "$DIRECT_BATCH_MS"
   done
   for t in $TARGETS; do
     has idle && run_lg "$t" idle "$r" idle --connections "$IDLE_CONNS" --hold-secs 5

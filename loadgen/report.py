@@ -2,8 +2,8 @@
 """Medians, ratios and goal checks for loadgen/compare.sh.
 
 Usage: report.py RESULTS_DIR "ringcast nats mosquitto" > compare.md
-Reads the JSON files the loadgen wrote (<target>-<scenario>-<run>.json, tcp-pingpong-<run>.json)
-and machine.txt / load.txt. Each cell is the median over the runs, with min..max when the runs
+Reads the JSON files the loadgen wrote (<target>-<scenario>-<run>.json, tcp-pingpong-<run>.json,
+tcp-fanout-<run>.json) and machine.txt / load.txt. Each cell is the median over the runs, with min..max when the runs
 differ by more than 10%.
 """
 import glob
@@ -83,6 +83,11 @@ def row(section, name, better, scen, f, only=None):
 
 floor = [d["round_trip"]["p99_ms"] for d in load("tcp-pingpong-*.json")]
 floor50 = [d["round_trip"]["p50_ms"] for d in load("tcp-pingpong-*.json")]
+tfan = load("tcp-fanout-*.json")
+tfan_last = [d["publish_to_last"]["p99_ms"] for d in tfan if d["deliveries"] == d["expected"]]
+tfan_last50 = [d["publish_to_last"]["p50_ms"] for d in tfan if d["deliveries"] == d["expected"]]
+tfan_del = [d["per_delivery"]["p99_ms"] for d in tfan if d["deliveries"] == d["expected"]]
+tfan_us = [d["sender_cpu_us_per_delivery"] for d in tfan if d["deliveries"] == d["expected"]]
 
 row("1 → 1 at 10,000 msg/s, 64 B", "p50 ms", "lower", "latency", lambda d: step(d, 0)["latency"]["p50_ms"])
 row("1 → 1 at 10,000 msg/s, 64 B", "p99 ms", "lower", "latency", lambda d: step(d, 0)["latency"]["p99_ms"])
@@ -154,6 +159,15 @@ if loads:
 others = [t for t in targets if t != "ringcast"]
 print(f"Raw loopback TCP round trip, 64 B at 10,000/s (echo on the broker core, client on the generator core): "
       f"p50 {cell(floor50)} ms, p99 {cell(floor)} ms.\n")
+if tfan:
+    d0 = tfan[0]
+    print(f"Raw loopback TCP fan-out floor, one sender thread on CPU {d0['sender_cpu']} (the broker core) writing "
+          f"{d0['record_bytes']} B to each of {d0['sockets']:,} sockets per publish at {d0['rate']:.0f} publishes/s "
+          f"(plain write(2) per socket, receiving ends on the generator core): publish → last receiver "
+          f"p50 {cell(tfan_last50)} ms, p99 {cell(tfan_last)} ms; per delivery p99 {cell(tfan_del)} ms; "
+          f"sender CPU {cell(tfan_us)} µs per delivery"
+          + ("" if len(tfan_last) == len(tfan) else f" ({len(tfan) - len(tfan_last)} run(s) with missing deliveries left out)")
+          + ".\n")
 print("Medians of the runs; (min..max) where the runs differ by more than 10%; [n=k] where only k runs produced a figure. "
       "`ringcast/x` is the plain ratio of the medians; ✓ marks where ringcast is better.\n")
 cur = None
@@ -211,8 +225,14 @@ print(f"| fan-out ≥ 2 M deliveries per broker CPU-s | best step {num(effbest)}
       f"{verdict(None if effbest is None else effbest >= 2e6)} |")
 l10 = m("ringcast", "fanout", lambda d: last_p99(d, 0))
 lname = f"{fan[0]['steps'][0]['rate']:.0f} pub/s" if fan else "-"
+tf = med(tfan_last)
+tfnote = (f"; raw TCP fan-out floor (one sender on the broker core, {tfan[0]['sockets']:,} sockets, "
+          f"{tfan[0]['rate']:.0f}/s): {num(tf)} ms, {num(med(tfan_us))} µs sender CPU per delivery"
+          if tfan and tf is not None else "; raw TCP fan-out floor: not measured")
+if tf and l10 is not None:
+    tfnote += f" ({l10 / tf:.2f}× the floor)"
 print(f"| publish → last of {nsubs or 0:,} subscribers p99 ≤ 15 ms{'' if nsubs == 10000 else ' (goal is for 10,000)'} | "
-      f"{num(l10)} ms at {lname} | {verdict(None if l10 is None else l10 <= 15)} |")
+      f"{num(l10)} ms at {lname}{tfnote} | {verdict(None if l10 is None else l10 <= 15)} |")
 p99 = m("ringcast", "latency", lambda d: step(d, 0)["latency"]["p99_ms"])
 fl = med(floor)
 # Per run (broker and floor measured minutes apart), then the median of the ratios.

@@ -579,6 +579,16 @@ fn coordinate(c: Common, plan: Plan) -> Result<()> {
         marks.push(start + (c.hold_secs * 1e9) as u64);
     }
     let mut cpu_marks = Vec::new();
+    // The generator's own CPU (all workers), sampled at the same marks: whether the generator
+    // or the broker was the limit of a step.
+    let worker_pids: Vec<u32> = ws.iter().map(|w| w.child.id()).collect();
+    let gen_cpu = || -> Option<f64> {
+        worker_pids
+            .iter()
+            .map(|&p| procstat::sample(p).map(|s| s.cpu_secs))
+            .sum()
+    };
+    let mut gen_marks = Vec::new();
     let mut next_progress = mono_ns() + 2_000_000_000;
     for &m in &marks {
         loop {
@@ -602,6 +612,7 @@ fn coordinate(c: Common, plan: Plan) -> Result<()> {
             std::thread::sleep(Duration::from_nanos((m - now).min(100_000_000)));
         }
         cpu_marks.push(c.broker_pid.and_then(procstat::sample));
+        gen_marks.push(gen_cpu());
     }
     let mut results = Vec::new();
     for w in &ws {
@@ -618,6 +629,7 @@ fn coordinate(c: Common, plan: Plan) -> Result<()> {
         base,
         after_setup,
         &cpu_marks,
+        &gen_marks,
         &results,
     )
 }
@@ -630,6 +642,7 @@ fn report(
     base: Option<procstat::Sample>,
     after_setup: Option<procstat::Sample>,
     cpu_marks: &[Option<procstat::Sample>],
+    gen_marks: &[Option<f64>],
     rs: &[WorkerResult],
 ) -> Result<()> {
     let connected: u64 = rs.iter().map(|r| r.connected).sum();
@@ -649,7 +662,7 @@ fn report(
     let mut seq0 = 0usize;
     let mut steps = Vec::new();
     println!(
-        "\n{:>10} {:>9} {:>11} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11}",
+        "\n{:>10} {:>9} {:>11} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>11} {:>9} {:>8}",
         "rate/s",
         "sent",
         "delivered",
@@ -660,7 +673,9 @@ fn report(
         "p99.9",
         "max ms",
         "cpu-s",
-        "deliv/cpu-s"
+        "deliv/cpu-s",
+        "gen cpu-s",
+        "lag p99"
     );
     for (k, st) in plan.steps.iter().enumerate() {
         let sent: u64 = rs.iter().map(|r| r.sent.get(k).copied().unwrap_or(0)).sum();
@@ -679,6 +694,21 @@ fn report(
             (Some(a), Some(b)) => Some(b.cpu_secs - a.cpu_secs),
             _ => None,
         };
+        let gen = match (
+            gen_marks.get(k).copied().flatten(),
+            gen_marks.get(k + 1).copied().flatten(),
+        ) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let mut lh = stats::new_hist();
+        rs.iter().for_each(|r| {
+            r.send_lag
+                .get(k)
+                .unwrap_or(&HistDump::default())
+                .merge_into(&mut lh)
+        });
+        let lag = (!lh.is_empty()).then(|| Lat::of(&lh));
         let rate = st.rate_per_pub * plan.pubs.len() as f64;
         let per_cpu = cpu.filter(|&x| x > 0.0).map(|x| lat.count as f64 / x);
         let broken = lat.p99_ms > c.break_p99_ms || lat.count < sent * plan.fanout;
@@ -692,7 +722,7 @@ fn report(
         seq0 += n0;
         let step_last = (!sh.is_empty()).then(|| Lat::of(&sh));
         println!(
-            "{:>10.0} {:>9} {:>11} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>11}{}",
+            "{:>10.0} {:>9} {:>11} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>11} {:>9} {:>8}{}",
             rate,
             sent,
             lat.count,
@@ -704,6 +734,9 @@ fn report(
             lat.max_ms,
             cpu.map(|x| format!("{x:.2}")).unwrap_or("-".into()),
             per_cpu.map(|x| format!("{x:.0}")).unwrap_or("-".into()),
+            gen.map(|x| format!("{x:.2}")).unwrap_or("-".into()),
+            lag.map(|l| format!("{:.2}", l.p99_ms))
+                .unwrap_or("-".into()),
             if broken { "  BROKEN" } else { "" }
         );
         steps.push(json!({
@@ -711,6 +744,7 @@ fn report(
             "delivered": lat.count, "deliveries_per_sec": lat.count as f64 / st.secs,
             "latency": lat, "broker_cpu_secs": cpu, "deliveries_per_broker_cpu_sec": per_cpu,
             "broken": broken, "publish_to_last_subscriber": step_last,
+            "generator_cpu_secs": gen, "send_lag": lag,
         }));
         if let Some(l) = step_last.as_ref().filter(|_| plan.track_last) {
             println!(

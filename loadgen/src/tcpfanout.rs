@@ -78,9 +78,13 @@ pub fn run(spec: Spec) -> Result<()> {
     crate::worker::raise_nofile();
     let publishes = (spec.rate * spec.secs).round().max(1.0) as u64;
     let gap_ns = 1e9 / spec.rate;
-    let l = TcpListener::bind("127.0.0.1:0")?;
+    // A deep accept queue: a full one drops SYNs, and a dropped SYN costs the connect 1 s.
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    l.listen(16_384)?;
+    let l: TcpListener = l.into();
     let addr = l.local_addr()?;
-    l.set_nonblocking(true)?;
+    let setup_t0 = Instant::now();
     let nrx = spec.sockets.div_ceil(PER_RECEIVER);
     let src_ips: Vec<Ipv4Addr> = (0..spec.src_ips.max(1))
         .map(|k| Ipv4Addr::new(127, 0, 0, 2 + k))
@@ -116,31 +120,34 @@ pub fn run(spec: Spec) -> Result<()> {
         rxs.push((child, out.lines()));
     }
 
-    // Accept every receiving end (setup is bounded: 60 s).
+    // Accept every receiving end (setup is bounded: 60 s) on a thread of its own, blocking.
+    let n = spec.sockets;
+    let (tx, accepted) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            let r = l.accept().and_then(|(s, _)| {
+                s.set_nodelay(true)?;
+                s.set_write_timeout(Some(Duration::from_secs(1)))?;
+                Ok(s)
+            });
+            if tx.send(r).is_err() {
+                return;
+            }
+        }
+    });
     let setup_until = Instant::now() + Duration::from_secs(60);
     let mut socks = Vec::with_capacity(spec.sockets);
     while socks.len() < spec.sockets {
-        match l.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false)?;
-                s.set_nodelay(true)?;
-                s.set_write_timeout(Some(Duration::from_secs(1)))?;
-                socks.push(s);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() > setup_until {
-                    bail!(
-                        "only {} of {} receiving ends connected in 60 s",
-                        socks.len(),
-                        spec.sockets
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(e).context("accept"),
+        let left = setup_until.saturating_duration_since(Instant::now());
+        match accepted.recv_timeout(left) {
+            Ok(s) => socks.push(s.context("accept")?),
+            Err(_) => bail!(
+                "only {} of {} receiving ends connected in 60 s",
+                socks.len(),
+                spec.sockets
+            ),
         }
     }
-    drop(l);
     // Receivers say `ready` once all their connections are up.
     for (_, lines) in rxs.iter_mut() {
         let line = lines
@@ -151,8 +158,9 @@ pub fn run(spec: Spec) -> Result<()> {
             bail!("receiver: expected ready, got {line}");
         }
     }
+    let setup_secs = setup_t0.elapsed().as_secs_f64();
     eprintln!(
-        "tcp-fanout: {} sockets ({nrx} receiver process(es)), {publishes} publishes at {}/s",
+        "tcp-fanout: {} sockets ({nrx} receiver process(es)) connected in {setup_secs:.2} s; {publishes} publishes at {}/s",
         spec.sockets, spec.rate
     );
 
@@ -246,7 +254,7 @@ pub fn run(spec: Spec) -> Result<()> {
             serde_json::to_string_pretty(&json!({
                 "scenario": "tcp-fanout", "sockets": spec.sockets, "rate": spec.rate,
                 "secs": spec.secs, "record_bytes": RECORD, "sender_cpu": sender_cpu,
-                "publishes": publishes, "expected": expected, "deliveries": deliveries,
+                "publishes": publishes, "setup_secs": setup_secs, "expected": expected, "deliveries": deliveries,
                 "bad": bad, "write_errors": errors,
                 "publish_to_last": to_last, "per_delivery": per_delivery, "burst": burst,
                 "sender_cpu_secs": cpu_s, "sender_cpu_us_per_delivery": us_per,

@@ -90,6 +90,10 @@ pub struct WorkerResult {
     pub send_errors: u64,
     /// Per step: delivery latency, from intended send time.
     pub step_hist: Vec<HistDump>,
+    /// Per step: how late each message was handed to the kernel (write start minus intended
+    /// send time): the generator's own lag, part of the delivery latency.
+    #[serde(default)]
+    pub send_lag: Vec<HistDump>,
     pub unique: u64,
     pub duplicated: u64,
     pub reordered: u64,
@@ -106,6 +110,7 @@ pub struct WorkerResult {
 #[derive(Default)]
 struct Shared {
     hists: Vec<Histogram<u64>>,
+    lags: Vec<Histogram<u64>>,
     tracks: Vec<HashMap<u32, SeqTrack>>,
     last_by_seq: Vec<u64>,
     sent: Vec<u64>,
@@ -172,6 +177,7 @@ async fn work() -> Result<()> {
     let nsteps = spec.steps.len();
     let sh = Rc::new(RefCell::new(Shared {
         hists: (0..nsteps).map(|_| stats::new_hist()).collect(),
+        lags: (0..nsteps).map(|_| stats::new_hist()).collect(),
         tracks: (0..spec.subs.len()).map(|_| HashMap::new()).collect(),
         sent: vec![0; nsteps],
         ..Default::default()
@@ -317,6 +323,8 @@ async fn work() -> Result<()> {
             let mut frames = Vec::with_capacity(16 * 1024);
             let mut data = Vec::with_capacity(size + 64);
             let mut per_step = vec![0u64; steps.len()];
+            // (step, intended send time) of the frames in `frames`.
+            let mut batch: Vec<(usize, u64)> = Vec::new();
             let mut last_write = 0u64;
             loop {
                 while k < steps.len() && i >= count(k) {
@@ -356,14 +364,20 @@ async fn work() -> Result<()> {
                         size,
                     );
                     c.push_publish(&mut frames, &route, &data);
+                    batch.push((k, t));
                     per_step[k] += 1;
                     seq += 1;
                     i += 1;
                 }
                 last_write = now;
+                let wt = mono_ns();
                 let ok = c.write_all(&frames).await.is_ok();
                 frames.clear();
                 let mut s = sh.borrow_mut();
+                for &(k, t) in &batch {
+                    stats::rec(&mut s.lags[k], wt.saturating_sub(t));
+                }
+                batch.clear();
                 for (n, x) in per_step.iter_mut().enumerate() {
                     if ok {
                         s.sent[n] += *x;
@@ -441,6 +455,7 @@ async fn work() -> Result<()> {
     res.sent = s.sent.clone();
     res.send_errors = s.send_errors;
     res.step_hist = s.hists.iter().map(HistDump::of).collect();
+    res.send_lag = s.lags.iter().map(HistDump::of).collect();
     for t in s.tracks.iter().flat_map(|m| m.values()) {
         res.unique += t.unique;
         res.duplicated += t.duplicated;
