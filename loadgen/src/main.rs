@@ -9,7 +9,9 @@
 //! - [`worker`]: one process's connections, publishers (each message has an intended send
 //!   time; latency is measured from it, so a stalled broker shows up as latency, not as a
 //!   slower generator) and receivers (every delivery counted per publisher sequence number).
-//! - [`target`]: the three brokers' client protocols over WebSocket.
+//! - [`target`]: the three brokers' client protocols over our own WebSocket client (a
+//!   publisher writes every frame that is due in one write; a receiver parses every frame of
+//!   a read).
 //! - [`stats`]: payload stamp, sequence tracking, histograms.
 //! - [`pingpong`]: the raw loopback TCP round trip, the latency floor.
 //! - [`tcpfanout`]: raw loopback TCP fan-out (one pinned sender, N sockets), the floor under
