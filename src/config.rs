@@ -114,7 +114,7 @@ pub struct RunArgs {
     #[arg(long, env = "RINGCAST_MAX_HEADERS")]
     pub max_headers: Option<usize>,
     /// Size of each of a shard's provided receive buffers in bytes: the most one socket
-    /// read returns [default: 2048].
+    /// read returns [default: 1024].
     #[arg(long, env = "RINGCAST_READ_BUFFER_SIZE")]
     pub read_buffer_size: Option<usize>,
     /// Provided receive buffers per shard, shared by all its connections; a power of two,
@@ -307,7 +307,7 @@ impl Settings {
             expiry_lead: Duration::from_millis(pick!(expiry_lead_ms, 250)),
             max_header_bytes: pick!(max_header_bytes, 8192),
             max_headers: pick!(max_headers, 64),
-            read_buffer_size: pick!(read_buffer_size, 2048),
+            read_buffer_size: pick!(read_buffer_size, 1024),
             recv_buffers: pick!(recv_buffers, 1024),
             close_timeout: Duration::from_millis(pick!(close_timeout_ms, 1000)),
             upgrades_per_ip: pick!(upgrades_per_ip, 60),

@@ -31,7 +31,7 @@ use super::{
     ConnEntry, Shard,
 };
 use crate::{
-    auth::{Actions, AppId, Identity},
+    auth::{Actions, AppId, ChannelScope, Identity},
     config::RateLimitAction,
     metrics::{AuthFailure, ShardCounters},
     protocol::{
@@ -178,7 +178,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let conn = Conn {
         id,
         shared,
-        identity,
+        identity: identity.into(),
         channels: Vec::new(),
         bucket: TokenBucket::new(limits.rate_limit_per_sec, limits.rate_limit_burst, now),
     };
@@ -188,8 +188,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             Role::Server,
             Some(ws_config(limits.max_message_size, limits.read_buffer_size)),
         ),
-        out: Vec::new(),
-        app,
         done: false,
     });
     // From here on the shard's receive ring reads the connection; this task ends.
@@ -201,9 +199,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
 pub struct Reader {
     conn: Conn,
     ws: WebSocketContext,
-    /// What tungstenite wrote (pong and close replies), moved to the outbound queue.
-    out: Vec<u8>,
-    app: AppId,
     /// Teardown has started: bytes still arriving are ignored.
     done: bool,
 }
@@ -235,9 +230,12 @@ pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
     }
     r.conn.shared.last_seen.set(Instant::now());
     ShardCounters::add(&shard.counters().bytes_in, bytes.len() as u64);
+    // What tungstenite writes (pong and close replies) is moved to the outbound queue at
+    // once, so this stays empty (unallocated) unless a control frame arrives.
+    let mut out = Vec::new();
     let mut feed = Feed {
         input: bytes,
-        output: &mut r.out,
+        output: &mut out,
     };
     loop {
         let res = r.ws.read(&mut feed);
@@ -302,7 +300,7 @@ fn teardown(shard: &Shard, r: &mut Reader) {
     }
     shard.unregister(r.conn.id, &r.conn.channels);
     r.conn.channels = Vec::new();
-    shard.shared.release(r.app);
+    shard.shared.release(r.conn.identity.app);
     shared.finish();
     let wait = shard.shared.limits.close_timeout;
     // Give the queue the close timeout to flush (e.g. a close reply), then cut the socket,
@@ -337,10 +335,32 @@ async fn reject(stream: &TcpStream, code: u16, reason: &str, wait: Duration) {
 struct Conn {
     id: ConnId,
     shared: Rc<ConnShared>,
-    identity: Identity,
+    identity: Peer,
     /// Subscribed channels (at most `max_channels_per_conn`; a linear scan is fine).
     channels: Vec<Arc<str>>,
     bucket: TokenBucket,
+}
+
+/// The parts of the connection's [`Identity`] its commands need (the rest, such as the
+/// private `metadata`, is only for `welcome` and is dropped after it).
+struct Peer {
+    app: AppId,
+    actions: Actions,
+    peer_id: Arc<str>,
+    scope: ChannelScope,
+    peer_metadata_json: Option<Bytes>,
+}
+
+impl From<Identity> for Peer {
+    fn from(i: Identity) -> Peer {
+        Peer {
+            app: i.app,
+            actions: i.actions,
+            peer_id: i.peer_id,
+            scope: i.scope,
+            peer_metadata_json: i.peer_metadata_json,
+        }
+    }
 }
 
 /// What tungstenite sees as its stream: the bytes of the last read, then `WouldBlock`.
@@ -482,11 +502,7 @@ async fn echo(shard: &Shard, stream: Rc<TcpStream>, leftover: Vec<u8>) {
 }
 
 /// The checks every channel command makes, in order: a valid name, the action, the scope.
-fn authorize(
-    id: &Identity,
-    channel: &str,
-    action: Actions,
-) -> Result<(), (ErrorCode, &'static str)> {
+fn authorize(id: &Peer, channel: &str, action: Actions) -> Result<(), (ErrorCode, &'static str)> {
     validate_channel(channel).map_err(|code| (code, "invalid channel name"))?;
     if !id.actions.contains(action) {
         return Err((

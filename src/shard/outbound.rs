@@ -77,7 +77,7 @@ pub enum Inflight {
     /// One frame (an IORING_OP_SEND).
     One(Bytes),
     /// Several frames (an IORING_OP_WRITEV) in a pooled batch.
-    Many(Batch),
+    Many(Box<Batch>),
 }
 
 /// Up to [`MAX_IOV`] frames and their iovecs; pooled per shard so that connections hold
@@ -105,11 +105,97 @@ impl Default for Batch {
     }
 }
 
+/// Frames waiting to be written. A single frame (the common case: a connection that keeps
+/// up) is held without allocating; a `VecDeque` exists only while frames pile up, and is
+/// freed when they are all taken, so an idle connection holds no queue buffer.
+#[derive(Default)]
+enum FrameQueue {
+    #[default]
+    Empty,
+    One(Bytes),
+    /// Never empty.
+    Many(VecDeque<Bytes>),
+}
+
+impl FrameQueue {
+    fn push_back(&mut self, f: Bytes) {
+        match self {
+            FrameQueue::Empty => *self = FrameQueue::One(f),
+            FrameQueue::One(_) => {
+                let FrameQueue::One(first) = std::mem::take(self) else {
+                    unreachable!()
+                };
+                let mut v = VecDeque::with_capacity(4);
+                v.push_back(first);
+                v.push_back(f);
+                *self = FrameQueue::Many(v);
+            }
+            FrameQueue::Many(v) => v.push_back(f),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, FrameQueue::Empty)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            FrameQueue::Empty => 0,
+            FrameQueue::One(_) => 1,
+            FrameQueue::Many(v) => v.len(),
+        }
+    }
+
+    /// Total bytes queued.
+    fn bytes(&self) -> usize {
+        match self {
+            FrameQueue::Empty => 0,
+            FrameQueue::One(f) => f.len(),
+            FrameQueue::Many(v) => v.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Bytes> {
+        match self {
+            FrameQueue::Empty => None,
+            FrameQueue::One(_) => match std::mem::take(self) {
+                FrameQueue::One(f) => Some(f),
+                _ => unreachable!(),
+            },
+            FrameQueue::Many(v) => {
+                let f = v.pop_front();
+                if v.is_empty() {
+                    *self = FrameQueue::Empty;
+                }
+                f
+            }
+        }
+    }
+
+    /// Moves the first `n` frames into `out`.
+    fn take_into(&mut self, n: usize, out: &mut Vec<Bytes>) {
+        match self {
+            FrameQueue::Many(v) => {
+                let n = n.min(v.len());
+                out.extend(v.drain(..n));
+                if v.is_empty() {
+                    *self = FrameQueue::Empty;
+                }
+            }
+            _ => {
+                if n > 0 {
+                    out.extend(self.pop_front());
+                }
+            }
+        }
+    }
+}
+
 /// State shared by everything that talks to one connection.
 pub struct ConnShared {
     /// The socket. Reads happen in the shard's receive ring, writes too (see module docs).
     pub stream: TcpStream,
-    queue: RefCell<VecDeque<Bytes>>,
+    queue: RefCell<FrameQueue>,
     /// Bytes queued and not yet handed to the kernel. Bytes of a write in flight are not
     /// counted: its completion is reaped only when the shard next drains its ring, so
     /// counting them would charge a fast reader for data the kernel already took. A reader
@@ -153,7 +239,7 @@ impl ConnShared {
     pub fn new(stream: TcpStream, max_bytes: usize, now: Instant, tx: Rc<TxQueue>) -> Self {
         ConnShared {
             stream,
-            queue: RefCell::new(VecDeque::new()),
+            queue: RefCell::new(FrameQueue::Empty),
             queued_bytes: Cell::new(0),
             max_bytes,
             allowance: Cell::new(0),
@@ -210,8 +296,8 @@ impl ConnShared {
         }
         if discard_pending {
             let mut q = self.queue.borrow_mut();
-            let dropped: usize = q.iter().map(Bytes::len).sum();
-            q.clear();
+            let dropped = q.bytes();
+            *q = FrameQueue::Empty;
             self.queued_bytes.set(self.queued_bytes.get() - dropped);
             self.allowance.set(0);
         }
@@ -287,7 +373,7 @@ impl ConnShared {
     /// Moves the next frames into a write: one frame alone, or up to [`MAX_IOV`] into
     /// `batch`. They no longer count against the cap (see `queued_bytes`). Returns the
     /// frame count.
-    pub(super) fn take_frames(&self, batch: impl FnOnce() -> Batch) -> usize {
+    pub(super) fn take_frames(&self, batch: impl FnOnce() -> Box<Batch>) -> usize {
         let mut q = self.queue.borrow_mut();
         let n = q.len().min(MAX_IOV);
         let taken = if n == 1 {
@@ -297,7 +383,7 @@ impl ConnShared {
             len
         } else {
             let mut b = batch();
-            b.frames.extend(q.drain(..n));
+            q.take_into(n, &mut b.frames);
             let len = b.frames.iter().map(Bytes::len).sum();
             *self.inflight.borrow_mut() = Inflight::Many(b);
             len
@@ -305,16 +391,12 @@ impl ConnShared {
         self.queued_bytes.set(self.queued_bytes.get() - taken);
         self.allowance
             .set(self.allowance.get().saturating_sub(taken));
-        if q.is_empty() && q.capacity() > 4 {
-            // A burst is over: do not keep its queue capacity for an idle connection.
-            q.shrink_to(4);
-        }
         n
     }
 
     /// A write completed with `res` (bytes written or -errno). Returns the batch to pool,
     /// if the write is over, and whether more is to be written now.
-    pub(super) fn write_done(self: &Rc<Self>, res: i32) -> (Option<Batch>, bool) {
+    pub(super) fn write_done(self: &Rc<Self>, res: i32) -> (Option<Box<Batch>>, bool) {
         let mut inflight = self.inflight.borrow_mut();
         if res <= 0 {
             // Peer gone or socket aborted: stop writing; the reader notices too.
@@ -322,7 +404,7 @@ impl ConnShared {
             drop(inflight);
             self.dead.set(true);
             self.abort();
-            self.queue.borrow_mut().clear();
+            *self.queue.borrow_mut() = FrameQueue::Empty;
             self.queued_bytes.set(0);
             self.wake_drained();
             return (

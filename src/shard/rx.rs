@@ -177,8 +177,10 @@ pub struct Rx {
     rearm: RefCell<Vec<(u64, RawFd)>>,
     /// Scratch copy of a batch of completions (`user_data`, `result`, `flags`).
     batch: RefCell<Vec<(u64, i32, u32)>>,
-    /// Write batches not in use (see [`Batch`]); at most [`POOL_MAX`] are kept.
-    pool: RefCell<Vec<Batch>>,
+    /// Write batches not in use (see [`Batch`]); at most [`POOL_MAX`] are kept. Boxed: a
+    /// connection holds its in-flight batch by pointer, so that idle ones hold 8 bytes.
+    #[allow(clippy::vec_box)]
+    pool: RefCell<Vec<Box<Batch>>>,
     /// The flush list taken by the last flush, kept for its capacity.
     spare: RefCell<Vec<Rc<ConnShared>>>,
 }
