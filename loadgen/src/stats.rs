@@ -29,8 +29,7 @@ pub struct Stamp {
     pub t: u64,
 }
 
-/// The payload: a JSON object padded with `p` to `size` bytes (when `size` allows it). The same
-/// bytes are sent to every target: as ringcast `data`, as the NATS or MQTT payload.
+/// The payload as a String (tests: the reference for [`payload_into`]).
 #[cfg(test)]
 pub fn payload(st: Stamp, size: usize) -> String {
     let mut s = format!(
@@ -43,7 +42,9 @@ pub fn payload(st: Stamp, size: usize) -> String {
     s
 }
 
-/// [`payload`] into a reused buffer (cleared first).
+/// The payload, written into a reused buffer (cleared first): a JSON object padded with `p` to
+/// `size` bytes (when `size` allows it). The same bytes are sent to every target: as ringcast
+/// `data`, as the NATS or MQTT payload.
 pub fn payload_into(out: &mut Vec<u8>, st: Stamp, size: usize) {
     use std::io::Write;
     out.clear();
