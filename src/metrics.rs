@@ -98,6 +98,8 @@ pub struct ShardCounters {
     pub upgrades_throttled: AtomicU64,
     /// Receives ended because every provided receive buffer was in use (re-armed).
     pub recv_buffers_exhausted: AtomicU64,
+    /// Flushes that found the receive ring's completion queue overflowed.
+    pub io_cq_overflows: AtomicU64,
     /// Pre-`welcome` refusals, indexed by [`AuthFailure`].
     pub auth_failures: [AtomicU64; 4],
     /// Per app (indexed by `AppId`): publications and direct messages accepted from
@@ -128,6 +130,7 @@ impl ShardCounters {
             admin_disconnects: AtomicU64::new(0),
             upgrades_throttled: AtomicU64::new(0),
             recv_buffers_exhausted: AtomicU64::new(0),
+            io_cq_overflows: AtomicU64::new(0),
             auth_failures: Default::default(),
             app_messages: zeros(),
             app_deliveries: zeros(),
@@ -288,7 +291,7 @@ impl Metrics {
         for i in 0..self.shards.len() {
             w.sample_shard("ringcast_cross_shard_queue_depth", i, queue_depth(i));
         }
-        let totals: [(&str, &str, &str, u64); 15] = [
+        let totals: [(&str, &str, &str, u64); 16] = [
             (
                 "ringcast_subscriptions",
                 "gauge",
@@ -378,6 +381,12 @@ impl Metrics {
                 "counter",
                 "Socket receives that found every provided receive buffer in use (they wait and are re-armed; raise recv_buffers if this grows).",
                 self.sum(|s| &s.recv_buffers_exhausted),
+            ),
+            (
+                "ringcast_io_cq_overflows_total",
+                "counter",
+                "Times a shard found its io_uring completion queue overflowed (completions kept aside by the kernel; receives re-armed).",
+                self.sum(|s| &s.io_cq_overflows),
             ),
         ];
         for (name, kind, help, v) in totals {

@@ -45,6 +45,9 @@ use crate::metrics::ShardCounters;
 /// The provided-buffer group id used by every `recv` of the ring.
 const BGID: u16 = 0;
 
+/// Completion queue size (the kernel's maximum).
+const CQ_ENTRIES: u32 = 65_536;
+
 /// Completions handled before yielding to the shard's other tasks (writers, inbox).
 const BUDGET: usize = 4096;
 
@@ -212,10 +215,12 @@ impl Rx {
     /// `entries` submissions per batch.
     pub fn new(buffers: u16, buffer_size: usize, entries: u32) -> io::Result<Rx> {
         let mut b = IoUring::builder();
-        // The completion queue holds a full round of buffers plus end-of-stream completions;
-        // when it overflows the kernel keeps completions (FEAT_NODROP) and ends multishots,
-        // which are re-armed.
-        b.setup_cqsize((entries * 4).max(u32::from(buffers) * 2));
+        // The completion queue must hold a completion for every write in flight (one per
+        // connection at most: a fan-out to 10,000 subscribers puts 10,000 in flight at once)
+        // plus the receives: the kernel's maximum, 65,536 entries (1 MiB, touched only as
+        // used). On overflow the kernel keeps completions aside (FEAT_NODROP, allocating) and
+        // ends multishots, which are re-armed; `ringcast_io_cq_overflows_total` counts it.
+        b.setup_cqsize(CQ_ENTRIES.max(entries * 2));
         // Not IORING_SETUP_COOP_TASKRUN: the shard sleeps in tokio-uring's ring, not in
         // this one, and with it completions of this ring were posted seconds late (measured:
         // 1 -> 1 at 1,000 msg/s went from ~1 ms to ~2.5 s p50).
@@ -332,6 +337,9 @@ impl Rx {
         // Keep the list's capacity for the next flush (no allocation per flush).
         *self.spare.borrow_mut() = list;
         let overflow = ring.submission().cq_overflow();
+        if overflow {
+            ShardCounters::add(&counters.io_cq_overflows, 1);
+        }
         if !ring.submission().is_empty() || overflow {
             // With an overflow this also lets the kernel flush the completions it kept aside.
             if let Err(e) = ring.submit() {
