@@ -519,11 +519,11 @@ impl Api {
         });
         let mesh = &self.shared.mesh;
         for s in 0..mesh.shards() {
-            mesh.push(
-                Source::External,
-                ShardId(s as u16),
-                ShardMsg::Publish(p.clone()),
-            );
+            let s = ShardId(s as u16);
+            // Woken after this poll of the connection (`rest::pay_wakes`), once per batch.
+            if mesh.push_deferred(Source::External, s, ShardMsg::Publish(p.clone())) {
+                super::owe_wake(s);
+            }
         }
         if let Some(c) = self
             .shared

@@ -180,9 +180,9 @@ pub enum End<E> {
 }
 
 /// Polls `conn` (hyper's connection future over a [`CoalescedIo`]) and, after each poll,
-/// sends what it wrote. Ends when `conn` ends and its last bytes are sent, or when a send
-/// fails.
-pub async fn serve<F, E>(conn: F, flusher: Flusher) -> End<E>
+/// calls `after_poll` (which wakes the shards the poll's requests pushed to) and sends what
+/// it wrote. Ends when `conn` ends and its last bytes are sent, or when a send fails.
+pub async fn serve<F, E>(conn: F, flusher: Flusher, after_poll: impl Fn()) -> End<E>
 where
     F: Future<Output = Result<(), E>>,
 {
@@ -193,6 +193,7 @@ where
             if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                 done = Some(r);
             }
+            after_poll();
         }
         match flusher.poll_flush(cx) {
             Poll::Ready(Err(e)) => Poll::Ready(End::Write(e)),

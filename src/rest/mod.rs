@@ -22,3 +22,28 @@ pub use server::{start, RestServer};
 
 /// Largest accepted request body (protocol.md §7): larger answers 413 without being read whole.
 pub const MAX_BODY: usize = 32 * 1024;
+
+use std::cell::Cell;
+
+use crate::router::{mesh::Mesh, ShardId};
+
+thread_local! {
+    /// Shards this (REST) thread pushed to without waking them yet: bit `s` for shard `s`.
+    static OWED_WAKES: Cell<u128> = const { Cell::new(0) };
+}
+
+/// Records that shard `s` is owed a wake (see [`Mesh::push_deferred`]).
+pub(crate) fn owe_wake(s: ShardId) {
+    OWED_WAKES.with(|o| o.set(o.get() | 1u128 << s.0));
+}
+
+/// Wakes every shard owed a wake by this thread; called after each poll of a connection,
+/// so a shard is woken once per batch of pipelined requests, never later than the answers.
+pub(crate) fn pay_wakes(mesh: &Mesh) {
+    let mut owed = OWED_WAKES.with(|o| o.replace(0));
+    while owed != 0 {
+        let s = owed.trailing_zeros();
+        owed &= owed - 1;
+        mesh.wake(ShardId(s as u16));
+    }
+}

@@ -86,6 +86,7 @@ async fn accept_loop(listener: StdListener, api: Arc<Api>) {
         let api = api.clone();
         tokio::spawn(
             async move {
+                let mesh = api.shared.mesh.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
                     let api = api.clone();
                     async move { Ok::<_, Infallible>(serve_one(&api, req).await) }
@@ -97,7 +98,7 @@ async fn accept_loop(listener: StdListener, api: Arc<Api>) {
                     .max_buf_size(MAX_HEAD)
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(io), service);
-                match io::serve(conn, flusher).await {
+                match io::serve(conn, flusher, || super::pay_wakes(&mesh)).await {
                     io::End::Conn(Ok(())) => {}
                     io::End::Conn(Err(e)) => {
                         tracing::debug!(cause = %e, "REST connection ended with an error");

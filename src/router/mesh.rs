@@ -83,6 +83,18 @@ impl Mesh {
 
     /// Queues `msg` for shard `to` and wakes it if it may be waiting. Never blocks, never fails.
     pub fn push(&self, from: Source, to: ShardId, msg: ShardMsg) {
+        if self.push_deferred(from, to, msg) {
+            self.wake(to);
+        }
+    }
+
+    /// Queues `msg` for shard `to` like [`Mesh::push`] but leaves the eventfd write to the
+    /// caller: true means the caller owes `to` a [`Mesh::wake`], soon (the shard may be
+    /// asleep and will not look at the queue until woken). A producer that pushes in bursts
+    /// (the REST thread, many pipelined publishes per connection poll) wakes each shard once
+    /// per burst instead of once per consumer drain, so the consumer is not scheduled in the
+    /// middle of the burst.
+    pub fn push_deferred(&self, from: Source, to: ShardId, msg: ShardMsg) -> bool {
         let inbox = &self.inboxes[to.0 as usize];
         let idx = match from {
             Source::Shard(s) => s.0 as usize,
@@ -90,13 +102,23 @@ impl Mesh {
         };
         inbox.queues[idx].push(msg);
         inbox.depth.fetch_add(1, Ordering::Relaxed);
-        if !inbox.notified.swap(true, Ordering::AcqRel) {
-            let one: u64 = 1;
-            // SAFETY: `eventfd` is a valid eventfd owned by the mesh for its whole life and
-            // `one` is an 8-byte readable buffer, as eventfd writes require. A failed write
-            // (EAGAIN: counter saturated) still leaves the fd readable, so it can be ignored.
-            let _ = unsafe { libc::write(inbox.eventfd, (&one as *const u64).cast(), 8) };
-        }
+        !inbox.notified.swap(true, Ordering::AcqRel)
+    }
+
+    /// Wakes shard `to` (one eventfd write); owed after a [`Mesh::push_deferred`] that
+    /// returned true.
+    pub fn wake(&self, to: ShardId) {
+        let one: u64 = 1;
+        // SAFETY: `eventfd` is a valid eventfd owned by the mesh for its whole life and
+        // `one` is an 8-byte readable buffer, as eventfd writes require. A failed write
+        // (EAGAIN: counter saturated) still leaves the fd readable, so it can be ignored.
+        let _ = unsafe {
+            libc::write(
+                self.inboxes[to.0 as usize].eventfd,
+                (&one as *const u64).cast(),
+                8,
+            )
+        };
     }
 
     /// Clears the wake flag of shard `me`; call right before [`Mesh::drain`].
