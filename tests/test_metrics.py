@@ -67,6 +67,7 @@ def test_metrics_text_format_and_families():
             "ringcast_deliveries_total", "ringcast_slow_consumer_closes_total", "ringcast_rate_limit_closes_total",
             "ringcast_auth_failures_total", "ringcast_cross_shard_queue_depth", "ringcast_rest_requests_total",
             "ringcast_upgrades_throttled_total", "ringcast_admin_disconnects_total", "ringcast_publications_total",
+            "ringcast_recv_buffers_exhausted_total", "ringcast_io_cq_overflows_total",
         ]:
             assert family in types, f"{family} missing from /metrics"
         m = rest_metrics(b)
