@@ -5,7 +5,9 @@
 # few seconds by the generator's per-worker connect concurrency). After every cycle the broker
 # must report 0 connections, 0 subscriptions and 0 channels (no leaked connection, presence or
 # directory state), every connection of every cycle must succeed (it keeps accepting), and its
-# RSS after the last cycle must be within 5% of its RSS after the first (warm allocator).
+# RSS after the last cycle must be within 10% of its RSS after the first (warm allocator; a leak
+# of even 500 B per connection grows it by ~9% per cycle at 15,000; the allocator's retention
+# alone moved it by up to 6% between cycles, which is why the bound is not 5%).
 #
 #   bash scripts/storm.sh [CONNS] [CYCLES]
 #
@@ -79,14 +81,17 @@ for c in $(seq 1 "$cycles"); do
         [ "$g" = "conns=0 subs=0 chans=0" ] && break
         sleep 0.1
     done
+    # Let the housekeeping tick give back the tables' capacity and the allocator return the
+    # freed pages before sampling (both lag the drop by up to a second).
+    sleep 2
     r="$(rss)"
     [ -n "$first" ] || first="$r"
     echo "cycle $c: ${line%%;*}; after the drop: $g, RSS $r KiB"
     [ "$g" = "conns=0 subs=0 chans=0" ] || { echo "storm: state left after cycle $c: $g" >&2; fail=1; }
 done
-limit=$((first * 105 / 100))
+limit=$((first * 110 / 100))
 if [ "$r" -gt "$limit" ]; then
-    echo "storm: RSS after the last cycle $r KiB > 105% of the first cycle's $first KiB" >&2
+    echo "storm: RSS after the last cycle $r KiB > 110% of the first cycle's $first KiB" >&2
     fail=1
 fi
 kill -0 "$bpid" || { echo "storm: broker died" >&2; fail=1; }

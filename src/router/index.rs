@@ -121,8 +121,23 @@ impl<H> Index<H> {
         }
         if subs.subs.is_empty() {
             map.remove(channel);
+        } else if subs.subs.capacity() > 4 * subs.subs.len() + 64 {
+            // A crowd left this channel: give back its capacity. At least half of what is
+            // left must go before the next shrink, so the rehash cost is amortised.
+            let keep = 2 * subs.subs.len() + 64;
+            subs.subs.shrink_to(keep);
+            subs.pos.shrink_to(keep);
         }
         Some(removed)
+    }
+
+    /// Shrinks the per-app channel maps that a crowd of channels grew and then left.
+    pub fn shrink(&mut self) {
+        for m in &mut self.apps {
+            if m.capacity() > 4 * m.len() + 1024 {
+                m.shrink_to(2 * m.len() + 1024);
+            }
+        }
     }
 
     /// Number of channels with at least one local subscriber, all apps.

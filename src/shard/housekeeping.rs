@@ -36,6 +36,8 @@ pub async fn run(shard: Rc<Shard>) {
         if shard.id.0 == 0 {
             shard.shared.admission.prune(l.upgrade_window, now);
         }
+        prune_expiries(&shard);
+        shard.shrink_tables();
         let st = shard.state.borrow();
         for e in st.conns.values() {
             let c = &e.shared;
@@ -57,6 +59,21 @@ pub async fn run(shard: Rc<Shard>) {
                 }
             }
         }
+    }
+}
+
+/// Drops the expiry entries of connections that are gone, once they outnumber the live
+/// ones: a closed connection's entry would otherwise stay until its token's `exp` (hours),
+/// and connection churn would grow the heap without bound. O(entries), at most once per
+/// doubling.
+fn prune_expiries(shard: &Shard) {
+    let live = shard.state.borrow().conns.len();
+    let mut heap = shard.expiries.borrow_mut();
+    if heap.len() > 2 * live + 1024 {
+        let st = shard.state.borrow();
+        heap.retain(|Reverse((_, id))| st.conns.contains_key(id));
+        let keep = 2 * heap.len() + 1024;
+        heap.shrink_to(keep);
     }
 }
 

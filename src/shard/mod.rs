@@ -224,6 +224,33 @@ impl Shard {
         }
     }
 
+    /// Gives back the capacity of tables that a crowd of connections grew and then left (a
+    /// reconnect storm, a mass disconnect): each is shrunk once it is over four times larger
+    /// than needed. Called from the housekeeping tick; the check is a few comparisons, the
+    /// rehash happens only after such a drop.
+    pub fn shrink_tables(&self) {
+        fn oversized(cap: usize, len: usize) -> Option<usize> {
+            (cap > 4 * len + 1024).then_some(2 * len + 1024)
+        }
+        let mut st = self.state.borrow_mut();
+        if let Some(n) = oversized(st.conns.capacity(), st.conns.len()) {
+            st.conns.shrink_to(n);
+        }
+        for peers in &mut st.local_peers {
+            if let Some(n) = oversized(peers.capacity(), peers.len()) {
+                peers.shrink_to(n);
+            }
+        }
+        for dir in &mut st.directory {
+            if let Some(n) = oversized(dir.capacity(), dir.len()) {
+                dir.shrink_to(n);
+            }
+        }
+        st.index.shrink();
+        drop(st);
+        self.rx.shrink_tables();
+    }
+
     /// A fresh connection id.
     pub fn alloc_conn_id(&self) -> ConnId {
         let id = self.next_conn.get();

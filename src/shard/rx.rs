@@ -189,7 +189,7 @@ pub struct Rx {
 }
 
 /// Most idle write batches a shard keeps (about 3 KiB each).
-const POOL_MAX: usize = 1024;
+const POOL_MAX: usize = 256;
 
 /// `user_data` of a receive completion: the connection id, shifted so that bit 0 is clear.
 fn recv_data(id: u64) -> u64 {
@@ -250,6 +250,20 @@ impl Rx {
             pool: RefCell::new(Vec::new()),
             spare: RefCell::new(Vec::new()),
         })
+    }
+
+    /// Shrinks the reader map after a crowd of connections left (see
+    /// [`Shard::shrink_tables`]).
+    pub fn shrink_tables(&self) {
+        let mut readers = self.readers.borrow_mut();
+        let (cap, len) = (readers.capacity(), readers.len());
+        if cap > 4 * len + 1024 {
+            readers.shrink_to(2 * len + 1024);
+        }
+        let mut spare = self.spare.borrow_mut();
+        if spare.capacity() > 4096 {
+            *spare = Vec::new();
+        }
     }
 
     /// Connections with an armed `recv`.
