@@ -5,9 +5,11 @@
 # few seconds by the generator's per-worker connect concurrency). After every cycle the broker
 # must report 0 connections, 0 subscriptions and 0 channels (no leaked connection, presence or
 # directory state), every connection of every cycle must succeed (it keeps accepting), and its
-# RSS after the last cycle must be within 10% of its RSS after the first (warm allocator; a leak
-# of even 500 B per connection grows it by ~9% per cycle at 15,000; the allocator's retention
-# alone moved it by up to 6% between cycles, which is why the bound is not 5%).
+# RSS after the last cycle must be within 5% of the warm baseline: the higher RSS after the
+# first two cycles (with 3 or more cycles; the first alone otherwise). Two warm-up cycles,
+# because the allocator's pages and the io_uring rings are not all touched by the first one
+# (CI measured 79.0, 89.4, 87.2 MiB after three drops). A leak of 300 B per connection adds
+# 5% per cycle at 15,000.
 #
 #   bash scripts/storm.sh [CONNS] [CYCLES]
 #
@@ -85,15 +87,17 @@ for c in $(seq 1 "$cycles"); do
     # freed pages before sampling (both lag the drop by up to a second).
     sleep 2
     r="$(rss)"
-    [ -n "$first" ] || first="$r"
+    if [ "$c" -eq 1 ] || { [ "$c" -eq 2 ] && [ "$cycles" -ge 3 ] && [ "$r" -gt "$first" ]; }; then
+        first="$r"
+    fi
     echo "cycle $c: ${line%%;*}; after the drop: $g, RSS $r KiB"
     [ "$g" = "conns=0 subs=0 chans=0" ] || { echo "storm: state left after cycle $c: $g" >&2; fail=1; }
 done
-limit=$((first * 110 / 100))
+limit=$((first * 105 / 100))
 if [ "$r" -gt "$limit" ]; then
-    echo "storm: RSS after the last cycle $r KiB > 110% of the first cycle's $first KiB" >&2
+    echo "storm: RSS after the last cycle $r KiB > 105% of the warm baseline $first KiB" >&2
     fail=1
 fi
 kill -0 "$bpid" || { echo "storm: broker died" >&2; fail=1; }
-echo "storm: RSS first cycle $first KiB, last $r KiB ($(( (r - first) * 1000 / first )) per mille); $([ $fail -eq 0 ] && echo PASS || echo FAIL)"
+echo "storm: RSS warm baseline $first KiB, last $r KiB ($(( (r - first) * 1000 / first )) per mille); $([ $fail -eq 0 ] && echo PASS || echo FAIL)"
 exit "$fail"
