@@ -31,24 +31,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-cat >"$work/rc.toml" <<'TOML'
-[[apps]]
-id = "test"
-[[apps.secret_keys]]
-id = "sk_id_test1"
-secret = "sk_secret_abcdefghijklmnopqrstuvwxyz012345"
-TOML
-"$BIN" --config "$work/rc.toml" --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 --shards 2 \
-    --upgrades-per-ip 0 --rate-limit-per-sec 100000 --rate-limit-burst 100000 \
-    >"$work/broker.log" 2>&1 &
-bpid=$!
-port=""
-for _ in $(seq 1 100); do
-    port="$(sed -n 's#^ringcast: listening on ws://127\.0\.0\.1:\([0-9]*\)/v1.*#\1#p' "$work/broker.log")"
-    [ -n "$port" ] && break
-    sleep 0.1
-done
-[ -n "$port" ] || { echo "soak: broker did not start" >&2; cat "$work/broker.log" >&2; exit 1; }
+. scripts/lib/broker.sh
+start_broker soak --rate-limit-per-sec 100000 --rate-limit-burst 100000
 
 # RSS sampler: "<unix seconds> <KiB>" every second.
 (while kill -0 "$bpid" 2>/dev/null; do

@@ -33,24 +33,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-cat >"$work/rc.toml" <<'TOML'
-[[apps]]
-id = "test"
-[[apps.secret_keys]]
-id = "sk_id_test1"
-secret = "sk_secret_abcdefghijklmnopqrstuvwxyz012345"
-TOML
-"$BIN" --config "$work/rc.toml" --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 --shards 2 \
-    --upgrades-per-ip 0 >"$work/broker.log" 2>&1 &
-bpid=$!
-port="" rest=""
-for _ in $(seq 1 100); do
-    port="$(sed -n 's#^ringcast: listening on ws://127\.0\.0\.1:\([0-9]*\)/v1.*#\1#p' "$work/broker.log")"
-    rest="$(sed -n 's#^ringcast: rest on http://127\.0\.0\.1:\([0-9]*\)$#\1#p' "$work/broker.log")"
-    [ -n "$port" ] && [ -n "$rest" ] && break
-    sleep 0.1
-done
-[ -n "$port" ] || { echo "storm: broker did not start" >&2; cat "$work/broker.log" >&2; exit 1; }
+. scripts/lib/broker.sh
+start_broker storm
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$bpid/status"; }
 gauges() {

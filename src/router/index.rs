@@ -13,6 +13,14 @@ use super::ConnId;
 use crate::auth::AppId;
 
 /// Presence state of one subscription.
+/// The one shrink rule for tables that a crowd grew and then left: a table whose capacity is
+/// over four times its length plus `floor` should shrink to twice its length plus `floor`.
+/// At least half of what is left must go before the next shrink, so the rehash cost is
+/// amortised over the removals.
+pub fn shrink_target(capacity: usize, len: usize, floor: usize) -> Option<usize> {
+    (capacity > 4 * len + floor).then_some(2 * len + floor)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PresenceState {
     /// The connection lacks the `presence` action: it never receives presence frames.
@@ -121,10 +129,8 @@ impl<H> Index<H> {
         }
         if subs.subs.is_empty() {
             map.remove(channel);
-        } else if subs.subs.capacity() > 4 * subs.subs.len() + 64 {
-            // A crowd left this channel: give back its capacity. At least half of what is
-            // left must go before the next shrink, so the rehash cost is amortised.
-            let keep = 2 * subs.subs.len() + 64;
+        } else if let Some(keep) = shrink_target(subs.subs.capacity(), subs.subs.len(), 64) {
+            // A crowd left this channel: give back its capacity.
             subs.subs.shrink_to(keep);
             subs.pos.shrink_to(keep);
         }
@@ -134,8 +140,8 @@ impl<H> Index<H> {
     /// Shrinks the per-app channel maps that a crowd of channels grew and then left.
     pub fn shrink(&mut self) {
         for m in &mut self.apps {
-            if m.capacity() > 4 * m.len() + 1024 {
-                m.shrink_to(2 * m.len() + 1024);
+            if let Some(n) = shrink_target(m.capacity(), m.len(), 1024) {
+                m.shrink_to(n);
             }
         }
     }

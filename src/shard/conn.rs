@@ -282,14 +282,10 @@ pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
     }
 }
 
-/// The socket's stream ended (end of stream, reset, or shut down by teardown).
-pub fn on_recv_end(shard: &Shard, r: &mut Reader) {
-    teardown(shard, r);
-}
-
 /// Unregisters the connection, lets the writer flush (bounded by the close timeout), then
-/// shuts the socket down. Runs once per connection.
-fn teardown(shard: &Shard, r: &mut Reader) {
+/// shuts the socket down. Runs once per connection: when the stream ends (end of stream,
+/// reset, shut down) or the WebSocket closes.
+pub fn teardown(shard: &Shard, r: &mut Reader) {
     if r.done {
         return;
     }

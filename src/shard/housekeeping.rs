@@ -15,7 +15,7 @@ use std::{
 use bytes::Bytes;
 
 use super::{outbound::CloseState, Shard};
-use crate::protocol::close;
+use crate::{protocol::close, router::index::shrink_target};
 
 /// A WebSocket ping with an empty payload, shared by every connection.
 static PING: [u8; 2] = [0x89, 0x00];
@@ -72,8 +72,9 @@ fn prune_expiries(shard: &Shard) {
     if heap.len() > 2 * live + 1024 {
         let st = shard.state.borrow();
         heap.retain(|Reverse((_, id))| st.conns.contains_key(id));
-        let keep = 2 * heap.len() + 1024;
-        heap.shrink_to(keep);
+        if let Some(n) = shrink_target(heap.capacity(), heap.len(), 1024) {
+            heap.shrink_to(n);
+        }
     }
 }
 

@@ -41,7 +41,7 @@ use crate::{
     presence::Rosters,
     protocol::parse::Parser,
     router::{
-        index::{Index, PresenceState},
+        index::{shrink_target, Index, PresenceState},
         mesh::{Mesh, Source},
         ConnId, ConnRef, Direct, Publication, ShardId, ShardMsg,
     },
@@ -229,9 +229,7 @@ impl Shard {
     /// than needed. Called from the housekeeping tick; the check is a few comparisons, the
     /// rehash happens only after such a drop.
     pub fn shrink_tables(&self) {
-        fn oversized(cap: usize, len: usize) -> Option<usize> {
-            (cap > 4 * len + 1024).then_some(2 * len + 1024)
-        }
+        let oversized = |cap, len| shrink_target(cap, len, 1024);
         let mut st = self.state.borrow_mut();
         if let Some(n) = oversized(st.conns.capacity(), st.conns.len()) {
             st.conns.shrink_to(n);

@@ -15,7 +15,7 @@
 //! - bytes: fed to the connection ([`conn::on_recv`]); the buffer is recycled at once;
 //! - no `IORING_CQE_F_MORE` flag: the multishot ended (buffers ran out, completion queue
 //!   overflow, end of stream or error): re-armed if the connection is still reading,
-//!   otherwise the reader is dropped ([`conn::on_recv_end`] starts the teardown first).
+//!   otherwise the reader is dropped ([`conn::teardown`] starts first).
 //!
 //! Lifetime rule: a [`Reader`] (which owns a reference to the socket) stays in
 //! [`Rx::readers`] until its multishot's last completion, so the kernel never holds a
@@ -40,7 +40,7 @@ use super::{
     outbound::{Batch, ConnShared, Inflight},
     Shard,
 };
-use crate::metrics::ShardCounters;
+use crate::{metrics::ShardCounters, router::index::shrink_target};
 
 /// The provided-buffer group id used by every `recv` of the ring.
 const BGID: u16 = 0;
@@ -256,24 +256,13 @@ impl Rx {
     /// [`Shard::shrink_tables`]).
     pub fn shrink_tables(&self) {
         let mut readers = self.readers.borrow_mut();
-        let (cap, len) = (readers.capacity(), readers.len());
-        if cap > 4 * len + 1024 {
-            readers.shrink_to(2 * len + 1024);
+        if let Some(n) = shrink_target(readers.capacity(), readers.len(), 1024) {
+            readers.shrink_to(n);
         }
         let mut spare = self.spare.borrow_mut();
         if spare.capacity() > 4096 {
             *spare = Vec::new();
         }
-    }
-
-    /// Connections with an armed `recv`.
-    pub fn len(&self) -> usize {
-        self.readers.borrow().len()
-    }
-
-    /// True when no connection is attached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Hands a freshly upgraded connection to the ring: the bytes that came with the upgrade
@@ -429,7 +418,7 @@ impl Rx {
                 Some(_) => {} // teardown under way: the bytes are not wanted
                 None => {
                     tracing::error!("recv completion without a buffer");
-                    conn::on_recv_end(shard, &mut r);
+                    conn::teardown(shard, &mut r);
                 }
             }
             self.recycle(bid);
@@ -453,7 +442,7 @@ impl Rx {
             self.readers.borrow_mut().insert(id, r);
         } else {
             // End of stream, reset, shutdown by teardown: the multishot is over.
-            conn::on_recv_end(shard, &mut r);
+            conn::teardown(shard, &mut r);
         }
     }
 
