@@ -141,6 +141,15 @@ pub struct RunArgs {
     /// Never enable in production (docs/hardening.md) [default: false].
     #[arg(long, env = "RINGCAST_ECHO", num_args = 0..=1, default_missing_value = "true")]
     pub echo: Option<bool>,
+    /// Client pings (WebSocket ping frames and `ping` messages together) allowed per
+    /// connection per second; more closes 4011; 0 disables [default: 20].
+    #[arg(long, env = "RINGCAST_MAX_PINGS_PER_SEC")]
+    pub max_pings_per_sec: Option<u32>,
+    /// Bytes of publications and direct messages queued for one shard by the other shards
+    /// and REST; past it publish/send answer `rate_limited` and REST publish 503; 0
+    /// disables [default: 67108864].
+    #[arg(long, env = "RINGCAST_MAX_CROSS_SHARD_BYTES")]
+    pub max_cross_shard_bytes: Option<usize>,
 }
 
 /// Options of `ringcast token`.
@@ -203,6 +212,8 @@ pub struct FileConfig {
     drain_timeout_ms: Option<u64>,
     going_away_retry_ms: Option<u64>,
     echo: Option<bool>,
+    max_pings_per_sec: Option<u32>,
+    max_cross_shard_bytes: Option<usize>,
     /// Tenants.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
@@ -260,6 +271,10 @@ pub struct Limits {
     pub going_away_retry_ms: u64,
     /// Conformance echo profile (Autobahn only): echo messages, no protocol, no auth.
     pub echo: bool,
+    /// Client pings per connection per second (0: unlimited); more closes 4011.
+    pub max_pings_per_sec: u32,
+    /// Data bytes queued for one shard by others before publishes are refused (0: no bound).
+    pub max_cross_shard_bytes: usize,
 }
 
 /// Everything `ringcast run` needs, resolved.
@@ -315,6 +330,8 @@ impl Settings {
             drain_timeout: Duration::from_millis(pick!(drain_timeout_ms, 10_000)),
             going_away_retry_ms: pick!(going_away_retry_ms, 1000),
             echo: pick!(echo, false),
+            max_pings_per_sec: pick!(max_pings_per_sec, 20),
+            max_cross_shard_bytes: pick!(max_cross_shard_bytes, 64 << 20),
         };
         let s = Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),

@@ -61,7 +61,10 @@ fn run(args: RunArgs) -> Result<()> {
         settings.apps.push(generate_dev_app());
     }
     let auth = Arc::new(Authenticator::new(&settings.apps).map_err(anyhow::Error::msg)?);
-    let mesh = Arc::new(Mesh::new(settings.shards).context("creating the shard mesh")?);
+    let mesh = Arc::new(
+        Mesh::new(settings.shards, settings.limits.max_cross_shard_bytes)
+            .context("creating the shard mesh")?,
+    );
     // Shutdown signals are taken synchronously by the main thread (sigwait); block them
     // before the shard threads start so that they inherit the mask and never see them.
     let signals = block_shutdown_signals();
@@ -161,9 +164,54 @@ fn run(args: RunArgs) -> Result<()> {
             std::process::exit(1);
         }
     }
-    tracing::warn!("drain timeout reached; exiting");
+    // The drain timed out: say what is lost, and exit non-zero so supervisors notice.
+    let (conns, frames, bytes, silent) = undelivered(&shared, settings.shards);
+    tracing::error!(
+        connections = conns,
+        frames,
+        bytes,
+        shards_not_answering = silent,
+        "drain timeout reached: {frames} frames ({bytes} bytes) to {conns} connections were not delivered; exiting 1"
+    );
     drop(shards);
-    std::process::exit(0);
+    std::process::exit(1);
+}
+
+/// Asks every shard what it still holds undelivered: (connections, frames, bytes, shards
+/// that did not answer within 500 ms).
+fn undelivered(shared: &Shared, shards: usize) -> (u64, u64, u64, usize) {
+    let mut asks = Vec::with_capacity(shards);
+    for s in 0..shards {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        shared.mesh.push(
+            Source::External,
+            ShardId(s as u16),
+            ShardMsg::Undelivered { reply: tx },
+        );
+        asks.push(rx);
+    }
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut total = (0, 0, 0, 0);
+    for mut rx in asks {
+        loop {
+            match rx.try_recv() {
+                Ok((c, f, b)) => {
+                    total.0 += c;
+                    total.1 += f;
+                    total.2 += b;
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                    if Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(_) => total.3 += 1,
+            }
+            break;
+        }
+    }
+    total
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and every thread spawned after) and returns

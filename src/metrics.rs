@@ -100,6 +100,10 @@ pub struct ShardCounters {
     pub recv_buffers_exhausted: AtomicU64,
     /// Flushes that found the receive ring's completion queue overflowed.
     pub io_cq_overflows: AtomicU64,
+    /// Publications and sends refused because a destination shard's queue was full.
+    pub cross_shard_refusals: AtomicU64,
+    /// `io_uring_enter` submits that failed (the entries were kept and retried).
+    pub io_submit_errors: AtomicU64,
     /// Pre-`welcome` refusals, indexed by [`AuthFailure`].
     pub auth_failures: [AtomicU64; 4],
     /// Per app (indexed by `AppId`): publications and direct messages accepted from
@@ -131,6 +135,8 @@ impl ShardCounters {
             upgrades_throttled: AtomicU64::new(0),
             recv_buffers_exhausted: AtomicU64::new(0),
             io_cq_overflows: AtomicU64::new(0),
+            cross_shard_refusals: AtomicU64::new(0),
+            io_submit_errors: AtomicU64::new(0),
             auth_failures: Default::default(),
             app_messages: zeros(),
             app_deliveries: zeros(),
@@ -259,7 +265,12 @@ impl Metrics {
 
     /// The Prometheus text exposition. `queue_depth(i)` is shard `i`'s cross-shard inbox
     /// depth; `draining` is whether shutdown has started.
-    pub fn render(&self, queue_depth: impl Fn(usize) -> u64, draining: bool) -> String {
+    pub fn render(
+        &self,
+        queue_depth: impl Fn(usize) -> u64,
+        queue_bytes: impl Fn(usize) -> u64,
+        draining: bool,
+    ) -> String {
         let mut w = Writer {
             out: String::with_capacity(4096),
         };
@@ -291,7 +302,15 @@ impl Metrics {
         for i in 0..self.shards.len() {
             w.sample_shard("ringcast_cross_shard_queue_depth", i, queue_depth(i));
         }
-        let totals: [(&str, &str, &str, u64); 16] = [
+        w.head(
+            "ringcast_cross_shard_queue_bytes",
+            "gauge",
+            "Bytes of publications and direct messages queued for a shard by other shards and REST (bounded by max_cross_shard_bytes).",
+        );
+        for i in 0..self.shards.len() {
+            w.sample_shard("ringcast_cross_shard_queue_bytes", i, queue_bytes(i));
+        }
+        let totals: [(&str, &str, &str, u64); 18] = [
             (
                 "ringcast_subscriptions",
                 "gauge",
@@ -381,6 +400,18 @@ impl Metrics {
                 "counter",
                 "Socket receives that found every provided receive buffer in use (they wait and are re-armed; raise recv_buffers if this grows).",
                 self.sum(|s| &s.recv_buffers_exhausted),
+            ),
+            (
+                "ringcast_cross_shard_refusals_total",
+                "counter",
+                "WebSocket publications and direct messages refused with rate_limited because a destination shard's queue was over max_cross_shard_bytes.",
+                self.sum(|s| &s.cross_shard_refusals),
+            ),
+            (
+                "ringcast_io_submit_errors_total",
+                "counter",
+                "io_uring submissions the kernel refused, or that waited behind refused ones (kept and submitted again, never dropped).",
+                self.sum(|s| &s.io_submit_errors),
             ),
             (
                 "ringcast_io_cq_overflows_total",
@@ -478,7 +509,7 @@ mod tests {
         ShardCounters::add(&m.rest.app_publishes[1], 2);
         m.rest.response(200);
         m.rest.response(418);
-        let text = m.render(|i| i as u64 * 10, false);
+        let text = m.render(|i| i as u64 * 10, |i| i as u64 * 100, false);
         assert!(text.contains("\nringcast_deliveries_total 7\n"), "{text}");
         assert!(text.contains("ringcast_auth_failures_total{reason=\"token_expired\"} 1\n"));
         assert!(text.contains("ringcast_rate_limit_closes_total 1\n"));

@@ -32,6 +32,25 @@ struct ChannelRoster {
     peers: HashMap<Arc<str>, PeerEntry, RandomState>,
     /// Subscribed connections per shard: where joined/left events must go.
     shard_subs: Vec<u32>,
+    /// The last snapshot encoded and whom it was for (a snapshot leaves out its receiver).
+    /// Reused until the roster changes, so a peer re-subscribing in a loop costs the owner
+    /// a `Vec` of `Bytes` clones instead of an O(members) encode each time.
+    cached: Option<(Arc<str>, Vec<Bytes>)>,
+}
+
+impl ChannelRoster {
+    /// The snapshot for `peer`: the cached one when it was made for `peer` and the roster
+    /// has not changed since, else a fresh encode (which becomes the cached one).
+    fn snapshot(&mut self, channel: &str, peer: &Arc<str>) -> Vec<Bytes> {
+        if let Some((p, frames)) = &self.cached {
+            if p == peer {
+                return frames.clone();
+            }
+        }
+        let frames = snapshot_frames(self, channel, peer);
+        self.cached = Some((peer.clone(), frames.clone()));
+        frames
+    }
 }
 
 /// The rosters of every channel this shard owns.
@@ -61,10 +80,11 @@ impl Rosters {
             .or_insert_with(|| ChannelRoster {
                 peers: HashMap::default(),
                 shard_subs: vec![0; shards],
+                cached: None,
             });
         // Snapshot first: it must precede any event this join causes on the same queue.
         let frames = if wants_presence {
-            snapshot_frames(roster, &channel, &peer)
+            roster.snapshot(&channel, &peer)
         } else {
             Vec::new()
         };
@@ -84,6 +104,7 @@ impl Rosters {
             .or_insert(PeerEntry { conns: 0, metadata });
         entry.conns += 1;
         if entry.conns == 1 {
+            roster.cached = None;
             let me = [PresencePeer {
                 peer_id: &peer,
                 metadata: entry.metadata.as_deref(),
@@ -96,15 +117,15 @@ impl Rosters {
     /// An already subscribed connection subscribed again: it gets a fresh snapshot (every
     /// successful subscribe is followed by one), and nobody else hears anything.
     pub fn resnapshot(
-        &self,
+        &mut self,
         app: AppId,
         channel: Arc<str>,
         peer: &Arc<str>,
         from: ConnRef,
         mut send: impl FnMut(ShardId, ShardMsg),
     ) {
-        let frames = match self.channels.get(&(app, channel.clone())) {
-            Some(roster) => snapshot_frames(roster, &channel, peer),
+        let frames = match self.channels.get_mut(&(app, channel.clone())) {
+            Some(roster) => roster.snapshot(&channel, peer),
             None => vec![encode::presence(&channel, &[], &[])],
         };
         send(
@@ -139,6 +160,7 @@ impl Rosters {
         };
         entry.conns -= 1;
         if entry.conns == 0 {
+            roster.cached = None;
             let entry = roster.peers.remove(&peer).expect("present above");
             let me = [PresencePeer {
                 peer_id: &peer,
@@ -286,6 +308,50 @@ mod tests {
         r.leave(AppId(0), ch.clone(), alice.clone(), ShardId(1), &mut rec);
         assert_eq!(log, ["snap1@0", "j1l0@0", "snap2@1"]);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn resnapshot_reuses_the_encoding_until_the_roster_changes() {
+        let mut r = Rosters::default();
+        let ch: Arc<str> = Arc::from("room");
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let snaps = std::cell::RefCell::new(Vec::<Vec<Bytes>>::new());
+        let rec = |_: ShardId, m: ShardMsg| {
+            if let ShardMsg::PresenceSnapshot { frames, .. } = m {
+                snaps.borrow_mut().push(frames)
+            }
+        };
+        r.join(
+            AppId(0),
+            ch.clone(),
+            a.clone(),
+            None,
+            at(0, 1),
+            true,
+            1,
+            rec,
+        );
+        r.resnapshot(AppId(0), ch.clone(), &a, at(0, 1), rec);
+        r.resnapshot(AppId(0), ch.clone(), &a, at(0, 1), rec);
+        // Same receiver, same roster: the very same bytes (shared, not re-encoded).
+        let first = snaps.borrow()[1][0].as_ptr();
+        assert_eq!(first, snaps.borrow()[2][0].as_ptr());
+        r.join(
+            AppId(0),
+            ch.clone(),
+            b.clone(),
+            None,
+            at(0, 2),
+            true,
+            1,
+            rec,
+        );
+        r.resnapshot(AppId(0), ch.clone(), &a, at(0, 1), rec);
+        let snaps = snaps.into_inner();
+        let last = snaps.last().unwrap();
+        assert_ne!(last[0].as_ptr(), first);
+        let v: serde_json::Value = serde_json::from_slice(&last[0][2..]).unwrap();
+        assert_eq!(v["joined"][0]["peerId"], "b");
     }
 
     #[test]

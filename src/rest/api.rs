@@ -416,10 +416,11 @@ impl Api {
 
     fn metrics(&self) -> Resp {
         let mesh = &self.shared.mesh;
-        let text = self
-            .shared
-            .metrics
-            .render(|i| mesh.depth(ShardId(i as u16)) as u64, self.draining());
+        let text = self.shared.metrics.render(
+            |i| mesh.depth(ShardId(i as u16)) as u64,
+            |i| mesh.data_bytes(ShardId(i as u16)) as u64,
+            self.draining(),
+        );
         let mut r = Response::new(Full::new(Bytes::from(text)));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -518,6 +519,13 @@ impl Api {
             frame_with_meta,
         });
         let mesh = &self.shared.mesh;
+        if !mesh.all_have_room(None) {
+            // Backpressure: a shard's queue is over `max_cross_shard_bytes`; nothing is
+            // queued anywhere, and the client is told when to retry (Retry-After: 1).
+            return Err(ApiError::unavailable(
+                "the broker is busy (a shard's queue is full); retry later",
+            ));
+        }
         for s in 0..mesh.shards() {
             let s = ShardId(s as u16);
             // Woken after this poll of the connection (`rest::pay_wakes`), once per batch.

@@ -29,6 +29,10 @@ pub enum PresenceState {
     Pending,
     /// Snapshot delivered; receives joined/left events.
     Ready,
+    /// Ready, and a re-subscribe asked the owner for a fresh snapshot that has not arrived
+    /// yet: further re-subscribes do not ask again (the one on its way answers them all),
+    /// so a re-subscribe loop costs the owner one snapshot per round trip at most.
+    Refreshing,
 }
 
 /// One local subscription.

@@ -8,9 +8,18 @@
 //!
 //! A push that lands after the consumer cleared the flag either is seen by the drain that
 //! follows, or finds the flag clear and writes the eventfd, so nothing is left unseen.
-//! The queues are crossbeam `SegQueue`s: unbounded, so a push never fails and nothing is
-//! dropped here; memory is bounded upstream (per-connection outbound caps, rate limits) and
-//! the depth is observable through [`Mesh::depth`].
+//! The queues are crossbeam `SegQueue`s: a push never fails and nothing is dropped here.
+//! What bounds them: data (publications and direct messages, [`ShardMsg::data_bytes`]) is
+//! counted per destination, and producers ask [`Mesh::has_room`] before pushing it: past
+//! `max_data_bytes` a WebSocket publish or send is refused with `rate_limited` and a REST
+//! publish with 503, so a destination that falls behind pushes back instead of growing
+//! memory. Control messages (presence, directory, queries, shutdown) are never refused:
+//! each is caused by a connection event or a REST request, which are bounded themselves.
+//! The depth is observable through [`Mesh::depth`] and [`Mesh::data_bytes`].
+//!
+//! Fairness: [`Mesh::drain`] takes at most a per-source share of its budget from each queue
+//! per round, starting one queue further at every call, so one source flooding a shard
+//! cannot starve the other shards' queues, the REST queue or a shutdown.
 
 use std::{
     io,
@@ -38,12 +47,18 @@ struct Inbox {
     notified: CachePadded<AtomicBool>,
     /// Messages pushed but not yet drained (approximate, for metrics).
     depth: CachePadded<AtomicUsize>,
+    /// Bytes of data messages pushed but not yet drained (the bound's measure).
+    data_bytes: CachePadded<AtomicUsize>,
+    /// The queue the next drain starts at (written by the consumer only).
+    cursor: AtomicUsize,
     eventfd: RawFd,
 }
 
 /// All inboxes. Shared by `Arc` between every shard and the REST acceptor.
 pub struct Mesh {
     inboxes: Vec<Inbox>,
+    /// Data bytes a destination may have queued before producers are refused (0: no bound).
+    max_data_bytes: usize,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -55,8 +70,9 @@ impl std::fmt::Debug for Mesh {
 }
 
 impl Mesh {
-    /// Builds the mesh for `shards` shards, creating one non-blocking eventfd per shard.
-    pub fn new(shards: usize) -> io::Result<Mesh> {
+    /// Builds the mesh for `shards` shards, creating one non-blocking eventfd per shard;
+    /// `max_data_bytes` is the per-destination bound of [`Mesh::has_room`] (0: none).
+    pub fn new(shards: usize, max_data_bytes: usize) -> io::Result<Mesh> {
         let mut inboxes = Vec::with_capacity(shards);
         for _ in 0..shards {
             // SAFETY: eventfd has no memory-safety preconditions; the result is checked.
@@ -70,10 +86,35 @@ impl Mesh {
                     .collect(),
                 notified: CachePadded::new(AtomicBool::new(false)),
                 depth: CachePadded::new(AtomicUsize::new(0)),
+                data_bytes: CachePadded::new(AtomicUsize::new(0)),
+                cursor: AtomicUsize::new(0),
                 eventfd: fd,
             });
         }
-        Ok(Mesh { inboxes })
+        Ok(Mesh {
+            inboxes,
+            max_data_bytes,
+        })
+    }
+
+    /// True when shard `to` may be sent more data: its queued data bytes are under the
+    /// bound. Approximate by design (producers race): the bound is exceeded by at most one
+    /// message per concurrent producer.
+    pub fn has_room(&self, to: ShardId) -> bool {
+        self.max_data_bytes == 0
+            || self.inboxes[to.0 as usize]
+                .data_bytes
+                .load(Ordering::Relaxed)
+                < self.max_data_bytes
+    }
+
+    /// True when every shard but `except` has room ([`Mesh::has_room`]): a publication
+    /// goes to all of them or to none.
+    pub fn all_have_room(&self, except: Option<ShardId>) -> bool {
+        self.max_data_bytes == 0
+            || (0..self.inboxes.len() as u16)
+                .map(ShardId)
+                .all(|s| Some(s) == except || self.has_room(s))
     }
 
     /// Number of shards.
@@ -100,6 +141,10 @@ impl Mesh {
             Source::Shard(s) => s.0 as usize,
             Source::External => self.inboxes.len(),
         };
+        let data = msg.data_bytes();
+        if data > 0 {
+            inbox.data_bytes.fetch_add(data, Ordering::Relaxed);
+        }
         inbox.queues[idx].push(msg);
         inbox.depth.fetch_add(1, Ordering::Relaxed);
         !inbox.notified.swap(true, Ordering::AcqRel)
@@ -130,23 +175,41 @@ impl Mesh {
         std::sync::atomic::fence(Ordering::SeqCst);
     }
 
-    /// Pops every queued message for `me`, in per-source FIFO order, up to `budget` messages.
-    /// Returns how many were handled; when it equals `budget` more may be waiting.
+    /// Pops queued messages for `me`, in per-source FIFO order, up to `budget` messages.
+    /// Round-robin: each round takes at most `budget / sources` (at least one) from every
+    /// queue, and each call starts one queue further than the last, so a flooded queue
+    /// never delays the others by more than one share. Returns how many were handled; when
+    /// it equals `budget` more may be waiting.
     pub fn drain(&self, me: ShardId, budget: usize, mut f: impl FnMut(ShardMsg)) -> usize {
         let inbox = &self.inboxes[me.0 as usize];
-        let mut n = 0;
-        for q in &inbox.queues {
-            while n < budget {
-                match q.pop() {
-                    Some(m) => {
-                        n += 1;
-                        f(m)
+        let sources = inbox.queues.len();
+        let share = (budget / sources).max(1);
+        let start = inbox.cursor.load(Ordering::Relaxed);
+        inbox.cursor.store((start + 1) % sources, Ordering::Relaxed);
+        let (mut n, mut data) = (0, 0);
+        'rounds: loop {
+            let mut took = false;
+            for k in 0..sources {
+                let q = &inbox.queues[(start + k) % sources];
+                for _ in 0..share {
+                    if n == budget {
+                        break 'rounds;
                     }
-                    None => break,
+                    let Some(m) = q.pop() else { break };
+                    took = true;
+                    n += 1;
+                    data += m.data_bytes();
+                    f(m);
                 }
+            }
+            if !took {
+                break;
             }
         }
         inbox.depth.fetch_sub(n, Ordering::Relaxed);
+        if data > 0 {
+            inbox.data_bytes.fetch_sub(data, Ordering::Relaxed);
+        }
         n
     }
 
@@ -158,6 +221,13 @@ impl Mesh {
     /// Approximate number of undelivered messages queued for `me`.
     pub fn depth(&self, me: ShardId) -> usize {
         self.inboxes[me.0 as usize].depth.load(Ordering::Relaxed)
+    }
+
+    /// Approximate bytes of undelivered data messages queued for `me`.
+    pub fn data_bytes(&self, me: ShardId) -> usize {
+        self.inboxes[me.0 as usize]
+            .data_bytes
+            .load(Ordering::Relaxed)
     }
 }
 
@@ -186,7 +256,7 @@ mod tests {
 
     #[test]
     fn fifo_per_source_and_wake_flag() {
-        let mesh = Mesh::new(2).unwrap();
+        let mesh = Mesh::new(2, 0).unwrap();
         mesh.arm(ShardId(1));
         for i in 0..10 {
             mesh.push(Source::Shard(ShardId(0)), ShardId(1), up(i));
@@ -209,9 +279,66 @@ mod tests {
         assert_eq!(v, 1);
     }
 
+    fn publication(bytes: usize) -> ShardMsg {
+        ShardMsg::Publish(Arc::new(crate::router::Publication {
+            app: AppId(0),
+            channel: Arc::from("c"),
+            origin: None,
+            frame: bytes::Bytes::from(vec![0u8; bytes]),
+            frame_with_meta: None,
+        }))
+    }
+
+    #[test]
+    fn a_flooding_source_does_not_starve_the_others() {
+        let mesh = Mesh::new(2, 0).unwrap();
+        let me = ShardId(1);
+        for i in 0..10_000 {
+            mesh.push(Source::Shard(ShardId(0)), me, up(i % 100));
+        }
+        mesh.push(Source::External, me, up(500));
+        // The first drain of 1,024 takes the external message within its first round.
+        let mut pos = None;
+        let mut i = 0;
+        mesh.drain(me, 1024, |m| {
+            if let ShardMsg::PeerUp { shard, .. } = m {
+                if shard.0 == 500 {
+                    pos = Some(i);
+                }
+            }
+            i += 1;
+        });
+        let pos = pos.expect("the external message was drained");
+        assert!(pos <= 1024 / 3 + 1, "external message handled {pos}th");
+    }
+
+    #[test]
+    fn data_bytes_bound_the_room_and_drain_gives_it_back() {
+        let mesh = Mesh::new(2, 10_000).unwrap();
+        let to = ShardId(1);
+        assert!(mesh.has_room(to));
+        for _ in 0..5 {
+            mesh.push(Source::Shard(ShardId(0)), to, publication(2_000));
+        }
+        assert!(!mesh.has_room(to), "5 x 2,000 bytes reach the bound");
+        assert!(mesh.has_room(ShardId(0)));
+        assert!(mesh.all_have_room(Some(to)));
+        assert!(!mesh.all_have_room(None));
+        // Control messages do not count.
+        mesh.push(Source::External, to, up(1));
+        assert_eq!(mesh.data_bytes(to), 10_000);
+        mesh.drain(to, usize::MAX, |_| {});
+        assert_eq!(mesh.data_bytes(to), 0);
+        assert!(mesh.has_room(to));
+        assert!(
+            Mesh::new(1, 0).unwrap().has_room(ShardId(0)),
+            "0 means no bound"
+        );
+    }
+
     #[test]
     fn concurrent_producers_lose_nothing() {
-        let mesh = Arc::new(Mesh::new(3).unwrap());
+        let mesh = Arc::new(Mesh::new(3, 0).unwrap());
         let hs: Vec<_> = (0..2u16)
             .map(|s| {
                 let m = mesh.clone();

@@ -192,6 +192,12 @@ pub enum ShardMsg {
         /// Where the `(peerId, peerMetadata)` pairs go.
         reply: Reply<Vec<(Arc<str>, Option<Bytes>)>>,
     },
+    /// Shutdown, to every shard once the drain timed out: what is still undelivered
+    /// (connections still open, frames and bytes still queued for them).
+    Undelivered {
+        /// Receives `(connections, frames, bytes)`.
+        reply: Reply<(u64, u64, u64)>,
+    },
     /// REST, to every shard: close each local connection of `peer` with 4020.
     Kick {
         /// Tenant.
@@ -201,6 +207,20 @@ pub enum ShardMsg {
         /// Receives how many connections this shard closed.
         reply: Reply<u32>,
     },
+}
+
+impl ShardMsg {
+    /// Bytes of client data this message carries (publications and direct messages; 0 for
+    /// control messages): what the mesh's per-destination bound counts.
+    pub fn data_bytes(&self) -> usize {
+        match self {
+            ShardMsg::Publish(p) => {
+                p.frame.len() + p.frame_with_meta.as_ref().map_or(0, |f| f.len())
+            }
+            ShardMsg::Direct(d) => d.frame.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// The answer channel of a request carried by a [`ShardMsg`] (sent from a shard thread,

@@ -27,7 +27,7 @@ use tungstenite::{
 use super::{
     handshake::{self, Handshake},
     outbound::{CloseState, ConnShared},
-    rate_limit::TokenBucket,
+    rate_limit::{PingBudget, TokenBucket},
     ConnEntry, Shard,
 };
 use crate::{
@@ -40,6 +40,7 @@ use crate::{
         ErrorCode,
     },
     router::{index::PresenceState, index::Sub, owner_of, ConnId, Direct, Publication, ShardMsg},
+    shard::DirectSent,
 };
 
 fn unix_now() -> u64 {
@@ -181,6 +182,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         identity: identity.into(),
         channels: Vec::new(),
         bucket: TokenBucket::new(limits.rate_limit_per_sec, limits.rate_limit_burst, now),
+        pings: PingBudget::default(),
     };
     let reader = Box::new(Reader {
         conn,
@@ -221,6 +223,9 @@ impl Reader {
     }
 }
 
+/// A WebSocket pong with an empty payload, as tungstenite writes it.
+const EMPTY_PONG: [u8; 2] = [0x8A, 0x00];
+
 /// Feeds bytes read from the socket to the connection: WebSocket frames are decoded and each
 /// text message handled. Returns false when the connection is finished (the close
 /// handshake completed or the stream is broken): teardown has started.
@@ -228,7 +233,8 @@ pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
     if r.done {
         return false;
     }
-    r.conn.shared.last_seen.set(Instant::now());
+    let now = Instant::now();
+    r.conn.shared.last_seen.set(now);
     ShardCounters::add(&shard.counters().bytes_in, bytes.len() as u64);
     // What tungstenite writes (pong and close replies) is moved to the outbound queue at
     // once, so this stays empty (unallocated) unless a control frame arrives.
@@ -239,7 +245,12 @@ pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
     };
     loop {
         let res = r.ws.read(&mut feed);
-        if !feed.output.is_empty() {
+        if feed.output.as_slice() == EMPTY_PONG {
+            // The answer to an empty ping (the usual keepalive, and what a ping flood sends):
+            // shared static bytes, so each queued pong costs only its queue slot.
+            feed.output.clear();
+            r.conn.shared.push_raw(Bytes::from_static(&EMPTY_PONG));
+        } else if !feed.output.is_empty() {
             r.conn
                 .shared
                 .push_raw(Bytes::from(std::mem::take(feed.output)));
@@ -265,7 +276,14 @@ pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
                     false,
                 );
             }
-            Ok(_) => {} // ping (answered by tungstenite), pong, close (reply queued)
+            Ok(Message::Ping(_)) => {
+                // Answered by tungstenite (the pong is queued on the next read, against the
+                // outbound cap); counted against the connection's ping budget.
+                if r.conn.shared.state() == CloseState::Open {
+                    ping_budget(shard, &mut r.conn, now);
+                }
+            }
+            Ok(_) => {} // pong, close (reply queued)
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return true,
             Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
                 teardown(shard, r);
@@ -335,6 +353,8 @@ struct Conn {
     /// Subscribed channels (at most `max_channels_per_conn`; a linear scan is fine).
     channels: Vec<Arc<str>>,
     bucket: TokenBucket,
+    /// Client pings this second (WebSocket pings and `ping` messages).
+    pings: PingBudget,
 }
 
 /// The parts of the connection's [`Identity`] its commands need (the rest, such as the
@@ -566,8 +586,12 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
         }
     };
     if let ClientMsg::Ping { request_id } = msg {
-        // Free: not charged to the token bucket.
-        // The pong carries the ping's requestId, if any: it is the ping's one answer.
+        // Not charged to the token bucket: to the ping budget (heartbeats never eat the
+        // publish budget). The pong carries the ping's requestId, if any: it is the ping's
+        // one answer.
+        if !ping_budget(shard, conn, Instant::now()) {
+            return Flow::Stop;
+        }
         conn.shared.send(&encode::pong_with(request_id));
         return Flow::Continue;
     }
@@ -595,7 +619,10 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
             let app = id.app;
             if let Some(ch) = existing {
-                // Re-subscribe: only `includeSenderMetadata` changes.
+                // Re-subscribe: only `includeSenderMetadata` changes, and a fresh snapshot
+                // follows (protocol §5; SDKs re-subscribe to reconcile their roster) unless
+                // one is already on its way, which then answers this re-subscribe too.
+                let mut refresh = false;
                 if let Some(sub) = shard
                     .state
                     .borrow_mut()
@@ -604,11 +631,13 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
                     .and_then(|s| s.get_mut(conn.id))
                 {
                     sub.include_meta = include_sender_metadata;
+                    if sub.presence == PresenceState::Ready {
+                        sub.presence = PresenceState::Refreshing;
+                        refresh = true;
+                    }
                 }
                 ack(conn, request_id);
-                if id.actions.contains(Actions::PRESENCE) {
-                    // Every successful subscribe is followed by a snapshot (protocol §5);
-                    // SDKs re-subscribe to reconcile their roster.
+                if refresh {
                     shard.route(
                         owner_of(app, &ch, shard.shards()),
                         ShardMsg::PresenceResnapshot {
@@ -696,6 +725,10 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             // without `fromMetadata`); every subscriber on every shard gets these bytes.
             // Allocations here are per publication, never per subscriber: the frame(s), the
             // `Arc<str>` channel and the `Arc<Publication>` that other shards share.
+            if !shard.shared.mesh.all_have_room(Some(shard.id)) {
+                refuse_overloaded(shard, conn, request_id);
+                return Flow::Continue;
+            }
             let frame = encode::message(channel, &id.peer_id, data, None);
             let frame_with_meta = id
                 .peer_metadata_json
@@ -737,26 +770,40 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             // One frame, one `Arc<str>` and one `Arc<Direct>` per send (shared by the target's
             // connections on every shard); nothing per recipient.
             let frame = encode::direct(&id.peer_id, data, id.peer_metadata_json.as_deref());
-            let found = shard.send_direct(Direct {
+            let sent = shard.send_direct(Direct {
                 app: id.app,
                 to: Arc::from(to),
                 origin: Some(shard.conn_ref(conn.id)),
                 frame,
             });
-            if found {
-                count_message(shard, id.app, |c| &c.directs);
-                ack(conn, request_id);
-            } else {
-                reply_error(
+            match sent {
+                DirectSent::Sent => {
+                    count_message(shard, id.app, |c| &c.directs);
+                    ack(conn, request_id);
+                }
+                DirectSent::NotFound => reply_error(
                     conn,
                     ErrorCode::PeerNotFound,
                     request_id,
                     "peer not connected",
-                );
+                ),
+                DirectSent::Busy => refuse_overloaded(shard, conn, request_id),
             }
         }
     }
     Flow::Continue
+}
+
+/// Refuses a publication or direct message because a destination shard's queue is over
+/// `max_cross_shard_bytes`: nothing was delivered anywhere; the client may retry.
+fn refuse_overloaded(shard: &Shard, conn: &Conn, request_id: Option<&str>) {
+    ShardCounters::add(&shard.counters().cross_shard_refusals, 1);
+    reply_error(
+        conn,
+        ErrorCode::RateLimited,
+        request_id,
+        "the broker is busy (a shard's queue is full); retry later",
+    );
 }
 
 /// Counts one accepted publication or direct message, overall and for the app's usage.
@@ -766,6 +813,18 @@ fn count_message(shard: &Shard, app: AppId, kind: impl Fn(&ShardCounters) -> &At
     if let Some(a) = c.app_messages.get(app.0 as usize) {
         ShardCounters::add(a, 1);
     }
+}
+
+/// Counts one client ping; over `max_pings_per_sec` the connection is closed 4011 (whatever
+/// `rate_limit_action` says: a ping has nothing to answer an error to) and false returned.
+fn ping_budget(shard: &Shard, conn: &mut Conn, now: Instant) -> bool {
+    let limit = shard.shared.limits.max_pings_per_sec;
+    if conn.pings.try_take(shard.second(now), limit) {
+        return true;
+    }
+    conn.shared
+        .close(close::RATE_LIMITED, "ping rate exceeded", false);
+    false
 }
 
 enum Charge {

@@ -38,6 +38,7 @@ pub async fn run(shard: Rc<Shard>) {
         }
         prune_expiries(&shard);
         shard.shrink_tables();
+        shard.rx.retry(&shard);
         let st = shard.state.borrow();
         for e in st.conns.values() {
             let c = &e.shared;

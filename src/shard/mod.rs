@@ -127,6 +127,17 @@ impl Shared {
     }
 }
 
+/// What [`Shard::send_direct`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectSent {
+    /// Delivered locally and/or queued for the shards holding the peer.
+    Sent,
+    /// The peer has no connection (other than the sender's) anywhere: `peer_not_found`.
+    NotFound,
+    /// A shard holding the peer has its queue over `max_cross_shard_bytes`: nothing sent.
+    Busy,
+}
+
 /// A live connection as the registry sees it.
 #[derive(Debug)]
 pub struct ConnEntry {
@@ -176,6 +187,8 @@ pub struct Shard {
     /// Messages this shard sent to itself, handled in order by [`Shard::pump_local`].
     local: RefCell<VecDeque<ShardMsg>>,
     next_conn: Cell<u64>,
+    /// When the shard started: the origin of [`Shard::second`].
+    started: Instant,
 }
 
 impl Shard {
@@ -200,8 +213,14 @@ impl Shard {
             expiry_waker: RefCell::new(None),
             local: RefCell::new(VecDeque::new()),
             next_conn: Cell::new(1),
+            started: Instant::now(),
             shared,
         })
+    }
+
+    /// Whole seconds since the shard started at `now` (the ping budget's windows).
+    pub fn second(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.started).as_secs() as u32
     }
 
     /// Number of shards.
@@ -372,10 +391,14 @@ impl Shard {
                 {
                     if sub.presence != PresenceState::NoPermission {
                         sub.presence = PresenceState::Ready;
-                        for f in &frames {
-                            // A snapshot is owed to the subscriber whatever its size (it
-                            // is bounded by the roster), so it is exempt from the cap.
-                            sub.handle.send_exempt(f);
+                        // Counted against the cap, with room for one snapshot at a time
+                        // (`ConnShared::send_snapshot`).
+                        let total = frames.iter().map(|f| f.len() + outbound::SLOT_BYTES).sum();
+                        for (i, f) in frames.iter().enumerate() {
+                            let owed = if i == 0 { total } else { 0 };
+                            if sub.handle.send_snapshot(f, owed) != outbound::Delivery::Queued {
+                                break;
+                            }
                         }
                     }
                 }
@@ -386,7 +409,7 @@ impl Shard {
                 peer,
                 from,
             } => {
-                let st = self.state.borrow();
+                let mut st = self.state.borrow_mut();
                 st.rosters
                     .resnapshot(app, channel, &peer, from, |s, m| self.route(s, m));
             }
@@ -399,7 +422,11 @@ impl Shard {
                 let st = self.state.borrow();
                 if let Some(subs) = st.index.get(app, &channel) {
                     for sub in subs.iter() {
-                        if sub.presence == PresenceState::Ready && sub.peer != peer {
+                        if matches!(
+                            sub.presence,
+                            PresenceState::Ready | PresenceState::Refreshing
+                        ) && sub.peer != peer
+                        {
                             sub.handle.send(&frame);
                         }
                     }
@@ -416,6 +443,16 @@ impl Shard {
                         false,
                     );
                 }
+            }
+            ShardMsg::Undelivered { reply } => {
+                let st = self.state.borrow();
+                let (mut frames, mut bytes) = (0, 0);
+                for e in st.conns.values() {
+                    let (f, b) = e.shared.undelivered();
+                    frames += f as u64;
+                    bytes += b as u64;
+                }
+                let _ = reply.send((st.conns.len() as u64, frames, bytes));
             }
             ShardMsg::PeerUp { app, peer, shard } => {
                 let mut st = self.state.borrow_mut();
@@ -479,9 +516,8 @@ impl Shard {
         }
     }
 
-    /// Routes a direct message; false when the peer has no connection (other than the
-    /// sender's) anywhere (`peer_not_found`).
-    pub fn send_direct(&self, d: Direct) -> bool {
+    /// Routes a direct message to every connection of its target (but the sender's).
+    pub fn send_direct(&self, d: Direct) -> DirectSent {
         let remote = {
             let st = self.state.borrow();
             let app = d.app.0 as usize;
@@ -492,22 +528,24 @@ impl Shard {
             let remote =
                 st.directory[app].get(&*d.to).copied().unwrap_or(0) & !(1u128 << self.id.0);
             if !local && remote == 0 {
-                return false;
+                return DirectSent::NotFound;
             }
             remote
         };
+        let targets = || (0..self.shards() as u16).filter(move |s| remote & (1u128 << s) != 0);
+        if !targets().all(|s| self.shared.mesh.has_room(ShardId(s))) {
+            return DirectSent::Busy;
+        }
         let d = Arc::new(d);
         self.deliver_direct(&d);
-        for s in 0..self.shards() as u16 {
-            if remote & (1u128 << s) != 0 {
-                self.shared.mesh.push(
-                    Source::Shard(self.id),
-                    ShardId(s),
-                    ShardMsg::Direct(d.clone()),
-                );
-            }
+        for s in targets() {
+            self.shared.mesh.push(
+                Source::Shard(self.id),
+                ShardId(s),
+                ShardMsg::Direct(d.clone()),
+            );
         }
-        true
+        DirectSent::Sent
     }
 
     /// Delivers a publication locally and hands it to every other shard.

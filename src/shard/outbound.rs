@@ -30,6 +30,11 @@ use crate::protocol::{close, encode};
 /// Most frames handed to one `writev`.
 const MAX_IOV: usize = 64;
 
+/// What a queued frame costs against the cap beyond its bytes: its slot in the queue (a
+/// `Bytes` is 32 bytes, and a `VecDeque` growing by doubling holds up to twice the slots it
+/// uses), so a flood of two-byte pongs cannot hold many times the cap in memory.
+pub const SLOT_BYTES: usize = 64;
+
 /// Close progress of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseState {
@@ -146,12 +151,12 @@ impl FrameQueue {
         }
     }
 
-    /// Total bytes queued.
-    fn bytes(&self) -> usize {
+    /// What the queued frames count against the cap ([`ConnShared::charge`]).
+    fn charged(&self) -> usize {
         match self {
             FrameQueue::Empty => 0,
-            FrameQueue::One(f) => f.len(),
-            FrameQueue::Many(v) => v.iter().map(Bytes::len).sum(),
+            FrameQueue::One(f) => ConnShared::charge(f),
+            FrameQueue::Many(v) => v.iter().map(ConnShared::charge).sum(),
         }
     }
 
@@ -260,32 +265,51 @@ impl ConnShared {
     /// discarded and a 4008 close frame takes its place, so the stream ends visibly
     /// instead of losing frames from its middle.
     pub fn send(self: &Rc<Self>, frame: &Bytes) -> Delivery {
+        self.admit(frame.clone(), 0)
+    }
+
+    /// Queues a frame of a presence snapshot. Snapshots count against the cap like every
+    /// other frame, with one exception: while no other snapshot is waiting to be written,
+    /// the cap is raised by the snapshot's size until it is on the wire, so a roster larger
+    /// than the free room is still delivered once. A second snapshot queued behind an
+    /// unwritten one gets no such allowance (a re-subscribe flood from a connection that
+    /// does not read ends in 4008), so a connection holds at most `max_bytes` plus one
+    /// snapshot (`snapshot_bytes`: the snapshot's total size, passed with its first frame).
+    pub fn send_snapshot(self: &Rc<Self>, frame: &Bytes, snapshot_bytes: usize) -> Delivery {
+        if snapshot_bytes > 0 && self.allowance.get() == 0 {
+            return self.admit(frame.clone(), snapshot_bytes);
+        }
+        self.admit(frame.clone(), 0)
+    }
+
+    /// What one queued frame costs against the cap: its bytes plus its queue slot, so that
+    /// a flood of tiny frames (pongs) is bounded in memory, not only in wire bytes.
+    fn charge(frame: &Bytes) -> usize {
+        frame.len() + SLOT_BYTES
+    }
+
+    /// Queues `frame` unless the connection is closing or over its cap (raised first by
+    /// `allowance` bytes); over the cap it is closed 4008.
+    fn admit(self: &Rc<Self>, frame: Bytes, allowance: usize) -> Delivery {
         if self.state.get() != CloseState::Open {
             return Delivery::Closed;
         }
-        let after = self.queued_bytes.get() + frame.len();
-        if after > self.max_bytes + self.allowance.get() {
+        let after = self.queued_bytes.get() + Self::charge(&frame);
+        if after > self.max_bytes + self.allowance.get() + allowance {
             self.close(close::SLOW_CONSUMER, "slow consumer", true);
             return Delivery::SlowConsumer;
         }
-        self.queued_bytes.set(after);
-        self.queue.borrow_mut().push_back(frame.clone());
-        self.list();
+        self.allowance.set(self.allowance.get() + allowance);
+        self.enqueue(frame);
         Delivery::Queued
     }
 
-    /// Queues a frame the connection is owed whatever the queue holds (a presence roster
-    /// snapshot, bounded by the channel's roster): not checked against the cap, and the cap
-    /// is raised by its size until it is written.
-    pub fn send_exempt(self: &Rc<Self>, frame: &Bytes) -> Delivery {
-        if self.state.get() != CloseState::Open {
-            return Delivery::Closed;
-        }
-        self.allowance.set(self.allowance.get() + frame.len());
-        self.queued_bytes.set(self.queued_bytes.get() + frame.len());
-        self.queue.borrow_mut().push_back(frame.clone());
+    /// Puts a frame on the queue and the connection on the flush list; no checks.
+    fn enqueue(self: &Rc<Self>, frame: Bytes) {
+        self.queued_bytes
+            .set(self.queued_bytes.get() + Self::charge(&frame));
+        self.queue.borrow_mut().push_back(frame);
         self.list();
-        Delivery::Queued
     }
 
     /// Starts a server-initiated close: queues a close frame after the pending frames (or
@@ -296,25 +320,22 @@ impl ConnShared {
         }
         if discard_pending {
             let mut q = self.queue.borrow_mut();
-            let dropped = q.bytes();
+            let dropped = q.charged();
             *q = FrameQueue::Empty;
             self.queued_bytes.set(self.queued_bytes.get() - dropped);
             self.allowance.set(0);
         }
-        self.push_raw(encode::ws_close(code, reason));
+        // The close frame itself is never refused: one per connection.
+        self.enqueue(encode::ws_close(code, reason));
         self.state.set(CloseState::Closing(code));
         self.closing_since.set(Some(Instant::now()));
     }
 
     /// Queues bytes produced by the WebSocket codec itself (pong and close replies) while
-    /// the connection is open; not subject to the byte cap (they are tiny and one per
-    /// inbound control frame, which the read path bounds).
+    /// the connection is open. They count against the cap like any frame: a client whose
+    /// pings outrun its reading is closed 4008 like any slow consumer.
     pub fn push_raw(self: &Rc<Self>, frame: Bytes) {
-        if matches!(self.state.get(), CloseState::Open) {
-            self.queued_bytes.set(self.queued_bytes.get() + frame.len());
-            self.queue.borrow_mut().push_back(frame);
-            self.list();
-        }
+        self.admit(frame, 0);
     }
 
     /// The reader has finished: flush what is queued, accept nothing more.
@@ -335,6 +356,25 @@ impl ConnShared {
     /// Bytes queued and not yet handed to the kernel.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
+    }
+
+    /// Frames and bytes not yet written: queued, plus the write in flight (reported when
+    /// a shutdown drain times out).
+    pub fn undelivered(&self) -> (usize, usize) {
+        let q = self.queue.borrow();
+        let (mut frames, mut bytes) = (q.len(), q.charged() - q.len() * SLOT_BYTES);
+        match &*self.inflight.borrow() {
+            Inflight::Idle => {}
+            Inflight::One(f) => {
+                frames += 1;
+                bytes += f.len();
+            }
+            Inflight::Many(b) => {
+                frames += b.frames.len();
+                bytes += b.frames.iter().map(Bytes::len).sum::<usize>();
+            }
+        }
+        (frames, bytes)
     }
 
     /// Aborts all I/O on the socket: pending reads return 0, pending writes fail.
@@ -378,13 +418,13 @@ impl ConnShared {
         let n = q.len().min(MAX_IOV);
         let taken = if n == 1 {
             let f = q.pop_front().unwrap_or_default();
-            let len = f.len();
+            let len = Self::charge(&f);
             *self.inflight.borrow_mut() = Inflight::One(f);
             len
         } else {
             let mut b = batch();
             q.take_into(n, &mut b.frames);
-            let len = b.frames.iter().map(Bytes::len).sum();
+            let len = b.frames.iter().map(Self::charge).sum();
             *self.inflight.borrow_mut() = Inflight::Many(b);
             len
         };

@@ -39,6 +39,31 @@ impl TokenBucket {
     }
 }
 
+/// The per-connection budget for client pings (WebSocket ping frames and `ping` messages
+/// together): at most `limit` per one-second window. Separate from the [`TokenBucket`] so
+/// that heartbeats never eat the publish budget; 8 bytes per connection.
+#[derive(Debug, Clone, Default)]
+pub struct PingBudget {
+    /// The window counted in (whole seconds of the shard's clock).
+    second: u32,
+    count: u32,
+}
+
+impl PingBudget {
+    /// Counts one ping in second `second`; false when it is over `limit` (0: no limit).
+    pub fn try_take(&mut self, second: u32, limit: u32) -> bool {
+        if limit == 0 {
+            return true;
+        }
+        if self.second != second {
+            self.second = second;
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        self.count <= limit
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +82,15 @@ mod tests {
         // A long pause refills only up to the burst.
         let t1 = t0 + Duration::from_secs(60);
         assert_eq!((0..1000).filter(|_| b.try_take(t1)).count(), 200);
+    }
+
+    #[test]
+    fn ping_budget_per_second() {
+        let mut p = PingBudget::default();
+        assert!((0..20).all(|_| p.try_take(7, 20)));
+        assert!(!p.try_take(7, 20));
+        assert!(p.try_take(8, 20), "a new second starts a new window");
+        assert!((0..1000).all(|_| p.try_take(9, 0)), "0 means unlimited");
     }
 
     proptest! {

@@ -24,7 +24,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fs::File,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
@@ -186,6 +186,10 @@ pub struct Rx {
     pool: RefCell<Vec<Box<Batch>>>,
     /// The flush list taken by the last flush, kept for its capacity.
     spare: RefCell<Vec<Rc<ConnShared>>>,
+    /// Submissions the kernel could not take yet (see [`enqueue`]); retried first by every
+    /// flush and by the housekeeping tick ([`Rx::retry`]). At most two per connection (its
+    /// armed receive and its one write), so bounded by the shard's connections.
+    backlog: RefCell<VecDeque<squeue::Entry>>,
 }
 
 /// Most idle write batches a shard keeps (about 3 KiB each).
@@ -249,6 +253,7 @@ impl Rx {
             batch: RefCell::new(Vec::with_capacity(256)),
             pool: RefCell::new(Vec::new()),
             spare: RefCell::new(Vec::new()),
+            backlog: RefCell::new(VecDeque::new()),
         })
     }
 
@@ -273,13 +278,8 @@ impl Rx {
         }
         let (id, fd) = (r.id(), r.fd());
         self.readers.borrow_mut().insert(id, r);
-        let mut ring = self.ring.borrow_mut();
-        push(&mut ring, recv_sqe(id, fd));
-        if let Err(e) = ring.submit() {
-            tracing::error!(cause = %e, "io_uring submit failed");
-        }
-        drop(ring);
-        self.flush(shard); // `welcome`
+        self.push(&mut self.ring.borrow_mut(), shard, recv_sqe(id, fd));
+        self.flush(shard); // submits the receive, and writes `welcome`
     }
 
     /// Handles up to [`BUDGET`] completions; returns how many.
@@ -312,7 +312,7 @@ impl Rx {
             let mut rearm = self.rearm.borrow_mut();
             let mut ring = self.ring.borrow_mut();
             for (id, fd) in rearm.drain(..) {
-                push(&mut ring, recv_sqe(id, fd));
+                self.push(&mut ring, shard, recv_sqe(id, fd));
             }
         }
         // Writes started by the handlers, plus re-arms and follow-up writes: one syscall.
@@ -331,6 +331,7 @@ impl Rx {
         };
         let mut ring = self.ring.borrow_mut();
         let counters = shard.counters();
+        retry_backlog(&mut *ring, &mut self.backlog.borrow_mut());
         for c in list.drain(..) {
             c.unlist();
             if c.writable() {
@@ -345,9 +346,29 @@ impl Rx {
         }
         if !ring.submission().is_empty() || overflow {
             // With an overflow this also lets the kernel flush the completions it kept aside.
+            // A failed submit leaves the entries in the submission queue: the next flush or
+            // the housekeeping tick ([`Rx::retry`]) submits them.
             if let Err(e) = ring.submit() {
-                tracing::error!(cause = %e, "io_uring submit failed");
+                ShardCounters::add(&counters.io_submit_errors, 1);
+                tracing::warn!(cause = %e, "io_uring submit failed; retried on the next flush");
             }
+        }
+    }
+
+    /// Called by the housekeeping tick: submits what an earlier failed submit left behind,
+    /// so no connection waits for traffic that may never come.
+    pub fn retry(&self, shard: &Shard) {
+        let stalled =
+            !self.backlog.borrow().is_empty() || !self.ring.borrow_mut().submission().is_empty();
+        if stalled {
+            self.flush(shard);
+        }
+    }
+
+    /// Queues a submission ([`enqueue`]), counting a refused submit.
+    fn push(&self, ring: &mut IoUring, shard: &Shard, sqe: squeue::Entry) {
+        if !enqueue(ring, &mut self.backlog.borrow_mut(), sqe) {
+            ShardCounters::add(&shard.counters().io_submit_errors, 1);
         }
     }
 
@@ -355,7 +376,11 @@ impl Rx {
     fn start_write(&self, ring: &mut IoUring, counters: &ShardCounters, c: Rc<ConnShared>) {
         let n = c.take_frames(|| self.pool.borrow_mut().pop().unwrap_or_default());
         ShardCounters::add(&counters.messages_out, n as u64);
-        submit_write(ring, c);
+        if let Some(sqe) = write_sqe(c) {
+            if !enqueue(ring, &mut self.backlog.borrow_mut(), sqe) {
+                ShardCounters::add(&counters.io_submit_errors, 1);
+            }
+        }
     }
 
     /// A write of the connection `c` completed.
@@ -376,8 +401,8 @@ impl Rx {
             let mut ring = self.ring.borrow_mut();
             if matches!(*c.inflight.borrow(), Inflight::Idle) {
                 self.start_write(&mut ring, shard.counters(), c);
-            } else {
-                submit_write(&mut ring, c); // the unwritten rest of the same frames
+            } else if let Some(sqe) = write_sqe(c) {
+                self.push(&mut ring, shard, sqe); // the unwritten rest of the same frames
             }
         }
     }
@@ -455,16 +480,61 @@ impl Rx {
     }
 }
 
-/// Queues a submission, flushing the queue to the kernel first when it is full.
-fn push(ring: &mut IoUring, sqe: squeue::Entry) {
-    loop {
-        // SAFETY: the entry refers to no user memory (buffers come from the registered ring,
-        // which outlives the request).
-        if unsafe { ring.submission().push(&sqe) }.is_ok() {
-            return;
+/// A submission queue as [`enqueue`] sees it (the ring, or a test double).
+trait SubmissionQueue {
+    /// Puts an entry in the queue; false when the queue is full.
+    fn try_push(&mut self, sqe: &squeue::Entry) -> bool;
+    /// Hands the queued entries to the kernel.
+    fn submit(&mut self) -> io::Result<usize>;
+}
+
+impl SubmissionQueue for IoUring {
+    fn try_push(&mut self, sqe: &squeue::Entry) -> bool {
+        // SAFETY: every entry made here refers to memory that outlives the request: receive
+        // buffers come from the registered ring (which outlives the ring itself), and a
+        // write's frames and iovecs are owned by the connection that its `user_data` keeps
+        // alive until the completion.
+        unsafe { self.submission().push(sqe) }.is_ok()
+    }
+
+    fn submit(&mut self) -> io::Result<usize> {
+        IoUring::submit(self)
+    }
+}
+
+/// Queues a submission, handing the full queue to the kernel first when needed. If the
+/// kernel refuses (`io_uring_enter` failed), or entries are already waiting, the entry goes
+/// to `backlog` instead, which [`retry_backlog`] empties first at the next flush: an entry
+/// is never dropped, because each one is a connection's armed receive or its one write in
+/// flight, and losing it would leave that connection stuck. Returns false when the entry
+/// went to the backlog.
+fn enqueue(
+    sq: &mut impl SubmissionQueue,
+    backlog: &mut VecDeque<squeue::Entry>,
+    sqe: squeue::Entry,
+) -> bool {
+    if backlog.is_empty() {
+        loop {
+            if sq.try_push(&sqe) {
+                return true;
+            }
+            if let Err(e) = sq.submit() {
+                tracing::warn!(cause = %e, "io_uring submit failed; entry kept for the next flush");
+                break;
+            }
         }
-        if let Err(e) = ring.submit() {
-            tracing::error!(cause = %e, "io_uring submit failed");
+    }
+    backlog.push_back(sqe);
+    false
+}
+
+/// Moves backlogged entries into the submission queue, oldest first, submitting when it is
+/// full; stops (keeping the rest) if the kernel refuses again.
+fn retry_backlog(sq: &mut impl SubmissionQueue, backlog: &mut VecDeque<squeue::Entry>) {
+    while let Some(sqe) = backlog.front() {
+        if sq.try_push(sqe) {
+            backlog.pop_front();
+        } else if sq.submit().is_err() {
             return;
         }
     }
@@ -476,13 +546,13 @@ fn recv_sqe(id: u64, fd: RawFd) -> squeue::Entry {
         .user_data(recv_data(id))
 }
 
-/// Queues the submission of the connection's in-flight write. The write holds a reference
-/// to the connection (its `user_data`) until it completes, so the socket and the frames
-/// outlive the kernel's use of them.
-fn submit_write(ring: &mut IoUring, c: Rc<ConnShared>) {
+/// The submission of the connection's in-flight write (none when nothing is in flight). The
+/// write holds a reference to the connection (its `user_data`) until it completes, so the
+/// socket and the frames outlive the kernel's use of them.
+fn write_sqe(c: Rc<ConnShared>) -> Option<squeue::Entry> {
     let fd = types::Fd(c.stream.as_raw_fd());
     let sqe = match &mut *c.inflight.borrow_mut() {
-        Inflight::Idle => return,
+        Inflight::Idle => return None,
         Inflight::One(f) => opcode::Send::new(fd, f.as_ptr(), f.len() as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build(),
@@ -497,7 +567,7 @@ fn submit_write(ring: &mut IoUring, c: Rc<ConnShared>) {
     };
     let data = Rc::into_raw(c) as u64;
     debug_assert_eq!(data & WRITE_TAG, 0);
-    push(ring, sqe.user_data(data | WRITE_TAG));
+    Some(sqe.user_data(data | WRITE_TAG))
 }
 
 /// The shard's flusher: starts the writes of connections that got frames from anywhere
@@ -548,5 +618,77 @@ pub async fn run(shard: Rc<Shard>) {
         while rx.drain(&shard) >= BUDGET || rx.pending() {
             tokio::task::yield_now().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A submission queue of `room` slots whose submits fail while `refuse` is set.
+    struct Flaky {
+        queued: Vec<u64>,
+        room: usize,
+        refuse: bool,
+        submitted: Vec<u64>,
+    }
+
+    impl SubmissionQueue for Flaky {
+        fn try_push(&mut self, sqe: &squeue::Entry) -> bool {
+            if self.queued.len() == self.room {
+                return false;
+            }
+            self.queued.push(sqe.get_user_data());
+            true
+        }
+        fn submit(&mut self) -> io::Result<usize> {
+            if self.refuse {
+                return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+            }
+            let n = self.queued.len();
+            self.submitted.append(&mut self.queued);
+            Ok(n)
+        }
+    }
+
+    fn nop(data: u64) -> squeue::Entry {
+        opcode::Nop::new().build().user_data(data)
+    }
+
+    #[test]
+    fn refused_submissions_are_kept_and_retried_in_order() {
+        let mut sq = Flaky {
+            queued: vec![],
+            room: 2,
+            refuse: false,
+            submitted: vec![],
+        };
+        let mut backlog = VecDeque::new();
+        for i in 0..3 {
+            assert!(enqueue(&mut sq, &mut backlog, nop(i)));
+        }
+        assert_eq!(
+            sq.submitted,
+            [0, 1],
+            "a full queue is submitted, not dropped"
+        );
+        sq.refuse = true;
+        assert!(enqueue(&mut sq, &mut backlog, nop(3)));
+        assert!(
+            !enqueue(&mut sq, &mut backlog, nop(4)),
+            "refused: backlogged"
+        );
+        assert!(
+            !enqueue(&mut sq, &mut backlog, nop(5)),
+            "kept behind the backlog"
+        );
+        assert_eq!(backlog.len(), 2);
+        retry_backlog(&mut sq, &mut backlog);
+        assert_eq!(backlog.len(), 2, "still refused: nothing lost");
+        sq.refuse = false;
+        retry_backlog(&mut sq, &mut backlog);
+        sq.submit().unwrap();
+        assert!(backlog.is_empty());
+        assert_eq!(sq.submitted, [0, 1, 2, 3, 4, 5]);
     }
 }
