@@ -15,7 +15,7 @@ use clap::Parser;
 use mimalloc::MiMalloc;
 use ringcast::{
     auth::{
-        keys::{generate_dev_app, AppConfig, SecretKeyConfig},
+        keys::{default_secret_actions, generate_dev_app, AppConfig, SecretKeyConfig},
         Authenticator, MintRequest,
     },
     config::{Cli, Command, FileConfig, RunArgs, Settings, TokenArgs},
@@ -215,12 +215,7 @@ fn token(args: TokenArgs) -> Result<()> {
                     id,
                     secret: secret.clone(),
                     channel_patterns: vec!["**".into()],
-                    actions: vec![
-                        "publish".into(),
-                        "subscribe".into(),
-                        "presence".into(),
-                        "send".into(),
-                    ],
+                    actions: default_secret_actions(),
                 }],
                 publishable_keys: vec![],
             }]
