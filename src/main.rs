@@ -59,6 +59,22 @@ fn run(args: RunArgs) -> Result<()> {
     let dev = settings.apps.is_empty();
     if dev {
         settings.apps.push(generate_dev_app());
+        if settings.dev_public {
+            tracing::warn!(
+                listen = %settings.listen,
+                rest_listen = %settings.rest_listen,
+                "--dev-public: the development app (its secret key is printed below) may be \
+                 reachable from other machines"
+            );
+        }
+    }
+    if settings.limits.echo {
+        // `Settings::resolve` already refused a non-loopback address.
+        tracing::warn!(
+            listen = %settings.listen,
+            "CONFORMANCE ECHO PROFILE (--echo): NO AUTHENTICATION, every message is echoed \
+             back; for the Autobahn testsuite only, never in production"
+        );
     }
     let auth = Arc::new(Authenticator::new(&settings.apps).map_err(anyhow::Error::msg)?);
     let mesh = Arc::new(Mesh::new(settings.shards).context("creating the shard mesh")?);
