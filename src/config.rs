@@ -150,6 +150,11 @@ pub struct RunArgs {
     /// disables [default: 67108864].
     #[arg(long, env = "RINGCAST_MAX_CROSS_SHARD_BYTES")]
     pub max_cross_shard_bytes: Option<usize>,
+    /// Development mode (no apps configured) on a non-loopback `listen` or `rest_listen`:
+    /// without this flag such a start is refused, since the generated key is printed and
+    /// anyone who reaches the broker can use it [default: false].
+    #[arg(long, env = "RINGCAST_DEV_PUBLIC", num_args = 0..=1, default_missing_value = "true")]
+    pub dev_public: Option<bool>,
 }
 
 /// Options of `ringcast token`.
@@ -214,18 +219,80 @@ pub struct FileConfig {
     echo: Option<bool>,
     max_pings_per_sec: Option<u32>,
     max_cross_shard_bytes: Option<usize>,
+    dev_public: Option<bool>,
     /// Tenants.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
 }
 
 impl FileConfig {
-    /// Reads and parses a TOML config file.
+    /// Reads and parses a TOML config file. Errors give the line and column and toml's
+    /// message, never the offending line itself, and every string value of the file is
+    /// blanked out of the message: a config holds secrets, and start-up errors end up in
+    /// logs.
     pub fn load(path: &std::path::Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("invalid config {}: {e}", path.display()))
+        let invalid = |e: toml::de::Error, strings: &[String]| {
+            format!(
+                "invalid config {}{}: {}",
+                path.display(),
+                location(&text, e.span()),
+                redact(e.message(), strings)
+            )
+        };
+        let table: toml::Table = text.parse().map_err(|e| invalid(e, &[]))?;
+        let mut strings = Vec::new();
+        collect_strings(&toml::Value::Table(table), &mut strings);
+        toml::from_str(&text).map_err(|e| invalid(e, &strings))
     }
+}
+
+/// `", line L, column C"` (1-based) of the start of `span` in `text`; empty without a span.
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(at) = span.map(|s| s.start.min(text.len())) else {
+        return String::new();
+    };
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!(", line {line}, column {column}")
+}
+
+/// Every string value in `v` (not the keys), recursively.
+fn collect_strings(v: &toml::Value, out: &mut Vec<String>) {
+    match v {
+        toml::Value::String(s) => out.push(s.clone()),
+        toml::Value::Array(items) => items.iter().for_each(|i| collect_strings(i, out)),
+        toml::Value::Table(t) => t.values().for_each(|i| collect_strings(i, out)),
+        _ => {}
+    }
+}
+
+/// `message` with each of `strings` blanked where serde quotes a value (`"…"` as Debug, or
+/// in backticks), and anything from `sk_secret_` up to the next quote or space blanked too.
+fn redact(message: &str, strings: &[String]) -> String {
+    const BLANK: &str = "<redacted>";
+    let mut m = message.to_owned();
+    for s in strings.iter().filter(|s| !s.is_empty()) {
+        m = m
+            .replace(&format!("{s:?}"), &format!("\"{BLANK}\""))
+            .replace(&format!("`{s}`"), &format!("`{BLANK}`"));
+    }
+    let prefix = crate::auth::keys::SECRET_PREFIX;
+    let mut out = String::with_capacity(m.len());
+    let mut rest = m.as_str();
+    while let Some(at) = rest.find(prefix) {
+        out.push_str(&rest[..at + prefix.len()]);
+        rest = &rest[at + prefix.len()..];
+        let end = rest
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '`' | '\'' | ','))
+            .unwrap_or(rest.len());
+        out.push_str(BLANK);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Per-connection and per-shard limits, all resolved. Shared read-only by every shard.
@@ -292,6 +359,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Tenants; empty means "generate a development app".
     pub apps: Vec<AppConfig>,
+    /// Development mode may listen on non-loopback addresses.
+    pub dev_public: bool,
 }
 
 impl Settings {
@@ -340,6 +409,7 @@ impl Settings {
             placement: pick!(placement, Placement::Pinned),
             limits,
             apps: file.apps,
+            dev_public: pick!(dev_public, false),
         };
         s.validate()?;
         Ok(s)
@@ -409,6 +479,130 @@ impl Settings {
             l.recv_buffers as usize * l.read_buffer_size <= 1 << 30,
             "recv_buffers * read_buffer_size must be at most 1 GiB",
         )?;
+        self.check_exposure()
+    }
+
+    /// Safe defaults (docs/hardening.md, Hardening II item 7): the echo profile (no
+    /// authentication) only on a loopback `listen`; development mode (no apps, a generated
+    /// key printed at start) only on loopback `listen` and `rest_listen` unless `dev_public`.
+    fn check_exposure(&self) -> Result<(), String> {
+        let loopback = |a: &SocketAddr| a.ip().to_canonical().is_loopback();
+        if self.limits.echo && !loopback(&self.listen) {
+            return Err(format!(
+                "refusing to start: the conformance echo profile (--echo) has no \
+                 authentication and may only listen on a loopback address, not {}",
+                self.listen
+            ));
+        }
+        if self.apps.is_empty() && !self.dev_public {
+            for (name, addr) in [("listen", &self.listen), ("rest_listen", &self.rest_listen)] {
+                if !loopback(addr) {
+                    return Err(format!(
+                        "refusing to start: development mode (no apps configured) prints its \
+                         generated secret key and may only listen on loopback addresses, but \
+                         {name} is {addr}; configure apps (docs/configuration.md), or pass \
+                         --dev-public to expose the development app anyway"
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "sk_secret_do-not-print-me-0123456789abcdef";
+
+    fn load(text: &str) -> Result<FileConfig, String> {
+        let dir = std::env::temp_dir().join(format!("ringcast-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("{n}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let r = FileConfig::load(&path);
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    #[test]
+    fn parse_errors_never_echo_strings_of_the_file() {
+        let key = |v: &str| {
+            format!("[[apps]]\nid = \"a\"\n[[apps.secret_keys]]\nid = \"sk_id_1\"\n{v}\n")
+        };
+        for (text, line) in [
+            // Syntax errors on the secret's line (unterminated, stray text, bad escape).
+            (key(&format!("secret = \"{SECRET}")), 5),
+            (key(&format!("secret = \"{SECRET}\" x")), 5),
+            (key(&format!("secret = \"{SECRET}\\q\"")), 5),
+            (key(&format!("secret = {SECRET}")), 5),
+            // Type errors quoting the value.
+            (format!("max_message_size = \"{SECRET}\"\n"), 1),
+            (format!("rate_limit_action = \"{SECRET}\"\n"), 1),
+            (format!("placement = \"{SECRET}\"\n"), 1),
+            (key(&format!("secret = \"x\"\nactions = \"{SECRET}\"")), 6),
+            (format!("{SECRET} = 1\n"), 1),
+        ] {
+            let e = load(&text).map(|_| ()).expect_err(&text);
+            assert!(!e.contains("do-not-print-me"), "{e}");
+            assert!(e.contains(&format!("line {line}")), "{e}");
+        }
+        // Other messages stay useful.
+        let e = load("lisen = \"127.0.0.1:1\"\n")
+            .map(|_| ())
+            .expect_err("unknown key");
+        assert!(e.contains("lisen") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn redact_blanks_quoted_values_and_secret_tokens() {
+        let strings = vec!["fast".to_owned(), SECRET.to_owned()];
+        assert_eq!(
+            redact(
+                "unknown variant `fast`, expected `close` or `error`",
+                &strings
+            ),
+            "unknown variant `<redacted>`, expected `close` or `error`"
+        );
+        assert_eq!(
+            redact(
+                &format!("invalid type: string {SECRET:?}, expected u32"),
+                &strings
+            ),
+            "invalid type: string \"<redacted>\", expected u32"
+        );
+        assert_eq!(
+            redact("x sk_secret_abc y sk_secret_", &[]),
+            "x sk_secret_<redacted> y sk_secret_<redacted>"
+        );
+        assert_eq!(location("a\nbc\nd", Some(4..5)), ", line 2, column 3");
+        assert_eq!(location("a", None), "");
+    }
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        let cli = Cli::try_parse_from(std::iter::once("ringcast").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Settings::resolve(&cli.run)
+    }
+
+    #[test]
+    fn echo_and_development_mode_stay_on_loopback() {
+        assert!(settings(&["--echo"]).is_ok());
+        assert!(settings(&["--echo", "--listen", "[::1]:0"]).is_ok());
+        let e = settings(&["--echo", "--listen", "0.0.0.0:0", "--dev-public"]).unwrap_err();
+        assert!(e.contains("--echo") && e.contains("0.0.0.0:0"), "{e}");
+        let e = settings(&["--listen", "0.0.0.0:0"]).unwrap_err();
+        assert!(
+            e.contains("development mode") && e.contains("listen is 0.0.0.0:0"),
+            "{e}"
+        );
+        let e = settings(&["--rest-listen", "[::]:0"]).unwrap_err();
+        assert!(e.contains("rest_listen is [::]:0"), "{e}");
+        assert!(settings(&["--listen", "0.0.0.0:0", "--dev-public"]).is_ok());
+        assert!(settings(&["--listen", "[::ffff:127.0.0.1]:0"]).is_ok());
+        assert!(settings(&["--listen", "127.0.0.2:0"]).is_ok());
     }
 }

@@ -15,7 +15,7 @@ use clap::Parser;
 use mimalloc::MiMalloc;
 use ringcast::{
     auth::{
-        keys::{generate_dev_app, AppConfig, SecretKeyConfig},
+        keys::{default_secret_actions, generate_dev_app, AppConfig, SecretKeyConfig},
         Authenticator, MintRequest,
     },
     config::{Cli, Command, FileConfig, RunArgs, Settings, TokenArgs},
@@ -59,6 +59,22 @@ fn run(args: RunArgs) -> Result<()> {
     let dev = settings.apps.is_empty();
     if dev {
         settings.apps.push(generate_dev_app());
+        if settings.dev_public {
+            tracing::warn!(
+                listen = %settings.listen,
+                rest_listen = %settings.rest_listen,
+                "--dev-public: the development app (its secret key is printed below) may be \
+                 reachable from other machines"
+            );
+        }
+    }
+    if settings.limits.echo {
+        // `Settings::resolve` already refused a non-loopback address.
+        tracing::warn!(
+            listen = %settings.listen,
+            "CONFORMANCE ECHO PROFILE (--echo): NO AUTHENTICATION, every message is echoed \
+             back; for the Autobahn testsuite only, never in production"
+        );
     }
     let auth = Arc::new(Authenticator::new(&settings.apps).map_err(anyhow::Error::msg)?);
     let mesh = Arc::new(
@@ -263,12 +279,7 @@ fn token(args: TokenArgs) -> Result<()> {
                     id,
                     secret: secret.clone(),
                     channel_patterns: vec!["**".into()],
-                    actions: vec![
-                        "publish".into(),
-                        "subscribe".into(),
-                        "presence".into(),
-                        "send".into(),
-                    ],
+                    actions: default_secret_actions(),
                 }],
                 publishable_keys: vec![],
             }]

@@ -58,6 +58,9 @@ ROOM_SECRET = "sk_secret_room_0123456789abcdefghijklmnopq"
 # Same app, secret key without the `send` action.
 NOSEND_KEY_ID = "sk_id_nosend1"
 NOSEND_SECRET = "sk_secret_nosend_0123456789abcdefghijklm"
+# Same app, secret key with the four connection actions but not `admin` (no kick, no usage).
+NOADMIN_KEY_ID = "sk_id_noadmin1"
+NOADMIN_SECRET = "sk_secret_noadmin_0123456789abcdefghijkl"
 # Publishable keys of app "test".
 PK = "pk_live_test1"  # public/**, origin https://good.example only
 PK_ANY = "pk_live_anyorigin1"  # public/**, any origin
@@ -74,7 +77,7 @@ max_connections = 1000
 id = "{KEY_ID}"
 secret = "{SECRET}"
 channel_patterns = ["**"]
-actions = ["publish", "subscribe", "presence", "send"]
+actions = ["publish", "subscribe", "presence", "send", "admin"]
 [[apps.secret_keys]]
 id = "{ROOM_KEY_ID}"
 secret = "{ROOM_SECRET}"
@@ -83,6 +86,10 @@ channel_patterns = ["room/*"]
 id = "{NOSEND_KEY_ID}"
 secret = "{NOSEND_SECRET}"
 actions = ["publish", "subscribe", "presence"]
+[[apps.secret_keys]]
+id = "{NOADMIN_KEY_ID}"
+secret = "{NOADMIN_SECRET}"
+actions = ["publish", "subscribe", "presence", "send"]
 [[apps.publishable_keys]]
 key = "{PK}"
 channel_patterns = ["public/**"]

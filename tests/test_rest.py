@@ -512,3 +512,29 @@ def test_openapi_document_matches_the_running_broker(rb, tmp_path):
     assert p.returncode == 0, out[-6000:]
     assert " passed" in out, out[-2000:]
     assert rb.alive()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardening II 8c: `data` with a lone surrogate escape
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rest_publish_refuses_lone_surrogates_in_data_like_the_websocket_path(rb):
+    ch = chan("rest/surrogate")
+    sub = rb.connect(mint("r-surrogate"))
+    sub.subscribe(ch)
+    for data in [r'"\ud800"', r'"\udc00"', r'{"a":["ok","\ud800\u0041"]}', r'"x\ud83d"', r'["\ude00\ud83d"]']:
+        body = '{"from":"b","data":%s}' % data
+        r = rest_request(rb, "POST", publish_path(ch), raw=body.encode(), headers={"Content-Type": "application/json"})
+        assert_error(r, 400, "invalid_request")
+        assert "surrogate" in r.json["message"], r.json
+        # The WebSocket path refuses the same data.
+        sub.send_text('{"type":"publish","channel":%s,"requestId":"s1","data":%s}' % (json.dumps(ch), data))
+        m = sub.expect_type("error")
+        assert m["code"] == "malformed_message", (data, m)
+    # A proper surrogate pair, and an escaped backslash before "ud800", are valid and delivered.
+    for data, want in [(r'"\ud83d\ude00"', "\U0001F600"), (r'"\\ud800"', "\\ud800")]:
+        r = rest_request(rb, "POST", publish_path(ch), raw=('{"data":%s}' % data).encode())
+        assert r.status == 200, r
+        assert sub.expect_type("message", skip=True)["data"] == want
+    sub.no_message_within(0.2)

@@ -151,7 +151,7 @@ pub fn glob_match(data: &[u8]) {
 }
 
 pub const FUZZ_KID: &str = "sk_id_fuzz";
-pub const FUZZ_SECRET: &str = "sk_secret_fuzz0123456789abcdef";
+pub const FUZZ_SECRET: &str = "sk_secret_fuzz0123456789abcdef0123456789";
 /// A fixed "now" (unix seconds) for token checks.
 pub const NOW: u64 = 1_700_000_000;
 
@@ -170,7 +170,7 @@ fn authenticator() -> &'static Authenticator {
                 },
                 SecretKeyConfig {
                     id: "sk_id_all".into(),
-                    secret: "sk_secret_all0123456789".into(),
+                    secret: "sk_secret_all0123456789abcdef0123456789".into(),
                     channel_patterns: vec!["**".into()],
                     actions: vec![
                         "publish".into(),

@@ -33,10 +33,40 @@ pub fn is_valid_peer_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_PEER_ID_LEN && s.bytes().all(|b| (0x21..=0x7E).contains(&b))
 }
 
-/// The REST error code of a [`super::Authenticator::mint`] error (`"<code>: <text>"`).
-pub fn mint_error_code(err: &str) -> &str {
-    err.split_once(':')
-        .map_or("invalid_request", |(code, _)| code)
+/// Furthest in the future a token's `exp` may lie: 10 years (3650 days). A later `exp` (or
+/// one no clock can represent, e.g. 1e19 or 2^64) is refused as invalid (4001) rather than
+/// honoured: no legitimate token lives that long, and deadlines that far out overflow
+/// `SystemTime`/`Instant` arithmetic.
+pub const MAX_EXP_HORIZON_SEC: u64 = 3650 * 86_400;
+
+/// Why [`super::Authenticator::mint`] refused; each variant is one REST answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MintError {
+    /// 400 `invalid_request`: the request itself is wrong.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 403 `channel_not_authorized`: a channel outside the key's patterns.
+    #[error("{0}")]
+    ChannelNotAuthorized(String),
+    /// 403 `action_not_permitted`: a permission the key lacks.
+    #[error("{0}")]
+    ActionNotPermitted(String),
+    /// The signature could not be made (500 `internal_error`; not expected to happen).
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+impl MintError {
+    /// The REST error code: `invalid_request`, `channel_not_authorized`,
+    /// `action_not_permitted` or `internal_error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            MintError::InvalidRequest(_) => "invalid_request",
+            MintError::ChannelNotAuthorized(_) => "channel_not_authorized",
+            MintError::ActionNotPermitted(_) => "action_not_permitted",
+            MintError::Signing(_) => "internal_error",
+        }
+    }
 }
 
 /// Invalid-token shorthand.
@@ -109,7 +139,8 @@ fn within_key(key: &SecretKey, patterns: &[Pattern]) -> bool {
 /// Verifies a token and builds the peer's identity.
 ///
 /// Order: length cap → header (`alg` must be HS256) → `kid` lookup → signature → `exp`
-/// (missing/malformed → Invalid, `now >= exp` → Expired) → `nbf` (`nbf > now` → Invalid) →
+/// (missing/malformed → Invalid, `now >= exp` → Expired, more than [`MAX_EXP_HORIZON_SEC`]
+/// ahead → Invalid) → `nbf` (`nbf > now` → Invalid) →
 /// `sub`, `permissions`, `channels`, `metadata`, `peerMetadata` formats (→ Invalid) →
 /// `channels` within the key's patterns (→ ChannelsNotAuthorized).
 pub(crate) fn verify(store: &KeyStore, token: &str, now: u64) -> Result<Identity, AuthError> {
@@ -145,6 +176,9 @@ pub(crate) fn verify(store: &KeyStore, token: &str, now: u64) -> Result<Identity
     if now >= exp {
         return Err(AuthError::Expired);
     }
+    if exp - now > MAX_EXP_HORIZON_SEC {
+        return Err(invalid("exp too far in the future"));
+    }
     let nbf = numeric_date(&claims, "nbf").map_err(|()| invalid("malformed nbf"))?;
     if nbf.is_some_and(|nbf| nbf > now) {
         return Err(invalid("token not yet valid"));
@@ -156,6 +190,8 @@ pub(crate) fn verify(store: &KeyStore, token: &str, now: u64) -> Result<Identity
         None => return Err(invalid("missing sub")),
     };
 
+    // `admin` never reaches a connection: it is dropped from the key's actions and from a
+    // `permissions` claim (which only a hand-made token can carry; `mint` refuses it).
     let actions = match string_list(&claims, "permissions", MAX_PERMISSIONS_CLAIM)
         .map_err(|()| invalid("invalid permissions"))?
     {
@@ -163,7 +199,8 @@ pub(crate) fn verify(store: &KeyStore, token: &str, now: u64) -> Result<Identity
         Some(names) => Actions::parse_list(&names)
             .map_err(|_| invalid("invalid permissions"))?
             .intersection(key.actions),
-    };
+    }
+    .intersection(Actions::CONNECTION);
 
     let channels: Option<Arc<[Pattern]>> =
         match string_list(&claims, "channels", MAX_CHANNELS_CLAIM)
@@ -218,66 +255,74 @@ struct MintClaims<'a> {
 }
 
 /// Validates a mint request against the key and signs the token. See
-/// [`super::Authenticator::mint`] for the error format.
+/// [`super::Authenticator::mint`] for the errors.
 pub(crate) fn mint(
     store: &KeyStore,
     key_id: &str,
     req: &MintRequest,
     now: u64,
-) -> Result<(String, u64), String> {
+) -> Result<(String, u64), MintError> {
+    use MintError::{ActionNotPermitted, ChannelNotAuthorized, InvalidRequest};
     let key = store
         .secret_key(key_id)
-        .ok_or_else(|| "invalid_request: unknown key id".to_owned())?;
+        .ok_or_else(|| InvalidRequest("unknown key id".to_owned()))?;
     if !is_valid_peer_id(&req.peer_id) {
-        return Err("invalid_request: peerId must be 1-128 bytes of printable ASCII".to_owned());
+        return Err(InvalidRequest(
+            "peerId must be 1-128 bytes of printable ASCII".to_owned(),
+        ));
     }
     if req.expires_in_sec == 0 || req.expires_in_sec > MAX_EXPIRES_IN_SEC {
-        return Err(format!(
-            "invalid_request: expiresInSec must be 1..={MAX_EXPIRES_IN_SEC}"
-        ));
+        return Err(InvalidRequest(format!(
+            "expiresInSec must be 1..={MAX_EXPIRES_IN_SEC}"
+        )));
     }
     if let Some(channels) = &req.channels {
         if channels.len() > MAX_CHANNELS_CLAIM {
-            return Err(format!(
-                "invalid_request: at most {MAX_CHANNELS_CLAIM} channels"
-            ));
+            return Err(InvalidRequest(format!(
+                "at most {MAX_CHANNELS_CLAIM} channels"
+            )));
         }
         let patterns = channels
             .iter()
-            .map(|c| Pattern::parse(c).map_err(|e| format!("invalid_request: channel {c:?}: {e}")))
+            .map(|c| Pattern::parse(c).map_err(|e| InvalidRequest(format!("channel {c:?}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(bad) = patterns
             .iter()
             .find(|p| !key.patterns.iter().any(|k| pattern_within(p, k)))
         {
-            return Err(format!(
-                "channel_not_authorized: channel {:?} is outside the key's channel patterns",
+            return Err(ChannelNotAuthorized(format!(
+                "channel {:?} is outside the key's channel patterns",
                 bad.as_str()
-            ));
+            )));
         }
     }
     let permissions = match &req.permissions {
         None => None,
         Some(list) => {
             if list.len() > MAX_PERMISSIONS_CLAIM {
-                return Err(format!(
-                    "invalid_request: at most {MAX_PERMISSIONS_CLAIM} permissions"
+                return Err(InvalidRequest(format!(
+                    "at most {MAX_PERMISSIONS_CLAIM} permissions"
+                )));
+            }
+            let actions = Actions::parse_list(list).map_err(InvalidRequest)?;
+            if actions.contains(Actions::ADMIN) {
+                return Err(InvalidRequest(
+                    "admin is a key action for the REST API, not a token permission".to_owned(),
                 ));
             }
-            let actions = Actions::parse_list(list).map_err(|e| format!("invalid_request: {e}"))?;
             if !key.actions.contains(actions) {
-                return Err(format!(
-                    "action_not_permitted: the key only allows [{}]",
-                    key.actions
-                ));
+                return Err(ActionNotPermitted(format!(
+                    "the key only allows [{}]",
+                    key.actions.intersection(Actions::CONNECTION)
+                )));
             }
             Some(actions.names())
         }
     };
     object_json(req.metadata.as_ref(), MAX_METADATA_LEN)
-        .map_err(|e| format!("invalid_request: metadata {e} (object, max 8 KiB)"))?;
+        .map_err(|e| InvalidRequest(format!("metadata {e} (object, max 8 KiB)")))?;
     object_json(req.peer_metadata.as_ref(), MAX_PEER_METADATA_LEN)
-        .map_err(|e| format!("invalid_request: peerMetadata {e} (object, max 4 KiB)"))?;
+        .map_err(|e| InvalidRequest(format!("peerMetadata {e} (object, max 4 KiB)")))?;
 
     let exp = now.saturating_add(req.expires_in_sec);
     let claims = MintClaims {
@@ -291,12 +336,12 @@ pub(crate) fn mint(
     };
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(key_id.to_owned());
-    let jwt = encode(&header, &claims, &key.encoding)
-        .map_err(|e| format!("internal_error: signing failed: {e}"))?;
+    let jwt =
+        encode(&header, &claims, &key.encoding).map_err(|e| MintError::Signing(e.to_string()))?;
     if jwt.len() > MAX_TOKEN_LEN {
-        return Err(format!(
-            "invalid_request: token would exceed {MAX_TOKEN_LEN} bytes"
-        ));
+        return Err(InvalidRequest(format!(
+            "token would exceed {MAX_TOKEN_LEN} bytes"
+        )));
     }
     Ok((jwt, exp))
 }

@@ -21,6 +21,13 @@ pub const PUBLISHABLE_KEY_PREFIX: &str = "pk_live_";
 pub const MAX_KEY_LEN: usize = 256;
 /// Maximum number of channel patterns on one key.
 pub const MAX_KEY_PATTERNS: usize = 1000;
+/// Shortest accepted secret, in bytes of the whole secret string (the HS256 key): RFC 7518
+/// section 3.2 requires an HMAC key of at least the hash size, 256 bits.
+pub const MIN_SECRET_LEN: usize = 32;
+/// The secrets shown as examples in the documentation (README.md, docs/). Anyone can read
+/// them, so a config that copies one verbatim is refused at start. Keep this list in step
+/// with the docs: the unit test `doc_example_secrets_are_listed` greps them for `sk_secret_`.
+pub const DOC_EXAMPLE_SECRETS: &[&str] = &["sk_secret_change-me-to-32-random-characters"];
 
 /// One tenant: its name, optional connection cap and keys.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -50,7 +57,7 @@ pub struct SecretKeyConfig {
     /// Channel patterns (glob syntax); default `["**"]`.
     #[serde(default = "default_all_patterns")]
     pub channel_patterns: Vec<String>,
-    /// Allowed actions; default all four.
+    /// Allowed actions; default all five (publish, subscribe, presence, send, admin).
     #[serde(default = "default_secret_actions")]
     pub actions: Vec<String>,
 }
@@ -74,7 +81,7 @@ pub struct PublishableKeyConfig {
     pub key: String,
     /// Channel patterns (glob syntax); required.
     pub channel_patterns: Vec<String>,
-    /// Allowed actions; default publish, subscribe, presence.
+    /// Allowed actions; default publish, subscribe, presence (`admin` is refused).
     #[serde(default = "default_publishable_actions")]
     pub actions: Vec<String>,
     /// Allowed `Origin` header values (exact match; `"*"` = any, even absent). Empty = no check.
@@ -86,8 +93,9 @@ fn default_all_patterns() -> Vec<String> {
     vec!["**".to_owned()]
 }
 
-fn default_secret_actions() -> Vec<String> {
-    ["publish", "subscribe", "presence", "send"]
+/// The actions of a secret key that does not configure `actions`: all five.
+pub fn default_secret_actions() -> Vec<String> {
+    ["publish", "subscribe", "presence", "send", "admin"]
         .map(str::to_owned)
         .to_vec()
 }
@@ -108,7 +116,8 @@ fn random_alnum(len: usize) -> String {
 }
 
 /// The embedded default app: id `"dev"`, one secret key `sk_id_<16 alnum>` /
-/// `sk_secret_<32 alnum>` (fresh random values on every call), patterns `["**"]`, all actions.
+/// `sk_secret_<32 alnum>` (fresh random values on every call), patterns `["**"]`, all five
+/// actions.
 pub fn generate_dev_app() -> AppConfig {
     AppConfig {
         id: "dev".to_owned(),
@@ -177,6 +186,25 @@ fn check_key_text(what: &str, s: &str, prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuses a secret shorter than [`MIN_SECRET_LEN`] or copied from the documentation
+/// ([`DOC_EXAMPLE_SECRETS`]). The error names the key (`what`), never the secret.
+fn check_secret_strength(what: &str, secret: &str) -> Result<(), String> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(format!(
+            "{what} secret is {} bytes; at least {MIN_SECRET_LEN} are required \
+             (e.g. sk_secret_ followed by 32 random characters)",
+            secret.len()
+        ));
+    }
+    if DOC_EXAMPLE_SECRETS.contains(&secret) {
+        return Err(format!(
+            "{what} secret is the documentation's example secret; generate your own \
+             (e.g. sk_secret_ followed by 32 random characters)"
+        ));
+    }
+    Ok(())
+}
+
 /// Parses a key's pattern list.
 fn compile_patterns(what: &str, patterns: &[String]) -> Result<Arc<[Pattern]>, String> {
     if patterns.len() > MAX_KEY_PATTERNS {
@@ -224,7 +252,9 @@ impl KeyStore {
                 if sk.id.contains(':') {
                     return Err(format!("{what} id must not contain ':'"));
                 }
+                let what = format!("{what} ({:?})", sk.id);
                 check_key_text(&format!("{what} secret"), &sk.secret, SECRET_PREFIX)?;
+                check_secret_strength(&what, &sk.secret)?;
                 let actions =
                     Actions::parse_list(&sk.actions).map_err(|e| format!("{what}: {e}"))?;
                 let patterns = compile_patterns(&what, &sk.channel_patterns)?;
@@ -252,6 +282,11 @@ impl KeyStore {
                 check_key_text(&what, &pk.key, PUBLISHABLE_KEY_PREFIX)?;
                 let actions =
                     Actions::parse_list(&pk.actions).map_err(|e| format!("{what}: {e}"))?;
+                if actions.contains(Actions::ADMIN) {
+                    return Err(format!(
+                        "{what}: the admin action is for secret keys only (REST API)"
+                    ));
+                }
                 let patterns = compile_patterns(&what, &pk.channel_patterns)?;
                 if pk.allowed_origins.iter().any(|o| o.is_empty()) {
                     return Err(format!("{what}: empty allowed origin"));
@@ -324,6 +359,10 @@ mod tests {
         }
     }
 
+    /// Long enough to pass the strength check.
+    const S1: &str = "sk_secret_0123456789abcdef0123456789abcdef";
+    const S2: &str = "sk_secret_fedcba9876543210fedcba9876543210";
+
     fn build_err(apps: &[AppConfig]) -> String {
         match KeyStore::build(apps) {
             Ok(_) => panic!("expected an error"),
@@ -343,7 +382,7 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_alphanumeric()));
         assert_eq!(k.channel_patterns, vec!["**"]);
-        assert_eq!(k.actions.len(), 4);
+        assert_eq!(k.actions.len(), 5);
         assert_ne!(a.secret_keys[0].secret, b.secret_keys[0].secret);
         let store = KeyStore::build(std::slice::from_ref(&a)).expect("dev app valid");
         assert_eq!(
@@ -362,7 +401,8 @@ mod tests {
             "publishable_keys":[{"key":"pk_live_1","channel_patterns":["pub/*"]}]}"#;
         let cfg: AppConfig = serde_json::from_str(json).expect("parses");
         assert_eq!(cfg.secret_keys[0].channel_patterns, vec!["**"]);
-        assert_eq!(cfg.secret_keys[0].actions.len(), 4);
+        assert_eq!(cfg.secret_keys[0].actions.len(), 5);
+        assert!(cfg.secret_keys[0].actions.iter().any(|a| a == "admin"));
         assert_eq!(
             cfg.publishable_keys[0].actions,
             vec!["publish", "subscribe", "presence"]
@@ -390,16 +430,16 @@ mod tests {
         assert!(build_err(&[app("a", vec![sk("sk_id_a:b", "sk_secret_1")])]).contains("':'"));
         assert!(build_err(&[app("a", vec![sk("sk_id_a b", "sk_secret_1")])]).contains("ASCII"));
         let dup = build_err(&[
-            app("a", vec![sk("sk_id_1", "sk_secret_1")]),
-            app("b", vec![sk("sk_id_1", "sk_secret_2")]),
+            app("a", vec![sk("sk_id_1", S1)]),
+            app("b", vec![sk("sk_id_1", S2)]),
         ]);
         assert!(dup.contains("duplicate secret key id"));
         assert!(build_err(&[app("a", vec![]), app("a", vec![])]).contains("duplicate app"));
         assert!(build_err(&[app("", vec![])]).contains("id must be"));
-        let mut bad_action = sk("sk_id_1", "sk_secret_1");
+        let mut bad_action = sk("sk_id_1", S1);
         bad_action.actions = vec!["fly".into()];
         assert!(build_err(&[app("a", vec![bad_action])]).contains("fly"));
-        let mut bad_pattern = sk("sk_id_1", "sk_secret_1");
+        let mut bad_pattern = sk("sk_id_1", S1);
         bad_pattern.channel_patterns = vec!["a/***".into()];
         assert!(build_err(&[app("a", vec![bad_pattern])]).contains("a/***"));
         let mut with_pk = app("a", vec![]);
@@ -415,6 +455,57 @@ mod tests {
         other.publishable_keys = with_pk.publishable_keys.clone();
         assert!(build_err(&[with_pk.clone(), other]).contains("duplicate publishable"));
         with_pk.publishable_keys[0].allowed_origins = vec![String::new()];
-        assert!(build_err(&[with_pk]).contains("empty allowed origin"));
+        assert!(build_err(&[with_pk.clone()]).contains("empty allowed origin"));
+        with_pk.publishable_keys[0].allowed_origins = vec![];
+        with_pk.publishable_keys[0].actions = vec!["subscribe".into(), "admin".into()];
+        assert!(build_err(&[with_pk]).contains("secret keys only"));
+    }
+
+    #[test]
+    fn weak_and_example_secrets_are_refused_without_echoing_them() {
+        let short = "sk_secret_0123456789abcdefghijk"; // 31 bytes
+        let e = build_err(&[app("a", vec![sk("sk_id_short", short)])]);
+        assert!(e.contains("sk_id_short") && e.contains("31 bytes"), "{e}");
+        assert!(!e.contains(short), "{e}");
+        let just = "sk_secret_0123456789abcdefghijkl"; // 32 bytes
+        assert!(KeyStore::build(&[app("a", vec![sk("sk_id_ok", just)])]).is_ok());
+        for example in DOC_EXAMPLE_SECRETS {
+            let e = build_err(&[app("a", vec![sk("sk_id_doc", example)])]);
+            assert!(
+                e.contains("sk_id_doc") && e.contains("example secret"),
+                "{e}"
+            );
+            assert!(!e.contains(example), "{e}");
+        }
+    }
+
+    /// Every full `sk_secret_…` value in README.md and docs/ is in [`DOC_EXAMPLE_SECRETS`]
+    /// (or too short to be accepted anyway).
+    #[test]
+    fn doc_example_secrets_are_listed() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![root.join("README.md")];
+        for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
+            files.push(entry.expect("docs entry").path());
+        }
+        let mut found = 0;
+        for file in files.iter().filter(|f| f.is_file()) {
+            let text = std::fs::read_to_string(file).expect("readable doc");
+            for (at, _) in text.match_indices(SECRET_PREFIX) {
+                let value: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_graphic() && !"\"'`:,)]}".contains(*c))
+                    .collect();
+                if value.len() >= MIN_SECRET_LEN {
+                    found += 1;
+                    assert!(
+                        DOC_EXAMPLE_SECRETS.contains(&value.as_str()),
+                        "{} shows the secret {value:?}: add it to DOC_EXAMPLE_SECRETS",
+                        file.display()
+                    );
+                }
+            }
+        }
+        assert!(found >= 1, "the docs show no example secret any more");
     }
 }

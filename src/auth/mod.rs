@@ -36,17 +36,23 @@ impl Actions {
     pub const PRESENCE: Actions = Actions(4);
     /// `send`: direct messages to a peer.
     pub const SEND: Actions = Actions(8);
+    /// `admin`: the REST admin endpoints (`DELETE /v1/peers/{id}`, `GET /v1/usage`). Secret
+    /// keys only; never part of a WebSocket identity and never put in a minted token.
+    pub const ADMIN: Actions = Actions(16);
     /// No action.
     pub const NONE: Actions = Actions(0);
-    /// All four actions.
-    pub const ALL: Actions = Actions(15);
+    /// The four actions a WebSocket connection can hold (everything but `admin`).
+    pub const CONNECTION: Actions = Actions(15);
+    /// All five actions.
+    pub const ALL: Actions = Actions(31);
 
     /// Wire names, in bit order.
-    const NAMES: [(&'static str, Actions); 4] = [
+    const NAMES: [(&'static str, Actions); 5] = [
         ("publish", Actions::PUBLISH),
         ("subscribe", Actions::SUBSCRIBE),
         ("presence", Actions::PRESENCE),
         ("send", Actions::SEND),
+        ("admin", Actions::ADMIN),
     ];
 
     /// True when every action in `other` is in `self`.
@@ -69,7 +75,7 @@ impl Actions {
         self.0 == 0
     }
 
-    /// The raw bits (PUBLISH=1, SUBSCRIBE=2, PRESENCE=4, SEND=8).
+    /// The raw bits (PUBLISH=1, SUBSCRIBE=2, PRESENCE=4, SEND=8, ADMIN=16).
     pub fn bits(self) -> u8 {
         self.0
     }
@@ -79,7 +85,8 @@ impl Actions {
         Actions(bits & Actions::ALL.0)
     }
 
-    /// Parses one wire name (`"publish"`, `"subscribe"`, `"presence"`, `"send"`; case-sensitive).
+    /// Parses one wire name (`"publish"`, `"subscribe"`, `"presence"`, `"send"`, `"admin"`;
+    /// case-sensitive).
     pub fn parse(name: &str) -> Option<Actions> {
         Actions::NAMES
             .iter()
@@ -193,7 +200,8 @@ pub struct Identity {
     pub app: AppId,
     /// Peer id: the JWT `sub`, or a fresh UUID v4 for publishable keys.
     pub peer_id: Arc<str>,
-    /// Effective actions: key actions ∩ token `permissions` (default: the key's actions).
+    /// Effective actions: key actions ∩ token `permissions` (default: the key's actions) ∩
+    /// [`Actions::CONNECTION`] (never `admin`).
     pub actions: Actions,
     /// Effective channel scope.
     pub scope: ChannelScope,
@@ -432,17 +440,16 @@ impl Authenticator {
     /// Mints an HS256 JWT signed with secret key `key_id` (header `kid` = `key_id`, claims `sub`,
     /// `iat`, `exp` and the optional ones). Returns `(jwt, expires_at)`.
     ///
-    /// Errors are `"<code>: <text>"` where `<code>` is the REST error code to answer with:
-    /// `invalid_request` (bad peer id, lifetime outside 1..=86400, bad pattern or action,
-    /// non-object or oversized metadata, unknown key id, token over 16 KiB),
-    /// `channel_not_authorized` (a channel outside the key's patterns) or
-    /// `action_not_permitted` (a permission the key lacks). See [`jwt::mint_error_code`].
+    /// Errors ([`jwt::MintError`]) say which REST answer to give: `InvalidRequest` (bad peer
+    /// id, lifetime outside 1..=86400, bad pattern or action, `admin` asked for, non-object or
+    /// oversized metadata, unknown key id, token over 16 KiB), `ChannelNotAuthorized` (a
+    /// channel outside the key's patterns) or `ActionNotPermitted` (a permission the key lacks).
     pub fn mint(
         &self,
         key_id: &str,
         req: &MintRequest,
         now_unix: u64,
-    ) -> Result<(String, u64), String> {
+    ) -> Result<(String, u64), jwt::MintError> {
         jwt::mint(&self.store, key_id, req, now_unix)
     }
 

@@ -680,6 +680,16 @@ fn validate_document(buf: &[u8]) -> Result<(), ScanError> {
     }
 }
 
+/// True when `raw` is one strictly valid JSON value (optionally surrounded by whitespace)
+/// nesting at most `MAX_DEPTH - 1` levels: the check the WebSocket path applies to a
+/// `data` span before splicing it into other clients' frames (RFC 8259 grammar, unpaired
+/// `\uD800`-style surrogate escapes refused). For `data` that was located by another
+/// parser, e.g. the REST publish body. UTF-8 validity is the caller's (`raw` came from a
+/// `&str`).
+pub fn is_valid_data(raw: &[u8]) -> bool {
+    scan_value(raw, skip_ws(raw, 0), MAX_DEPTH - 1).is_ok_and(|end| skip_ws(raw, end) == raw.len())
+}
+
 /// Rewrites every number token of a (strictly valid) document to `0` followed by
 /// spaces, keeping all byte offsets. Used only on the fallback path so that simd-json
 /// can build the envelope tape of documents whose numbers it cannot represent.
@@ -1242,6 +1252,39 @@ mod tests {
             validate_peer_id(&"x".repeat(129)),
             Err(ErrorCode::InvalidPeerId)
         );
+    }
+
+    #[test]
+    fn is_valid_data_matches_the_websocket_check() {
+        for ok in [
+            &br#"{"a":[1,"\ud83d\ude00"]}"#[..],
+            b"null",
+            b" 1e999999 ",
+            br#""\\ud800 is text""#,
+        ] {
+            assert!(is_valid_data(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &br#""\ud800""#[..],
+            br#"{"x":"\udc00"}"#,
+            br#"["\ud800\u0041"]"#,
+            b"1 2",
+            b"",
+            b"[1,]",
+        ] {
+            assert!(!is_valid_data(bad), "{}", String::from_utf8_lossy(bad));
+            let frame = format!(
+                r#"{{"type":"publish","channel":"c","data":{}}}"#,
+                String::from_utf8_lossy(bad)
+            );
+            assert!(parse(&frame).is_err(), "{frame}");
+        }
+        assert!(is_valid_data(
+            format!("{}{}", "[".repeat(63), "]".repeat(63)).as_bytes()
+        ));
+        assert!(!is_valid_data(
+            format!("{}{}", "[".repeat(64), "]".repeat(64)).as_bytes()
+        ));
     }
 
     #[test]

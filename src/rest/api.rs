@@ -5,8 +5,8 @@
 //! | `POST /v1/channels/{channel}/publish` | `publish` + channel in patterns | `{"channel"}` |
 //! | `POST /v1/tokens` | (the minted scope must lie within the key's) | `{"token","expiresAt"}` |
 //! | `GET /v1/channels/{channel}/peers` | `presence` + channel in patterns | `{"channel","peers"}` |
-//! | `DELETE /v1/peers/{peerId}` | any valid key | `{"peerId","closed"}` |
-//! | `GET /v1/usage` | any valid key | `{"appId","concurrentNow","peakConcurrent","messagesUsed",…}` |
+//! | `DELETE /v1/peers/{peerId}` | `admin` | `{"peerId","closed"}` |
+//! | `GET /v1/usage` | `admin` | `{"appId","concurrentNow","peakConcurrent","messagesUsed",…}` |
 //! | `GET /healthz`, `GET /metrics` | nothing | `{"status"}`, Prometheus text |
 //!
 //! Errors are `{"error":"<code>","message":"<text>"}`. Checks run cheapest first: route
@@ -34,10 +34,10 @@ use serde_json::{json, value::RawValue, Value};
 
 use super::MAX_BODY;
 use crate::{
-    auth::{jwt, Actions, MintRequest, SecretKeyRef},
+    auth::{jwt, jwt::MintError, Actions, MintRequest, SecretKeyRef},
     protocol::{
         encode,
-        parse::{validate_channel, MAX_DEPTH},
+        parse::{is_valid_data, validate_channel, MAX_DEPTH},
         ErrorCode,
     },
     router::{mesh::Source, owner_of, Publication, ShardId, ShardMsg},
@@ -487,6 +487,13 @@ impl Api {
         let data = b
             .data
             .ok_or_else(|| ApiError::bad_request("data is required (null is allowed)"))?;
+        // serde_json lets a lone surrogate escape ("\ud800") through a RawValue; `data` is
+        // spliced into subscribers' frames, so it gets the WebSocket path's strict check.
+        if !is_valid_data(data.get().as_bytes()) {
+            return Err(ApiError::bad_request(
+                "data is not strictly valid JSON (e.g. a lone surrogate escape)",
+            ));
+        }
         let from = b.from.unwrap_or(Cow::Borrowed("system"));
         if !jwt::is_valid_peer_id(&from) {
             return Err(ApiError::bad_request(
@@ -565,19 +572,14 @@ impl Api {
                 Ok(ok_json(json!({"token": token, "expiresAt": expires_at})))
             }
             Err(e) => {
-                let text = e
-                    .split_once(": ")
-                    .map_or(e.as_str(), |(_, t)| t)
-                    .to_string();
-                Err(match jwt::mint_error_code(&e) {
-                    "channel_not_authorized" => {
-                        ApiError::new(StatusCode::FORBIDDEN, "channel_not_authorized", text)
+                let status = match e {
+                    MintError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+                    MintError::ChannelNotAuthorized(_) | MintError::ActionNotPermitted(_) => {
+                        StatusCode::FORBIDDEN
                     }
-                    "action_not_permitted" => {
-                        ApiError::new(StatusCode::FORBIDDEN, "action_not_permitted", text)
-                    }
-                    _ => ApiError::bad_request(text),
-                })
+                    MintError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                Err(ApiError::new(status, e.code(), e.to_string()))
             }
         }
     }
@@ -631,6 +633,9 @@ impl Api {
                 "peerId must be 1-128 bytes of printable ASCII",
             ));
         }
+        if !key.actions.contains(Actions::ADMIN) {
+            return Err(forbidden_action("admin"));
+        }
         let mesh = &self.shared.mesh;
         let peer_arc: Arc<str> = Arc::from(&*peer);
         let mut replies = Vec::with_capacity(mesh.shards());
@@ -659,6 +664,9 @@ impl Api {
     }
 
     fn usage(&self, key: &SecretKeyRef) -> Resp {
+        if !key.actions.contains(Actions::ADMIN) {
+            return forbidden_action("admin").into_response();
+        }
         let app = key.app.0 as usize;
         let load = |v: &[std::sync::atomic::AtomicU32]| {
             v.get(app).map_or(0, |c| c.load(Ordering::Relaxed))

@@ -169,12 +169,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         },
     );
     if let Some(exp) = identity.expires_at {
-        let wall = UNIX_EPOCH + Duration::from_secs(exp);
+        // `verify` caps `exp` (jwt::MAX_EXP_HORIZON_SEC); checked anyway: a panic here
+        // would leak the app's connection slot.
+        let wall = UNIX_EPOCH.checked_add(Duration::from_secs(exp));
         let left = wall
-            .duration_since(SystemTime::now())
+            .and_then(|w| w.duration_since(SystemTime::now()).ok())
             .unwrap_or_default()
             .saturating_sub(limits.expiry_lead);
-        shard.expire_at(now + left, id);
+        shard.expire_at(now.checked_add(left).unwrap_or(now), id);
     }
     let conn = Conn {
         id,
