@@ -105,7 +105,7 @@ start_broker() {
       taskset -c "$BROKER_CPUS" "$BIN/ringcast" --config tuning/ringcast-bench.toml \
         --listen 127.0.0.1:$WS_PORT --rest-listen 127.0.0.1:$REST_PORT --shards 1 \
         --rate-limit-per-sec 1000000 --rate-limit-burst 1000000 --upgrades-per-ip 0 \
-        --max-outbound-bytes 4194304 > "$OUT/ringcast.log" 2>&1 &
+        --pending-handshakes-per-ip 0 --rest-connections-per-ip 0 --max-outbound-bytes 4194304 > "$OUT/ringcast.log" 2>&1 &
       ADDR=127.0.0.1:$WS_PORT ;;
     nats)
       GOMAXPROCS=1 taskset -c "$BROKER_CPUS" nats-server -c tuning/nats.conf > "$OUT/nats.log" 2>&1 &

@@ -52,8 +52,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the broker (the default).
-    Run(RunArgs),
+    /// Run the broker (the default). Boxed: far larger than the other variants.
+    Run(Box<RunArgs>),
     /// Mint a JWT for a peer from a configured secret key.
     Token(TokenArgs),
 }
@@ -130,6 +130,25 @@ pub struct RunArgs {
     /// The per-IP upgrade window, ms [default: 60000].
     #[arg(long, env = "RINGCAST_UPGRADE_WINDOW_MS")]
     pub upgrade_window_ms: Option<u64>,
+    /// Accepted WebSocket sockets not yet upgraded or refused, per shard; more are closed
+    /// at once; 0 disables [default: 1024].
+    #[arg(long, env = "RINGCAST_MAX_PENDING_HANDSHAKES")]
+    pub max_pending_handshakes: Option<usize>,
+    /// Pending handshakes per source IP (IPv6: per /64) per shard; more are closed at once;
+    /// 0 disables [default: 16].
+    #[arg(long, env = "RINGCAST_PENDING_HANDSHAKES_PER_IP")]
+    pub pending_handshakes_per_ip: Option<u32>,
+    /// REST connections served at once; more wait in the listen backlog [default: 1024].
+    #[arg(long, env = "RINGCAST_REST_MAX_CONNECTIONS")]
+    pub rest_max_connections: Option<usize>,
+    /// REST connections per source IP (IPv6: per /64); more are answered 429 and closed;
+    /// 0 disables [default: 64].
+    #[arg(long, env = "RINGCAST_REST_CONNECTIONS_PER_IP")]
+    pub rest_connections_per_ip: Option<u32>,
+    /// A REST connection whose buffered answers cannot be sent for this long is closed, ms
+    /// [default: 10000].
+    #[arg(long, env = "RINGCAST_REST_WRITE_TIMEOUT_MS")]
+    pub rest_write_timeout_ms: Option<u64>,
     /// On SIGTERM/SIGINT, how long connections get to close before the process exits, ms [default: 10000].
     #[arg(long, env = "RINGCAST_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
@@ -214,6 +233,11 @@ pub struct FileConfig {
     close_timeout_ms: Option<u64>,
     upgrades_per_ip: Option<u32>,
     upgrade_window_ms: Option<u64>,
+    max_pending_handshakes: Option<usize>,
+    pending_handshakes_per_ip: Option<u32>,
+    rest_max_connections: Option<usize>,
+    rest_connections_per_ip: Option<u32>,
+    rest_write_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
     going_away_retry_ms: Option<u64>,
     echo: Option<bool>,
@@ -332,6 +356,17 @@ pub struct Limits {
     pub upgrades_per_ip: u32,
     /// The per-IP upgrade window.
     pub upgrade_window: Duration,
+    /// Pending handshakes per shard (0: unlimited). Default 1024.
+    pub max_pending_handshakes: usize,
+    /// Pending handshakes per source IP (IPv6 /64) per shard (0: unlimited). Default 16.
+    pub pending_handshakes_per_ip: u32,
+    /// REST connections served at once. Default 1024.
+    pub rest_max_connections: usize,
+    /// REST connections per source IP (IPv6 /64) (0: unlimited). Default 64.
+    pub rest_connections_per_ip: u32,
+    /// A REST connection that cannot send its buffered answers for this long is closed.
+    /// Default 10 s.
+    pub rest_write_timeout: Duration,
     /// Shutdown drain time.
     pub drain_timeout: Duration,
     /// `retryAfterMs` in `going_away`.
@@ -396,6 +431,11 @@ impl Settings {
             close_timeout: Duration::from_millis(pick!(close_timeout_ms, 1000)),
             upgrades_per_ip: pick!(upgrades_per_ip, 60),
             upgrade_window: Duration::from_millis(pick!(upgrade_window_ms, 60_000)),
+            max_pending_handshakes: pick!(max_pending_handshakes, 1024),
+            pending_handshakes_per_ip: pick!(pending_handshakes_per_ip, 16),
+            rest_max_connections: pick!(rest_max_connections, 1024),
+            rest_connections_per_ip: pick!(rest_connections_per_ip, 64),
+            rest_write_timeout: Duration::from_millis(pick!(rest_write_timeout_ms, 10_000)),
             drain_timeout: Duration::from_millis(pick!(drain_timeout_ms, 10_000)),
             going_away_retry_ms: pick!(going_away_retry_ms, 1000),
             echo: pick!(echo, false),
@@ -467,6 +507,14 @@ impl Settings {
             "max_header_bytes must be at least 256",
         )?;
         check(l.max_headers >= 8, "max_headers must be at least 8")?;
+        check(
+            (1..=1 << 20).contains(&l.rest_max_connections),
+            "rest_max_connections must be between 1 and 1048576",
+        )?;
+        check(
+            !l.rest_write_timeout.is_zero(),
+            "rest_write_timeout_ms must be positive",
+        )?;
         check(
             (256..=1 << 20).contains(&l.read_buffer_size),
             "read_buffer_size must be between 256 and 1048576",

@@ -2,6 +2,8 @@
 //! Metered Realtime v1 protocol (docs/protocol.md).
 //!
 //! # Layout
+//! - [`admission`]: per-source-address limits: the IP key (IPv6 by /64), the lock-free
+//!   upgrade throttle, per-key live counts. Pure.
 //! - [`config`]: defaults < TOML < env < CLI; every limit in one struct.
 //! - [`auth`]: apps (tenants), secret and publishable keys, HS256 JWTs, channel globs. Pure.
 //! - [`protocol`]: the wire vocabulary. Parses client JSON (simd-json, `data` kept as raw
@@ -18,12 +20,13 @@
 //!
 //! # Dependencies between modules
 //! `protocol`, `auth` depend on nothing else here; `router` and `presence` on those two;
-//! `shard` on everything; `metrics` on nothing; `rest` on `router` messages, `metrics`
+//! `shard` on everything; `metrics` and `admission` on nothing; `rest` on `router` messages, `metrics`, `admission`
 //! and the shards' shared half (`shard::Shared`), never on shard internals; nothing else
 //! depends on `shard` but `main`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod metrics;

@@ -60,6 +60,28 @@ impl AuthFailure {
     }
 }
 
+/// Why an accepted WebSocket socket was closed before its handshake was read (label
+/// `reason` of `ringcast_handshakes_refused_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeRefusal {
+    /// The shard already had `max_pending_handshakes` pending.
+    ShardCap = 0,
+    /// The source IP (IPv6 /64) already had `pending_handshakes_per_ip` pending on the shard.
+    IpCap = 1,
+}
+
+impl HandshakeRefusal {
+    const ALL: [HandshakeRefusal; 2] = [HandshakeRefusal::ShardCap, HandshakeRefusal::IpCap];
+
+    /// The Prometheus label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeRefusal::ShardCap => "shard_cap",
+            HandshakeRefusal::IpCap => "ip_cap",
+        }
+    }
+}
+
 /// Counters of one shard. Written only by that shard's thread.
 #[derive(Debug)]
 pub struct ShardCounters {
@@ -106,6 +128,8 @@ pub struct ShardCounters {
     pub io_submit_errors: AtomicU64,
     /// Pre-`welcome` refusals, indexed by [`AuthFailure`].
     pub auth_failures: [AtomicU64; 4],
+    /// Sockets closed at accept over a pending-handshake cap, indexed by [`HandshakeRefusal`].
+    pub handshakes_refused: [AtomicU64; 2],
     /// Per app (indexed by `AppId`): publications and direct messages accepted from
     /// WebSocket clients (`messagesUsed` of `GET /v1/usage`, with REST publishes).
     pub app_messages: Box<[AtomicU64]>,
@@ -138,6 +162,7 @@ impl ShardCounters {
             cross_shard_refusals: AtomicU64::new(0),
             io_submit_errors: AtomicU64::new(0),
             auth_failures: Default::default(),
+            handshakes_refused: Default::default(),
             app_messages: zeros(),
             app_deliveries: zeros(),
         }
@@ -153,6 +178,12 @@ impl ShardCounters {
     #[inline]
     pub fn auth_failure(&self, why: AuthFailure) {
         self.auth_failures[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one socket closed over a pending-handshake cap.
+    #[inline]
+    pub fn handshake_refused(&self, why: HandshakeRefusal) {
+        self.handshakes_refused[why as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts a connection closed by the server with `code` (at teardown).
@@ -178,6 +209,10 @@ pub struct RestCounters {
     responses: [AtomicU64; REST_STATUSES.len() + 1],
     /// Per app: successful `POST /v1/channels/{channel}/publish`.
     pub app_publishes: Box<[AtomicU64]>,
+    /// Connections closed because their answers could not be sent for `rest_write_timeout`.
+    pub write_timeouts: AtomicU64,
+    /// Connections refused at accept (429) over `rest_connections_per_ip`.
+    pub connections_refused: AtomicU64,
 }
 
 impl RestCounters {
@@ -185,6 +220,8 @@ impl RestCounters {
         RestCounters {
             responses: Default::default(),
             app_publishes: (0..apps).map(|_| AtomicU64::new(0)).collect(),
+            write_timeouts: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
         }
     }
 
@@ -310,7 +347,7 @@ impl Metrics {
         for i in 0..self.shards.len() {
             w.sample_shard("ringcast_cross_shard_queue_bytes", i, queue_bytes(i));
         }
-        let totals: [(&str, &str, &str, u64); 18] = [
+        let totals: [(&str, &str, &str, u64); 20] = [
             (
                 "ringcast_subscriptions",
                 "gauge",
@@ -419,6 +456,18 @@ impl Metrics {
                 "Times a shard found its io_uring completion queue overflowed (completions kept aside by the kernel; receives re-armed).",
                 self.sum(|s| &s.io_cq_overflows),
             ),
+            (
+                "ringcast_rest_write_timeouts_total",
+                "counter",
+                "REST connections closed because their answers could not be sent for rest_write_timeout_ms.",
+                self.rest.write_timeouts.load(Relaxed),
+            ),
+            (
+                "ringcast_rest_connections_refused_total",
+                "counter",
+                "REST connections answered 429 and closed at accept (rest_connections_per_ip).",
+                self.rest.connections_refused.load(Relaxed),
+            ),
         ];
         for (name, kind, help, v) in totals {
             w.head(name, kind, help);
@@ -434,6 +483,19 @@ impl Metrics {
             let _ = writeln!(
                 w.out,
                 "ringcast_auth_failures_total{{reason=\"{}\"}} {v}",
+                why.label()
+            );
+        }
+        w.head(
+            "ringcast_handshakes_refused_total",
+            "counter",
+            "WebSocket sockets closed at accept over a pending-handshake cap, by reason.",
+        );
+        for why in HandshakeRefusal::ALL {
+            let v = self.sum(|s| &s.handshakes_refused[why as usize]);
+            let _ = writeln!(
+                w.out,
+                "ringcast_handshakes_refused_total{{reason=\"{}\"}} {v}",
                 why.label()
             );
         }
@@ -509,10 +571,15 @@ mod tests {
         ShardCounters::add(&m.rest.app_publishes[1], 2);
         m.rest.response(200);
         m.rest.response(418);
+        m.shard(1).handshake_refused(HandshakeRefusal::IpCap);
+        ShardCounters::add(&m.rest.write_timeouts, 2);
         let text = m.render(|i| i as u64 * 10, |i| i as u64 * 100, false);
         assert!(text.contains("\nringcast_deliveries_total 7\n"), "{text}");
         assert!(text.contains("ringcast_auth_failures_total{reason=\"token_expired\"} 1\n"));
         assert!(text.contains("ringcast_rate_limit_closes_total 1\n"));
+        assert!(text.contains("ringcast_handshakes_refused_total{reason=\"ip_cap\"} 1\n"));
+        assert!(text.contains("ringcast_handshakes_refused_total{reason=\"shard_cap\"} 0\n"));
+        assert!(text.contains("ringcast_rest_write_timeouts_total 2\n"));
         assert!(text.contains("ringcast_cross_shard_queue_depth{shard=\"1\"} 10\n"));
         assert!(text.contains("ringcast_rest_requests_total{status=\"200\"} 1\n"));
         assert!(text.contains("ringcast_rest_requests_total{status=\"other\"} 1\n"));

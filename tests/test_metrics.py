@@ -68,6 +68,8 @@ def test_metrics_text_format_and_families():
             "ringcast_auth_failures_total", "ringcast_cross_shard_queue_depth", "ringcast_rest_requests_total",
             "ringcast_upgrades_throttled_total", "ringcast_admin_disconnects_total", "ringcast_publications_total",
             "ringcast_recv_buffers_exhausted_total", "ringcast_io_cq_overflows_total",
+            "ringcast_handshakes_refused_total", "ringcast_rest_write_timeouts_total",
+            "ringcast_rest_connections_refused_total",
         ]:
             assert family in types, f"{family} missing from /metrics"
         m = rest_metrics(b)

@@ -4,7 +4,7 @@
 #
 # Expects `$work` (a temporary directory) and `$BIN`; writes the test app's config, starts
 # `$BIN --config … --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 --shards 2
-# --upgrades-per-ip 0 EXTRA…` with its output in `$work/broker.log`, and sets `bpid`, `port`
+# --upgrades-per-ip 0 --pending-handshakes-per-ip 0 EXTRA…` (every load comes from 127.0.0.1) with its output in `$work/broker.log`, and sets `bpid`, `port`
 # (WebSocket) and `rest` (REST) once both listeners are up, or exits 1 after 10 s.
 start_broker() {
     local name="$1"
@@ -17,7 +17,7 @@ id = "sk_id_test1"
 secret = "sk_secret_abcdefghijklmnopqrstuvwxyz012345"
 TOML
     "$BIN" --config "$work/rc.toml" --listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 --shards 2 \
-        --upgrades-per-ip 0 "$@" >"$work/broker.log" 2>&1 &
+        --upgrades-per-ip 0 --pending-handshakes-per-ip 0 "$@" >"$work/broker.log" 2>&1 &
     bpid=$!
     port="" rest=""
     for _ in $(seq 1 100); do

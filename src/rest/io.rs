@@ -18,6 +18,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use tokio::{
@@ -41,6 +42,8 @@ struct Out {
     buf: Vec<u8>,
     /// Bytes of `buf` already sent.
     sent: usize,
+    /// Bytes sent over the connection's life: progress, for the write timeout.
+    total_sent: u64,
 }
 
 impl Out {
@@ -53,6 +56,7 @@ impl Out {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sent += n;
+            self.total_sent += n as u64;
         }
         self.buf.clear();
         self.sent = 0;
@@ -89,6 +93,7 @@ pub fn coalesced(stream: TcpStream) -> (CoalescedIo, Flusher) {
         half,
         buf: Vec::new(),
         sent: 0,
+        total_sent: 0,
     }));
     (
         CoalescedIo {
@@ -168,6 +173,20 @@ impl Flusher {
     pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         lock(&self.out).poll_drain(cx)
     }
+
+    /// Bytes sent so far over the connection's life.
+    fn total_sent(&self) -> u64 {
+        lock(&self.out).total_sent
+    }
+
+    /// Makes the socket's close a reset (`SO_LINGER` 0): what is still queued for a peer
+    /// that does not read is discarded, instead of the kernel keeping it (and retrying)
+    /// after the descriptor is gone.
+    fn reset_on_close(&self) {
+        let out = lock(&self.out);
+        let sock = socket2::SockRef::from(out.half.as_ref());
+        let _ = sock.set_linger(Some(std::time::Duration::ZERO));
+    }
 }
 
 /// How a coalesced connection ended.
@@ -177,18 +196,33 @@ pub enum End<E> {
     Conn(Result<(), E>),
     /// Sending buffered bytes failed (the peer went away).
     Write(io::Error),
+    /// Buffered bytes could not be sent for the write timeout (the peer does not read);
+    /// the socket is reset when dropped.
+    WriteTimeout,
 }
 
 /// Polls `conn` (hyper's connection future over a [`CoalescedIo`]) and, after each poll,
 /// calls `after_poll` (which wakes the shards the poll's requests pushed to) and sends what
-/// it wrote. Ends when `conn` ends and its last bytes are sent, or when a send fails.
-pub async fn serve<F, E>(conn: F, flusher: Flusher, after_poll: impl Fn()) -> End<E>
+/// it wrote. Ends when `conn` ends and its last bytes are sent, or when a send fails, or
+/// when bytes stay buffered without any being sent for `write_timeout`: whatever hyper is
+/// doing meanwhile (waiting in a write over [`HIGH_WATER`], reading more pipelined
+/// requests, or awaiting a handler), a peer that stops reading cannot hold the connection
+/// longer than that.
+pub async fn serve<F, E>(
+    conn: F,
+    flusher: Flusher,
+    write_timeout: Duration,
+    after_poll: impl Fn(),
+) -> End<E>
 where
     F: Future<Output = Result<(), E>>,
 {
     let mut conn = std::pin::pin!(conn);
     let mut done: Option<Result<(), E>> = None;
-    std::future::poll_fn(|cx| {
+    // Armed while bytes are stuck; re-armed whenever some are sent.
+    let mut stall = std::pin::pin!(tokio::time::sleep(write_timeout));
+    let mut stalled_at: Option<u64> = None;
+    let end = std::future::poll_fn(|cx| {
         if done.is_none() {
             if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                 done = Some(r);
@@ -197,14 +231,33 @@ where
         }
         match flusher.poll_flush(cx) {
             Poll::Ready(Err(e)) => Poll::Ready(End::Write(e)),
-            Poll::Ready(Ok(())) => match done.take() {
-                Some(r) => Poll::Ready(End::Conn(r)),
-                None => Poll::Pending,
-            },
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => {
+                stalled_at = None;
+                match done.take() {
+                    Some(r) => Poll::Ready(End::Conn(r)),
+                    None => Poll::Pending,
+                }
+            }
+            Poll::Pending => {
+                let sent = flusher.total_sent();
+                if stalled_at != Some(sent) {
+                    stalled_at = Some(sent);
+                    stall
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + write_timeout);
+                }
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(End::WriteTimeout),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     })
-    .await
+    .await;
+    if matches!(end, End::WriteTimeout) {
+        flusher.reset_on_close();
+    }
+    end
 }
 
 #[cfg(test)]
@@ -245,6 +298,29 @@ mod tests {
             let got = client.await.unwrap();
             assert_eq!(got.len(), 4 + big.len() + 4);
             assert!(got.starts_with(b"one x") && got.ends_with(b"x two"));
+        });
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_ends_the_connection_at_the_write_timeout() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            let (mut io, flusher) = coalesced(s);
+            // More than the socket buffers hold; the client never reads.
+            io.write_all(&vec![b'x'; 16 << 20]).await.unwrap();
+            let t0 = std::time::Instant::now();
+            let conn = std::future::pending::<Result<(), ()>>();
+            let end = serve(conn, flusher, Duration::from_millis(200), || {}).await;
+            assert!(matches!(end, End::WriteTimeout), "{end:?}");
+            let took = t0.elapsed();
+            assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(3));
+            drop(client);
         });
     }
 }

@@ -9,7 +9,6 @@
 
 use std::{
     io::{self, Read, Write},
-    net::SocketAddr,
     rc::Rc,
     sync::{atomic::AtomicU64, Arc},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -27,6 +26,7 @@ use tungstenite::{
 use super::{
     handshake::{self, Handshake},
     outbound::{CloseState, ConnShared},
+    pending::PendingSlot,
     rate_limit::{PingBudget, TokenBucket},
     ConnEntry, Shard,
 };
@@ -52,7 +52,10 @@ fn unix_now() -> u64 {
 
 /// Serves one accepted socket until it closes. Never panics on peer input; every exit path
 /// aborts the socket so no io_uring operation keeps it alive.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+///
+/// `pending` is the socket's place under the pending-handshake caps: given back once the
+/// upgrade is answered (101 or an error status), or on any earlier exit.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, pending: PendingSlot) {
     let limits = &shard.shared.limits;
     let stream = Rc::new(stream);
     // 1. The upgrade request, under the handshake deadline.
@@ -87,7 +90,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     // than at the end of the scope (4 KiB per connection otherwise).
     drop(buf);
     if !shard.shared.admission.try_upgrade(
-        peer.ip(),
+        pending.key(),
         limits.upgrades_per_ip,
         limits.upgrade_window,
         Instant::now(),
@@ -106,6 +109,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let (res, _) = stream
         .write_all(handshake::switching_protocols(&req.accept_key, shard.id.0))
         .await;
+    drop(pending); // upgraded: no longer a pending handshake
     if res.is_err() {
         return;
     }

@@ -33,9 +33,6 @@ pub async fn run(shard: Rc<Shard>) {
     loop {
         interval.tick().await;
         let now = Instant::now();
-        if shard.id.0 == 0 {
-            shard.shared.admission.prune(l.upgrade_window, now);
-        }
         prune_expiries(&shard);
         shard.shrink_tables();
         shard.rx.retry(&shard);

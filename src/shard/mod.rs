@@ -9,6 +9,7 @@
 //! - [`outbound`]: its bounded outbound queue, written through the receive ring;
 //! - [`inbox`]: the task that drains the shard's mesh queues (woken by eventfd);
 //! - [`housekeeping`]: server pings, idle drops, close deadlines;
+//! - [`pending`]: the caps on pending handshakes (per shard, per source IP);
 //! - [`handshake`], [`rate_limit`]: pure helpers.
 
 pub mod conn;
@@ -16,6 +17,7 @@ pub mod handshake;
 pub mod housekeeping;
 pub mod inbox;
 pub mod outbound;
+pub mod pending;
 pub mod rate_limit;
 pub mod rx;
 pub mod spawn;
@@ -23,18 +25,18 @@ pub mod spawn;
 use std::{
     cell::{Cell, RefCell},
     collections::{HashMap, VecDeque},
-    net::IpAddr,
     rc::Rc,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
-        Arc, Mutex,
+        Arc,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use ahash::RandomState;
 
 use crate::{
+    admission::UpgradeThrottle,
     auth::{AppId, Authenticator},
     config::Limits,
     metrics::{Metrics, ShardCounters},
@@ -60,47 +62,15 @@ pub struct Shared {
     /// Live connections per app, across shards: checked at connect time only (the
     /// per-app cap, close 4010), never per message.
     pub app_conns: Vec<AtomicU32>,
-    /// Upgrade attempts per source IP (HTTP 429 over the limit).
-    pub admission: Admission,
+    /// Upgrade attempts per source IP (IPv6 /64) (HTTP 429 over the limit): a lock-free
+    /// sketch, touched once per upgrade attempt.
+    pub admission: UpgradeThrottle,
     /// Set once shutdown starts: shards stop accepting.
     pub draining: AtomicBool,
     /// Highest value `app_conns[app]` reached (`peakConcurrent` of `GET /v1/usage`).
     pub app_peak: Vec<AtomicU32>,
     /// Per-shard counters (each written by its shard only) and the REST thread's.
     pub metrics: Metrics,
-}
-
-/// Per-source-IP upgrade throttle: a fixed window counter per address. Touched once per
-/// upgrade attempt (never per message) under one mutex; stale entries are pruned when the
-/// map grows.
-#[derive(Debug, Default)]
-pub struct Admission {
-    windows: Mutex<HashMap<IpAddr, (Instant, u32), RandomState>>,
-}
-
-impl Admission {
-    /// Counts one attempt from `ip`; false when it is over `limit` in the current window.
-    pub fn try_upgrade(&self, ip: IpAddr, limit: u32, window: Duration, now: Instant) -> bool {
-        if limit == 0 {
-            return true;
-        }
-        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= 100_000 {
-            map.retain(|_, (start, _)| now.duration_since(*start) < window);
-        }
-        let e = map.entry(ip).or_insert((now, 0));
-        if now.duration_since(e.0) >= window {
-            *e = (now, 0);
-        }
-        e.1 += 1;
-        e.1 <= limit
-    }
-
-    /// Drops windows that have ended.
-    pub fn prune(&self, window: Duration, now: Instant) {
-        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, (start, _)| now.duration_since(*start) < window);
-    }
 }
 
 impl Shared {
@@ -184,6 +154,8 @@ pub struct Shard {
     pub expiries: RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(Instant, ConnId)>>>,
     /// The expiry task's waker, woken when a new earliest deadline arrives.
     pub expiry_waker: RefCell<Option<std::task::Waker>>,
+    /// Accepted sockets not yet upgraded or refused, in total and per source key.
+    pub pending: RefCell<pending::Pending>,
     /// Messages this shard sent to itself, handled in order by [`Shard::pump_local`].
     local: RefCell<VecDeque<ShardMsg>>,
     next_conn: Cell<u64>,
@@ -211,6 +183,7 @@ impl Shard {
             tx: Rc::default(),
             expiries: RefCell::default(),
             expiry_waker: RefCell::new(None),
+            pending: RefCell::default(),
             local: RefCell::new(VecDeque::new()),
             next_conn: Cell::new(1),
             started: Instant::now(),

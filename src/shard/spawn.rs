@@ -12,7 +12,7 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{conn, housekeeping, inbox, rx, Shard, Shared};
+use super::{conn, housekeeping, inbox, pending, rx, Shard, Shared};
 use crate::{config::Placement, router::ShardId};
 
 /// Listen backlog per shard (the kernel caps it at net.core.somaxconn).
@@ -106,7 +106,8 @@ pub fn start(
     })
 }
 
-/// Accepts connections forever. Accept errors (e.g. out of file descriptors) are logged
+/// Accepts connections forever; a socket over a pending-handshake cap ([`pending`]) is
+/// closed at once. Accept errors (e.g. out of file descriptors) are logged
 /// and retried with a backoff from 10 ms doubling to 1 s, never ending the loop.
 async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener) {
     let mut backoff = Duration::from_millis(10);
@@ -122,8 +123,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener) 
                     drop(stream); // shutting down: accept nothing new
                     continue;
                 }
+                // Over a pending-handshake cap: closed at once, nothing read or answered.
+                let Some(slot) = pending::admit(&shard, peer.ip()) else {
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio_uring::spawn(conn::serve(shard.clone(), stream, peer));
+                tokio_uring::spawn(conn::serve(shard.clone(), stream, slot));
             }
             Err(e) => {
                 tracing::warn!(cause = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
