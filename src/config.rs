@@ -161,7 +161,7 @@ pub struct RunArgs {
     #[arg(long, env = "RINGCAST_ECHO", num_args = 0..=1, default_missing_value = "true")]
     pub echo: Option<bool>,
     /// Client pings (WebSocket ping frames and `ping` messages together) allowed per
-    /// connection per second; more closes 4011; 0 disables [default: 20].
+    /// connection per second; more closes 4011; 0 disables [default: 100].
     #[arg(long, env = "RINGCAST_MAX_PINGS_PER_SEC")]
     pub max_pings_per_sec: Option<u32>,
     /// Bytes of publications and direct messages queued for one shard by the other shards
@@ -439,7 +439,7 @@ impl Settings {
             drain_timeout: Duration::from_millis(pick!(drain_timeout_ms, 10_000)),
             going_away_retry_ms: pick!(going_away_retry_ms, 1000),
             echo: pick!(echo, false),
-            max_pings_per_sec: pick!(max_pings_per_sec, 20),
+            max_pings_per_sec: pick!(max_pings_per_sec, 100),
             max_cross_shard_bytes: pick!(max_cross_shard_bytes, 64 << 20),
         };
         let s = Settings {

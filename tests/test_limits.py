@@ -73,7 +73,7 @@ def test_rate_limit_error_mode(broker_factory):
 
 
 def test_app_level_pings_are_not_charged_to_the_token_bucket(broker_factory):
-    # Pings have their own budget (max_pings_per_sec, 20 by default: tests/test_backpressure.py
+    # Pings have their own budget (max_pings_per_sec, 100 by default: tests/test_backpressure.py
     # checks that going over it closes 4011); within it they never touch the token bucket.
     b = broker_factory(args=RATE + ["--max-pings-per-sec", "300"], name="rate-ping")
     c = b.connect(mint("pinger"))

@@ -40,15 +40,20 @@ pub enum Source {
     External,
 }
 
+struct Counts {
+    /// Messages pushed but not yet drained (approximate, for metrics).
+    depth: AtomicUsize,
+    /// Bytes of data messages pushed but not yet drained (the bound's measure).
+    data_bytes: AtomicUsize,
+}
+
 struct Inbox {
     /// `queues[src]` for src in 0..shards, then the external queue at index `shards`.
     queues: Vec<CachePadded<SegQueue<ShardMsg>>>,
     /// Set by the first producer after the consumer's last drain; see module docs.
     notified: CachePadded<AtomicBool>,
-    /// Messages pushed but not yet drained (approximate, for metrics).
-    depth: CachePadded<AtomicUsize>,
-    /// Bytes of data messages pushed but not yet drained (the bound's measure).
-    data_bytes: CachePadded<AtomicUsize>,
+    /// What is queued; one cache line, since a data push updates both counts.
+    counts: CachePadded<Counts>,
     /// The queue the next drain starts at (written by the consumer only).
     cursor: AtomicUsize,
     eventfd: RawFd,
@@ -85,8 +90,10 @@ impl Mesh {
                     .map(|_| CachePadded::new(SegQueue::new()))
                     .collect(),
                 notified: CachePadded::new(AtomicBool::new(false)),
-                depth: CachePadded::new(AtomicUsize::new(0)),
-                data_bytes: CachePadded::new(AtomicUsize::new(0)),
+                counts: CachePadded::new(Counts {
+                    depth: AtomicUsize::new(0),
+                    data_bytes: AtomicUsize::new(0),
+                }),
                 cursor: AtomicUsize::new(0),
                 eventfd: fd,
             });
@@ -103,6 +110,7 @@ impl Mesh {
     pub fn has_room(&self, to: ShardId) -> bool {
         self.max_data_bytes == 0
             || self.inboxes[to.0 as usize]
+                .counts
                 .data_bytes
                 .load(Ordering::Relaxed)
                 < self.max_data_bytes
@@ -143,10 +151,10 @@ impl Mesh {
         };
         let data = msg.data_bytes();
         if data > 0 {
-            inbox.data_bytes.fetch_add(data, Ordering::Relaxed);
+            inbox.counts.data_bytes.fetch_add(data, Ordering::Relaxed);
         }
         inbox.queues[idx].push(msg);
-        inbox.depth.fetch_add(1, Ordering::Relaxed);
+        inbox.counts.depth.fetch_add(1, Ordering::Relaxed);
         !inbox.notified.swap(true, Ordering::AcqRel)
     }
 
@@ -206,9 +214,9 @@ impl Mesh {
                 break;
             }
         }
-        inbox.depth.fetch_sub(n, Ordering::Relaxed);
+        inbox.counts.depth.fetch_sub(n, Ordering::Relaxed);
         if data > 0 {
-            inbox.data_bytes.fetch_sub(data, Ordering::Relaxed);
+            inbox.counts.data_bytes.fetch_sub(data, Ordering::Relaxed);
         }
         n
     }
@@ -220,12 +228,16 @@ impl Mesh {
 
     /// Approximate number of undelivered messages queued for `me`.
     pub fn depth(&self, me: ShardId) -> usize {
-        self.inboxes[me.0 as usize].depth.load(Ordering::Relaxed)
+        self.inboxes[me.0 as usize]
+            .counts
+            .depth
+            .load(Ordering::Relaxed)
     }
 
     /// Approximate bytes of undelivered data messages queued for `me`.
     pub fn data_bytes(&self, me: ShardId) -> usize {
         self.inboxes[me.0 as usize]
+            .counts
             .data_bytes
             .load(Ordering::Relaxed)
     }
