@@ -12,13 +12,11 @@ use std::{
     time::Instant,
 };
 
-use bytes::Bytes;
-
 use super::{outbound::CloseState, Shard};
-use crate::{protocol::close, router::index::shrink_target};
-
-/// A WebSocket ping with an empty payload, shared by every connection.
-static PING: [u8; 2] = [0x89, 0x00];
+use crate::{
+    protocol::{close, encode},
+    router::index::shrink_target,
+};
 
 /// Runs until the process exits.
 pub async fn run(shard: Rc<Shard>) {
@@ -27,7 +25,7 @@ pub async fn run(shard: Rc<Shard>) {
         std::time::Duration::from_millis(10),
         std::time::Duration::from_secs(1),
     );
-    let ping = Bytes::from_static(&PING);
+    let ping = encode::ws_ping_empty();
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
