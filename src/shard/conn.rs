@@ -39,7 +39,10 @@ use crate::{
         parse::{validate_channel, validate_peer_id, ClientMsg},
         ErrorCode,
     },
-    router::{index::PresenceState, index::Sub, owner_of, ConnId, Direct, Publication, ShardMsg},
+    router::{
+        fanout, index::PresenceState, index::Sub, mesh::Source, owner_of, ConnId, Direct,
+        Publication, ShardMsg,
+    },
     shard::DirectSent,
 };
 
@@ -729,26 +732,30 @@ fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             }
             // Encoded once per publication (twice when the publisher has metadata: with and
             // without `fromMetadata`); every subscriber on every shard gets these bytes.
-            // Allocations here are per publication, never per subscriber: the frame(s), the
-            // `Arc<str>` channel and the `Arc<Publication>` that other shards share.
-            if !shard.shared.mesh.all_have_room(Some(shard.id)) {
-                refuse_overloaded(shard, conn, request_id);
-                return Flow::Continue;
+            let mesh = &shard.shared.mesh;
+            let published = fanout::publish(
+                mesh,
+                Source::Shard(shard.id),
+                || {
+                    Publication::new(
+                        id.app,
+                        channel,
+                        &id.peer_id,
+                        data,
+                        id.peer_metadata_json.as_deref(),
+                        Some(shard.conn_ref(conn.id)),
+                    )
+                },
+                |p| shard.deliver_publication(p),
+                |s| mesh.wake(s),
+            );
+            match published {
+                Ok(()) => {
+                    count_message(shard, id.app, |c| &c.publications);
+                    ack(conn, request_id);
+                }
+                Err(fanout::Busy) => refuse_overloaded(shard, conn, request_id),
             }
-            let frame = encode::message(channel, &id.peer_id, data, None);
-            let frame_with_meta = id
-                .peer_metadata_json
-                .as_deref()
-                .map(|m| encode::message(channel, &id.peer_id, data, Some(m)));
-            shard.publish(Publication {
-                app: id.app,
-                channel: Arc::from(channel),
-                origin: Some(shard.conn_ref(conn.id)),
-                frame,
-                frame_with_meta,
-            });
-            count_message(shard, id.app, |c| &c.publications);
-            ack(conn, request_id);
         }
         ClientMsg::Send {
             to,

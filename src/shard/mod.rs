@@ -521,13 +521,6 @@ impl Shard {
         DirectSent::Sent
     }
 
-    /// Delivers a publication locally and hands it to every other shard.
-    pub fn publish(&self, p: Publication) {
-        let p = Arc::new(p);
-        self.deliver_publication(&p);
-        self.broadcast(|| ShardMsg::Publish(p.clone()));
-    }
-
     /// Registers a new connection; announces the peer to other shards if it is the
     /// peer's first connection here.
     pub fn register(&self, id: ConnId, entry: ConnEntry) {
