@@ -21,7 +21,7 @@
 //! # Dependencies between modules
 //! `protocol`, `auth` depend on nothing else here; `router` and `presence` on those two;
 //! `shard` on everything; `metrics` and `admission` on nothing; `rest` on `router` messages, `metrics`, `admission`
-//! and the shards' shared half (`shard::Shared`), never on shard internals; nothing else
+//! and the shards' shared half (`shard::Broker`), never on shard internals; nothing else
 //! depends on `shard` but `main`.
 
 #![deny(unsafe_op_in_unsafe_fn)]

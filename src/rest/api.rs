@@ -40,7 +40,7 @@ use crate::{
         ErrorCode,
     },
     router::{fanout, mesh::Source, owner_of, Publication, ShardId, ShardMsg},
-    shard::Shared,
+    shard::Broker,
 };
 
 /// How long a request waits for the shards' answers before giving up with 503.
@@ -342,12 +342,12 @@ async fn read_capped(mut body: Incoming) -> Result<Bytes, BodyError> {
 #[derive(Debug)]
 pub struct Api {
     /// Shared broker state (mesh, authenticator, counters, draining flag).
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Broker>,
 }
 
 impl Api {
     /// The API over `shared`.
-    pub fn new(shared: Arc<Shared>) -> Api {
+    pub fn new(shared: Arc<Broker>) -> Api {
         Api { shared }
     }
 

@@ -50,9 +50,10 @@ use crate::{
 };
 use outbound::ConnShared;
 
-/// Read-only state shared by every shard (built once by [`spawn`]).
+/// The broker's read-only state, shared by every shard and the REST thread (built once by
+/// `main` and handed to [`spawn`]). Only atomics change in it.
 #[derive(Debug)]
-pub struct Shared {
+pub struct Broker {
     /// Cross-shard queues.
     pub mesh: Arc<Mesh>,
     /// Apps, keys and token verification.
@@ -73,7 +74,7 @@ pub struct Shared {
     pub metrics: Metrics,
 }
 
-impl Shared {
+impl Broker {
     /// Takes a connection slot for `app`; false (and nothing taken) when the cap is reached.
     pub fn try_admit(&self, app: AppId) -> bool {
         let cap = self.auth.app_max_connections(app).unwrap_or(u32::MAX);
@@ -91,7 +92,7 @@ impl Shared {
         }
     }
 
-    /// Returns a slot taken by [`Shared::try_admit`].
+    /// Returns a slot taken by [`Broker::try_admit`].
     pub fn release(&self, app: AppId) {
         self.app_conns[app.0 as usize].fetch_sub(1, Ordering::AcqRel);
     }
@@ -139,8 +140,8 @@ pub struct State {
 pub struct Shard {
     /// This shard's id.
     pub id: ShardId,
-    /// Shared, read-only broker state.
-    pub shared: Arc<Shared>,
+    /// Broker, read-only broker state.
+    pub shared: Arc<Broker>,
     /// Mutable state.
     pub state: RefCell<State>,
     /// The JSON parser and its scratch buffers, reused by every connection of the shard.
@@ -165,7 +166,7 @@ pub struct Shard {
 
 impl Shard {
     /// A shard with empty state. Fails when its receive ring cannot be set up.
-    pub fn new(id: ShardId, shared: Arc<Shared>) -> std::io::Result<Shard> {
+    pub fn new(id: ShardId, shared: Arc<Broker>) -> std::io::Result<Shard> {
         let apps = shared.auth.app_count();
         let l = &shared.limits;
         let rx = rx::Rx::new(l.recv_buffers, l.read_buffer_size, 1024)?;

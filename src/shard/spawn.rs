@@ -12,7 +12,7 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{conn, housekeeping, inbox, pending, rx, Shard, Shared};
+use super::{conn, housekeeping, inbox, pending, rx, Broker, Shard};
 use crate::{config::Placement, router::ShardId};
 
 /// Listen backlog per shard (the kernel caps it at net.core.somaxconn).
@@ -42,7 +42,7 @@ pub fn start(
     n: usize,
     listen: SocketAddr,
     placement: Placement,
-    shared: Arc<Shared>,
+    shared: Arc<Broker>,
 ) -> std::io::Result<Shards> {
     // The first bind resolves port 0; the others join it through SO_REUSEPORT.
     let first = bind(listen)?;
