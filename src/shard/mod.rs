@@ -91,7 +91,7 @@ pub struct Broker {
 
 impl Broker {
     /// Takes a connection slot for `app`; false (and nothing taken) when the cap is reached.
-    pub fn try_admit(&self, app: AppId) -> bool {
+    pub(crate) fn try_admit(&self, app: AppId) -> bool {
         let cap = self.auth.app_max_connections(app).unwrap_or(u32::MAX);
         let slot = &self.app_conns[app.0 as usize];
         match slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -108,7 +108,7 @@ impl Broker {
     }
 
     /// Returns a slot taken by [`Broker::try_admit`].
-    pub fn release(&self, app: AppId) {
+    pub(crate) fn release(&self, app: AppId) {
         self.app_conns[app.0 as usize].fetch_sub(1, Ordering::AcqRel);
     }
 }
