@@ -2,7 +2,10 @@
 //! of connections and all of their state (the per-core service of Seastar and glommio).
 //! Everything here is `!Send`, per-core state; io_uring is touched only in [`ring`].
 //!
-//! Files, in the order a publication passes them:
+//! A publication passes these files in this order: [`ring`] (receive) → [`conn`] → [`cmd`]
+//! → `router::fanout` → [`deliver`] here, and through the mesh on every other shard
+//! [`inbox`] → [`deliver`]; then [`handle`] → [`outbound`] → [`ring`] (send).
+//!
 //! - [`ring`]: the shard's io_uring: provided buffers, multishot receives, writes, the
 //!   submission backlog, completion dispatch, the tasks driving it (the only `unsafe`);
 //! - [`conn`]: one connection's life: upgrade, auth, `welcome`, WebSocket decoding of the
