@@ -63,7 +63,7 @@ fn token_bucket(c: &mut Criterion) {
 fn fanout_step(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout_step");
     for n in [1usize, 100, 10_000] {
-        // The shard's handle is `Rc<ConnShared>` (a socket inside); an `Rc<RefCell<VecDeque>>`
+        // The shard's handle is `Rc<ConnHandle>` (a socket inside); an `Rc<RefCell<VecDeque>>`
         // has the same shape: a shared pointer to a per-connection queue.
         let mut idx: Index<Rc<RefCell<VecDeque<Bytes>>>> = Index::new(1);
         let peer: Arc<str> = Arc::from("peer");

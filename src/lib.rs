@@ -9,10 +9,12 @@
 //! - [`protocol`]: the wire vocabulary. Parses client JSON (simd-json, `data` kept as raw
 //!   bytes) and encodes server frames once into shareable `Bytes`. Sans-IO.
 //! - [`router`]: shard/connection ids, `owner_of(channel)`, cross-shard `ShardMsg`s, the
-//!   mesh of lock-free queues with eventfd wake-ups, and the per-shard subscription index.
+//!   `Publication` builder and its fan-out to every shard, the mesh of lock-free queues
+//!   with eventfd wake-ups, and the per-shard subscription index.
 //! - [`presence`]: per-channel rosters kept by the channel's owner shard.
-//! - [`shard`]: the only io_uring code: per-core threads, accept, the connection tasks,
-//!   outbound queues and writers, the inbox and housekeeping tasks.
+//! - [`shard`]: the per-core services: threads, accept, connections, the client commands
+//!   (one file each), delivery, outbound queues, the inbox and housekeeping tasks; all of
+//!   the io_uring code (and the shard's only `unsafe`) is in `shard::ring`.
 //! - [`rest`]: the REST control plane (hyper on its own thread): publish, tokens, peers,
 //!   kick, usage, `/healthz`, `/metrics`. Reaches shards only through mesh messages.
 //! - [`metrics`]: per-shard counters (one cache-padded block per shard, relaxed adds),
@@ -21,7 +23,7 @@
 //! # Dependencies between modules
 //! `protocol`, `auth` depend on nothing else here; `router` and `presence` on those two;
 //! `shard` on everything; `metrics` and `admission` on nothing; `rest` on `router` messages, `metrics`, `admission`
-//! and the shards' shared half (`shard::Shared`), never on shard internals; nothing else
+//! and the shards' shared half (`shard::Broker`), never on shard internals; nothing else
 //! depends on `shard` but `main`.
 
 #![deny(unsafe_op_in_unsafe_fn)]

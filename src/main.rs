@@ -25,7 +25,7 @@ use ringcast::{
         mesh::{Mesh, Source},
         ShardId, ShardMsg,
     },
-    shard::{spawn, Shared},
+    shard::{spawn, Broker},
 };
 
 #[global_allocator]
@@ -84,7 +84,7 @@ fn run(args: RunArgs) -> Result<()> {
     // Shutdown signals are taken synchronously by the main thread (sigwait); block them
     // before the shard threads start so that they inherit the mask and never see them.
     let signals = block_shutdown_signals();
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Broker {
         admission: Default::default(),
         draining: Default::default(),
         mesh,
@@ -195,7 +195,7 @@ fn run(args: RunArgs) -> Result<()> {
 
 /// Asks every shard what it still holds undelivered: (connections, frames, bytes, shards
 /// that did not answer within 500 ms).
-fn undelivered(shared: &Shared, shards: usize) -> (u64, u64, u64, usize) {
+fn undelivered(shared: &Broker, shards: usize) -> (u64, u64, u64, usize) {
     let mut asks = Vec::with_capacity(shards);
     for s in 0..shards {
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -244,7 +244,7 @@ impl RestCounters {
     }
 }
 
-/// All counters of the broker. Lives in [`crate::shard::Shared`].
+/// All counters of the broker. Lives in [`crate::shard::Broker`].
 #[derive(Debug)]
 pub struct Metrics {
     shards: Box<[Arc<CachePadded<ShardCounters>>]>,

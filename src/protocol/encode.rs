@@ -375,6 +375,13 @@ pub fn ws_ping(payload: &[u8]) -> Bytes {
     build(OP_PING, |s| s.raw(p))
 }
 
+/// A WebSocket ping with an empty payload: the server's keepalive, one static frame shared
+/// by every connection (no allocation per ping).
+pub fn ws_ping_empty() -> Bytes {
+    static PING: [u8; 2] = [0x89, 0x00];
+    Bytes::from_static(&PING)
+}
+
 /// A WebSocket pong control frame; `payload` (normally the ping's) is truncated to 125 bytes.
 pub fn ws_pong(payload: &[u8]) -> Bytes {
     let p = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
@@ -709,5 +716,10 @@ mod tests {
             prop_assert!(p.len() <= 125);
             prop_assert!(std::str::from_utf8(&p[2..]).is_ok());
         }
+    }
+
+    #[test]
+    fn the_empty_ping_is_a_ping_with_no_payload() {
+        assert_eq!(ws_ping_empty(), ws_ping(b""));
     }
 }

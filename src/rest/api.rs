@@ -36,12 +36,11 @@ use super::MAX_BODY;
 use crate::{
     auth::{jwt, jwt::MintError, Actions, MintRequest, SecretKeyRef},
     protocol::{
-        encode,
         parse::{is_valid_data, validate_channel, MAX_DEPTH},
         ErrorCode,
     },
-    router::{mesh::Source, owner_of, Publication, ShardId, ShardMsg},
-    shard::Shared,
+    router::{fanout, mesh::Source, owner_of, Publication, ShardId, ShardMsg},
+    shard::Broker,
 };
 
 /// How long a request waits for the shards' answers before giving up with 503.
@@ -343,12 +342,12 @@ async fn read_capped(mut body: Incoming) -> Result<Bytes, BodyError> {
 #[derive(Debug)]
 pub struct Api {
     /// Shared broker state (mesh, authenticator, counters, draining flag).
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Broker>,
 }
 
 impl Api {
     /// The API over `shared`.
-    pub fn new(shared: Arc<Shared>) -> Api {
+    pub fn new(shared: Arc<Broker>) -> Api {
         Api { shared }
     }
 
@@ -514,31 +513,24 @@ impl Api {
             Some(_) => return Err(ApiError::bad_request("peerMetadata must be an object")),
         };
         let data = data.get().as_bytes();
-        let frame = encode::message(&channel, &from, data, None);
-        let frame_with_meta = meta
-            .as_deref()
-            .map(|m| encode::message(&channel, &from, data, Some(m.as_bytes())));
-        let p = Arc::new(Publication {
-            app: key.app,
-            channel: Arc::from(&*channel),
-            origin: None,
-            frame,
-            frame_with_meta,
-        });
-        let mesh = &self.shared.mesh;
-        if !mesh.all_have_room(None) {
+        // Built once (only if every shard has room) and handed to every shard; each is
+        // woken after this poll of the connection (`rest::pay_wakes`), once per batch.
+        let published = fanout::publish(
+            &self.shared.mesh,
+            Source::External,
+            || {
+                let meta = meta.as_deref().map(str::as_bytes);
+                Publication::new(key.app, &channel, &from, data, meta, None)
+            },
+            |_| {}, // no shard here: every shard delivers from its queue
+            super::owe_wake,
+        );
+        if published.is_err() {
             // Backpressure: a shard's queue is over `max_cross_shard_bytes`; nothing is
             // queued anywhere, and the client is told when to retry (Retry-After: 1).
             return Err(ApiError::unavailable(
                 "the broker is busy (a shard's queue is full); retry later",
             ));
-        }
-        for s in 0..mesh.shards() {
-            let s = ShardId(s as u16);
-            // Woken after this poll of the connection (`rest::pay_wakes`), once per batch.
-            if mesh.push_deferred(Source::External, s, ShardMsg::Publish(p.clone())) {
-                super::owe_wake(s);
-            }
         }
         if let Some(c) = self
             .shared

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use super::{api::Api, io};
 use crate::{
     admission::{ip_key, IpKey, KeyCounts},
-    shard::Shared,
+    shard::Broker,
 };
 
 /// How long a client may take to send a request head.
@@ -46,7 +46,7 @@ pub struct RestServer {
 }
 
 /// Binds `addr` and starts serving on a new thread named `ringcast-rest`.
-pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<RestServer> {
+pub fn start(addr: SocketAddr, shared: Arc<Broker>) -> std::io::Result<RestServer> {
     let listener = StdListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let local_addr = listener.local_addr()?;

@@ -4,9 +4,10 @@
 //! This module is data structures and messages only: no sockets, no runtime, no io_uring.
 //!
 //! # Routing rules
-//! - A **publication** is encoded into WebSocket frames once by the shard that received it,
-//!   delivered to that shard's local subscribers, and pushed as one `Arc<Publication>` to
-//!   every other shard, which delivers the same bytes to its own subscribers.
+//! - A **publication** is encoded into WebSocket frames once ([`Publication::new`]) by the
+//!   shard that received it (or the REST thread), and [`fanout::publish`] delivers it to
+//!   that shard's local subscribers and pushes it as one `Arc<Publication>` to every other
+//!   shard, which delivers the same bytes to its own subscribers.
 //! - **Presence** for a channel is sequenced by the channel's owner shard
 //!   ([`owner_of`]): subscribe/unsubscribe notices go there, and it answers with the roster
 //!   snapshot and joined/left events through the same FIFO queues, which is what keeps
@@ -18,6 +19,7 @@
 //! (publications would go through the owner first); queue groups add a group key to
 //! [`index::Sub`] and pick one member per group at the owner.
 
+pub mod fanout;
 pub mod index;
 pub mod mesh;
 
@@ -25,7 +27,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::auth::AppId;
+use crate::{auth::AppId, protocol::encode};
 
 /// Index of a shard (a pinned thread with its own runtime).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,6 +72,26 @@ pub struct Publication {
 }
 
 impl Publication {
+    /// Encodes `data` from peer `from` on `channel` into its `message` frames, once: the
+    /// frame without `fromMetadata`, and the one with it when the publisher has metadata
+    /// (`metadata`, compact JSON). `origin` is the publishing connection (`None` for REST).
+    pub fn new(
+        app: AppId,
+        channel: &str,
+        from: &str,
+        data: &[u8],
+        metadata: Option<&[u8]>,
+        origin: Option<ConnRef>,
+    ) -> Publication {
+        Publication {
+            app,
+            channel: Arc::from(channel),
+            origin,
+            frame: encode::message(channel, from, data, None),
+            frame_with_meta: metadata.map(|m| encode::message(channel, from, data, Some(m))),
+        }
+    }
+
     /// The frame a subscriber gets, given its `includeSenderMetadata` flag.
     pub fn frame_for(&self, include_meta: bool) -> &Bytes {
         match (&self.frame_with_meta, include_meta) {

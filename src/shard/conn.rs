@@ -1,6 +1,8 @@
-//! One connection's reader task: HTTP upgrade (with deadline and caps), authentication,
-//! `welcome`, then the WebSocket read loop feeding tungstenite from io_uring reads and
-//! dispatching each text message to the command handlers.
+//! One connection's life: its task does the HTTP upgrade (with deadline and caps),
+//! authentication, registration and `welcome`, then hands the connection's [`Reader`] to
+//! the shard's ring and ends. From then on [`on_recv`] decodes the WebSocket frames in the
+//! bytes the ring received and passes each text message to the commands ([`super::cmd`]);
+//! [`teardown`] runs once when the connection ends.
 //!
 //! tungstenite runs over an in-memory adapter ([`Feed`]): it is handed the bytes io_uring
 //! read and answers `WouldBlock` when they run out; whatever it writes (pong and close
@@ -10,7 +12,7 @@
 use std::{
     io::{self, Read, Write},
     rc::Rc,
-    sync::{atomic::AtomicU64, Arc},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -24,23 +26,19 @@ use tungstenite::{
 };
 
 use super::{
+    cmd::{self, Flow},
+    handle::ConnHandle,
     handshake::{self, Handshake},
-    outbound::{CloseState, ConnShared},
+    outbound::CloseState,
     pending::PendingSlot,
     rate_limit::{PingBudget, TokenBucket},
     ConnEntry, Shard,
 };
 use crate::{
     auth::{Actions, AppId, ChannelScope, Identity},
-    config::RateLimitAction,
     metrics::{AuthFailure, ShardCounters},
-    protocol::{
-        close, encode,
-        parse::{validate_channel, validate_peer_id, ClientMsg},
-        ErrorCode,
-    },
-    router::{index::PresenceState, index::Sub, owner_of, ConnId, Direct, Publication, ShardMsg},
-    shard::DirectSent,
+    protocol::{close, encode},
+    router::ConnId,
 };
 
 fn unix_now() -> u64 {
@@ -55,8 +53,8 @@ fn unix_now() -> u64 {
 ///
 /// `pending` is the socket's place under the pending-handshake caps: given back once the
 /// upgrade is answered (101 or an error status), or on any earlier exit.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, pending: PendingSlot) {
-    let limits = &shard.shared.limits;
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, pending: PendingSlot) {
+    let limits = &shard.broker.limits;
     let stream = Rc::new(stream);
     // 1. The upgrade request, under the handshake deadline.
     let mut head: Vec<u8> = Vec::new();
@@ -89,7 +87,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, pending: PendingSlot) {
     // This future lives as long as the connection: free the handshake buffer now rather
     // than at the end of the scope (4 KiB per connection otherwise).
     drop(buf);
-    if !shard.shared.admission.try_upgrade(
+    if !shard.broker.admission.try_upgrade(
         pending.key(),
         limits.upgrades_per_ip,
         limits.upgrade_window,
@@ -121,7 +119,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, pending: PendingSlot) {
     // 2. Credentials, checked after the upgrade so failures are WebSocket close codes.
     let identity =
         match shard
-            .shared
+            .broker
             .auth
             .authenticate_ws(&req.query, req.origin.as_deref(), unix_now())
         {
@@ -136,7 +134,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, pending: PendingSlot) {
             }
         };
     drop(req); // the query string holds the token: not kept for the connection's life
-    if !shard.shared.try_admit(identity.app) {
+    if !shard.broker.try_admit(identity.app) {
         shard.counters().auth_failure(AuthFailure::ConnectionCap);
         reject(
             &stream,
@@ -151,13 +149,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, pending: PendingSlot) {
     // 3. Registered: from here on every exit goes through `unregister` and `release`.
     let now = Instant::now();
     let id = shard.alloc_conn_id();
-    let shared = Rc::new(ConnShared::new(
+    let handle = Rc::new(ConnHandle::new(
         Rc::try_unwrap(stream).unwrap_or_else(|_| unreachable!("no other owner yet")),
         limits.max_outbound_bytes,
         now,
         shard.tx.clone(),
     ));
-    shared.send(&encode::welcome(
+    handle.send(&encode::welcome(
         &identity.peer_id,
         identity.expires_at,
         unix_now(),
@@ -167,7 +165,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, pending: PendingSlot) {
     shard.register(
         id,
         ConnEntry {
-            shared: shared.clone(),
+            handle: handle.clone(),
             app,
             peer: identity.peer_id.clone(),
         },
@@ -184,7 +182,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, pending: PendingSlot) {
     }
     let conn = Conn {
         id,
-        shared,
+        handle,
         identity: identity.into(),
         channels: Vec::new(),
         bucket: TokenBucket::new(limits.rate_limit_per_sec, limits.rate_limit_burst, now),
@@ -199,12 +197,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, pending: PendingSlot) {
         done: false,
     });
     // From here on the shard's receive ring reads the connection; this task ends.
-    shard.rx.attach(&shard, reader, &leftover);
+    shard.ring.attach(&shard, reader, &leftover);
 }
 
 /// A registered connection's read side, driven by the shard's receive ring
-/// ([`super::rx`]): its WebSocket state and the handles its teardown needs.
-pub struct Reader {
+/// ([`super::ring`]): its WebSocket state and the handles its teardown needs.
+pub(crate) struct Reader {
     conn: Conn,
     ws: WebSocketContext,
     /// Teardown has started: bytes still arriving are ignored.
@@ -213,18 +211,18 @@ pub struct Reader {
 
 impl Reader {
     /// The connection id (the receive ring's `user_data`).
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.conn.id.0
     }
 
     /// The socket.
-    pub fn fd(&self) -> std::os::fd::RawFd {
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
-        self.conn.shared.stream.as_raw_fd()
+        self.conn.handle.stream().as_raw_fd()
     }
 
     /// True once teardown has started.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.done
     }
 }
@@ -235,12 +233,12 @@ const EMPTY_PONG: [u8; 2] = [0x8A, 0x00];
 /// Feeds bytes read from the socket to the connection: WebSocket frames are decoded and each
 /// text message handled. Returns false when the connection is finished (the close
 /// handshake completed or the stream is broken): teardown has started.
-pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
+pub(crate) fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
     if r.done {
         return false;
     }
     let now = Instant::now();
-    r.conn.shared.last_seen.set(now);
+    r.conn.handle.last_seen.set(now);
     ShardCounters::add(&shard.counters().bytes_in, bytes.len() as u64);
     // What tungstenite writes (pong and close replies) is moved to the outbound queue at
     // once, so this stays empty (unallocated) unless a control frame arrives.
@@ -255,16 +253,16 @@ pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
             // The answer to an empty ping (the usual keepalive, and what a ping flood sends):
             // shared static bytes, so each queued pong costs only its queue slot.
             feed.output.clear();
-            r.conn.shared.push_raw(Bytes::from_static(&EMPTY_PONG));
+            r.conn.handle.push_raw(Bytes::from_static(&EMPTY_PONG));
         } else if !feed.output.is_empty() {
             r.conn
-                .shared
+                .handle
                 .push_raw(Bytes::from(std::mem::take(feed.output)));
         }
         match res {
             Ok(Message::Text(text)) => {
                 ShardCounters::add(&shard.counters().messages_in, 1);
-                if r.conn.shared.state() != CloseState::Open {
+                if r.conn.handle.state() != CloseState::Open {
                     continue; // closing: ignore data, wait for the peer's close
                 }
                 // On `Flow::Stop` a close frame is already queued (state `Closing`), so the
@@ -272,11 +270,11 @@ pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
                 // early: tungstenite pulls bytes from `feed` in small chunks, and bytes left
                 // behind would be lost, corrupting the stream we must keep reading until the
                 // peer's close frame arrives.
-                let _flow: Flow = handle_text_isolated(shard, &mut r.conn, text.as_bytes());
+                let _flow: Flow = cmd::handle(shard, &mut r.conn, text.as_bytes());
                 shard.pump_local();
             }
             Ok(Message::Binary(_)) => {
-                r.conn.shared.close(
+                r.conn.handle.close(
                     close::UNSUPPORTED_DATA,
                     "binary frames are not supported",
                     false,
@@ -285,8 +283,8 @@ pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
             Ok(Message::Ping(_)) => {
                 // Answered by tungstenite (the pong is queued on the next read, against the
                 // outbound cap); counted against the connection's ping budget.
-                if r.conn.shared.state() == CloseState::Open {
-                    ping_budget(shard, &mut r.conn, now);
+                if r.conn.handle.state() == CloseState::Open {
+                    cmd::take_ping(shard, &mut r.conn, now);
                 }
             }
             Ok(_) => {} // pong, close (reply queued)
@@ -298,7 +296,7 @@ pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
             Err(e) => {
                 let (code, reason) = ws_error_close(&e);
                 tracing::debug!(cause = %e, code, "closing connection on WebSocket error");
-                r.conn.shared.close(code, reason, false);
+                r.conn.handle.close(code, reason, false);
                 teardown(shard, r);
                 return false;
             }
@@ -309,25 +307,25 @@ pub fn on_recv(shard: &Shard, r: &mut Reader, bytes: &[u8]) -> bool {
 /// Unregisters the connection, lets the writer flush (bounded by the close timeout), then
 /// shuts the socket down. Runs once per connection: when the stream ends (end of stream,
 /// reset, shut down) or the WebSocket closes.
-pub fn teardown(shard: &Shard, r: &mut Reader) {
+pub(crate) fn teardown(shard: &Shard, r: &mut Reader) {
     if r.done {
         return;
     }
     r.done = true;
-    let shared = r.conn.shared.clone();
-    if let CloseState::Closing(code) = shared.state() {
+    let handle = r.conn.handle.clone();
+    if let CloseState::Closing(code) = handle.state() {
         shard.counters().server_close(code);
     }
     shard.unregister(r.conn.id, &r.conn.channels);
     r.conn.channels = Vec::new();
-    shard.shared.release(r.conn.identity.app);
-    shared.finish();
-    let wait = shard.shared.limits.close_timeout;
+    shard.broker.release(r.conn.identity.app);
+    handle.finish();
+    let wait = shard.broker.limits.close_timeout;
     // Give the queue the close timeout to flush (e.g. a close reply), then cut the socket,
     // which also ends the multishot receive.
     tokio_uring::spawn(async move {
-        let _ = tokio::time::timeout(wait, shared.drained()).await;
-        shared.abort();
+        let _ = tokio::time::timeout(wait, handle.drained()).await;
+        handle.abort();
     });
 }
 
@@ -351,26 +349,28 @@ async fn reject(stream: &TcpStream, code: u16, reason: &str, wait: Duration) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
-/// The reader's private per-connection state.
-struct Conn {
-    id: ConnId,
-    shared: Rc<ConnShared>,
-    identity: Peer,
+/// The reader's private per-connection state: what the commands ([`cmd`]) act on.
+pub(crate) struct Conn {
+    pub(crate) id: ConnId,
+    /// The connection's queue, socket and clocks.
+    pub(crate) handle: Rc<ConnHandle>,
+    pub(crate) identity: Peer,
     /// Subscribed channels (at most `max_channels_per_conn`; a linear scan is fine).
-    channels: Vec<Arc<str>>,
-    bucket: TokenBucket,
+    pub(crate) channels: Vec<Arc<str>>,
+    /// The rate limit of every command but `ping`.
+    pub(crate) bucket: TokenBucket,
     /// Client pings this second (WebSocket pings and `ping` messages).
-    pings: PingBudget,
+    pub(crate) pings: PingBudget,
 }
 
 /// The parts of the connection's [`Identity`] its commands need (the rest, such as the
 /// private `metadata`, is only for `welcome` and is dropped after it).
-struct Peer {
-    app: AppId,
-    actions: Actions,
-    peer_id: Arc<str>,
-    scope: ChannelScope,
-    peer_metadata_json: Option<Bytes>,
+pub(crate) struct Peer {
+    pub(crate) app: AppId,
+    pub(crate) actions: Actions,
+    pub(crate) peer_id: Arc<str>,
+    pub(crate) scope: ChannelScope,
+    pub(crate) peer_metadata_json: Option<Bytes>,
 }
 
 impl From<Identity> for Peer {
@@ -417,11 +417,6 @@ impl Write for Feed<'_> {
     }
 }
 
-enum Flow {
-    Continue,
-    Stop,
-}
-
 /// The tungstenite configuration of the read path (also used by the fuzz target `ws_read`).
 /// tungstenite's `read_buffer_size` is only the chunk it pulls from our in-memory [`Feed`]
 /// per call, but it is allocated eagerly per connection, so it is kept small: frames larger
@@ -454,8 +449,8 @@ pub fn ws_error_close(e: &WsError) -> (u16, &'static str) {
 /// not authenticated, not rate limited; bounded by `max_message_size` and
 /// `max_outbound_bytes` like any connection.
 async fn echo(shard: &Shard, stream: Rc<TcpStream>, leftover: Vec<u8>) {
-    let limits = &shard.shared.limits;
-    let shared = Rc::new(ConnShared::new(
+    let limits = &shard.broker.limits;
+    let handle = Rc::new(ConnHandle::new(
         Rc::try_unwrap(stream).unwrap_or_else(|_| unreachable!("no other owner yet")),
         limits.max_outbound_bytes,
         Instant::now(),
@@ -475,7 +470,7 @@ async fn echo(shard: &Shard, stream: Rc<TcpStream>, leftover: Vec<u8>) {
             if buf.capacity() < limits.read_buffer_size {
                 buf.reserve_exact(limits.read_buffer_size);
             }
-            let (res, b) = shared.stream.read(buf).await;
+            let (res, b) = handle.stream().read(buf).await;
             buf = b;
             if !matches!(res, Ok(n) if n > 0) {
                 break;
@@ -489,19 +484,19 @@ async fn echo(shard: &Shard, stream: Rc<TcpStream>, leftover: Vec<u8>) {
         loop {
             let r = ws.read(&mut feed);
             if !feed.output.is_empty() {
-                shared.push_raw(Bytes::from(std::mem::take(feed.output)));
+                handle.push_raw(Bytes::from(std::mem::take(feed.output)));
             }
             match r {
                 Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
-                    if shared.state() != CloseState::Open {
+                    if handle.state() != CloseState::Open {
                         continue;
                     }
                     if ws.write(&mut feed, m).is_err() || ws.flush(&mut feed).is_err() {
-                        shared.close(close::INTERNAL_ERROR, "internal error", false);
+                        handle.close(close::INTERNAL_ERROR, "internal error", false);
                     }
                     let frame = Bytes::from(std::mem::take(feed.output));
                     if !frame.is_empty() {
-                        shared.send(&frame);
+                        handle.send(&frame);
                     }
                 }
                 Ok(_) => {}
@@ -509,358 +504,16 @@ async fn echo(shard: &Shard, stream: Rc<TcpStream>, leftover: Vec<u8>) {
                 Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => break 'conn,
                 Err(e) => {
                     let (code, reason) = ws_error_close(&e);
-                    shared.close(code, reason, false);
+                    handle.close(code, reason, false);
                     break 'conn;
                 }
             }
         }
-        if shared.state() == CloseState::Finished {
+        if handle.state() == CloseState::Finished {
             break;
         }
     }
-    shared.finish();
-    let _ = tokio::time::timeout(limits.close_timeout, shared.drained()).await;
-    shared.abort();
-}
-
-/// The checks every channel command makes, in order: a valid name, the action, the scope.
-fn authorize(id: &Peer, channel: &str, action: Actions) -> Result<(), (ErrorCode, &'static str)> {
-    validate_channel(channel).map_err(|code| (code, "invalid channel name"))?;
-    if !id.actions.contains(action) {
-        return Err((
-            ErrorCode::ActionNotPermitted,
-            "action not permitted by the token",
-        ));
-    }
-    if !id.scope.allows(channel) {
-        return Err((ErrorCode::ChannelNotAuthorized, "channel not authorized"));
-    }
-    Ok(())
-}
-
-fn reply_error(conn: &Conn, code: ErrorCode, request_id: Option<&str>, message: &str) {
-    conn.shared
-        .send(&encode::error(code, request_id, Some(message)));
-}
-
-fn ack(conn: &Conn, request_id: Option<&str>) {
-    if let Some(r) = request_id {
-        conn.shared.send(&encode::ack(r));
-    }
-}
-
-/// [`handle_text`] behind a panic barrier: a bug that panics while handling one connection's
-/// message closes that connection with 1011 and leaves the shard and its other connections
-/// running (RefCell borrows are released by the unwind; the connection's normal teardown then
-/// removes its subscriptions).
-fn handle_text_isolated(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        handle_text(shard, conn, text)
-    })) {
-        Ok(flow) => flow,
-        Err(_) => {
-            tracing::error!(conn = ?conn.id, "panic while handling a message; closing 1011");
-            conn.shared
-                .close(close::INTERNAL_ERROR, "internal error", false);
-            Flow::Stop
-        }
-    }
-}
-
-/// Handles one text message. Errors answer `error` frames; only rate-limit closes stop.
-fn handle_text(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
-    let limits = &shard.shared.limits;
-    let mut parser = shard.parser.borrow_mut();
-    let msg = match parser.parse(text) {
-        Ok(m) => m,
-        Err(e) => {
-            // Malformed input is charged to the bucket too: it cost a parse.
-            match charge(limits.rate_limit_action, conn, e.request_id.as_deref()) {
-                Charge::Allowed => {}
-                Charge::Dropped => {
-                    ShardCounters::add(&shard.counters().rate_limited_errors, 1);
-                    return Flow::Continue;
-                }
-                Charge::Stop => return Flow::Stop,
-            }
-            conn.shared.send(&encode::error(
-                e.code,
-                e.request_id.as_deref(),
-                Some(e.message),
-            ));
-            return Flow::Continue;
-        }
-    };
-    if let ClientMsg::Ping { request_id } = msg {
-        // Not charged to the token bucket: to the ping budget (heartbeats never eat the
-        // publish budget). The pong carries the ping's requestId, if any: it is the ping's
-        // one answer.
-        if !ping_budget(shard, conn, Instant::now()) {
-            return Flow::Stop;
-        }
-        conn.shared.send(&encode::pong_with(request_id));
-        return Flow::Continue;
-    }
-    let rid = msg.request_id();
-    match charge(limits.rate_limit_action, conn, rid) {
-        Charge::Allowed => {}
-        Charge::Dropped => {
-            ShardCounters::add(&shard.counters().rate_limited_errors, 1);
-            return Flow::Continue;
-        }
-        Charge::Stop => return Flow::Stop,
-    }
-    let id = &conn.identity;
-    match msg {
-        ClientMsg::Ping { .. } => {}
-        ClientMsg::Subscribe {
-            channel,
-            request_id,
-            include_sender_metadata,
-        } => {
-            if let Err((code, why)) = authorize(id, channel, Actions::SUBSCRIBE) {
-                reply_error(conn, code, request_id, why);
-                return Flow::Continue;
-            }
-            let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
-            let app = id.app;
-            if let Some(ch) = existing {
-                // Re-subscribe: only `includeSenderMetadata` changes, and a fresh snapshot
-                // follows (protocol §5; SDKs re-subscribe to reconcile their roster) unless
-                // one is already on its way, which then answers this re-subscribe too.
-                let mut refresh = false;
-                if let Some(sub) = shard
-                    .state
-                    .borrow_mut()
-                    .index
-                    .get_mut(app, &ch)
-                    .and_then(|s| s.get_mut(conn.id))
-                {
-                    sub.include_meta = include_sender_metadata;
-                    if sub.presence == PresenceState::Ready {
-                        sub.presence = PresenceState::Refreshing;
-                        refresh = true;
-                    }
-                }
-                ack(conn, request_id);
-                if refresh {
-                    shard.route(
-                        owner_of(app, &ch, shard.shards()),
-                        ShardMsg::PresenceResnapshot {
-                            app,
-                            channel: ch,
-                            peer: id.peer_id.clone(),
-                            from: shard.conn_ref(conn.id),
-                        },
-                    );
-                }
-                return Flow::Continue;
-            }
-            if conn.channels.len() >= limits.max_channels_per_conn {
-                reply_error(
-                    conn,
-                    ErrorCode::ChannelLimitExceeded,
-                    request_id,
-                    "too many channels on this connection",
-                );
-                return Flow::Continue;
-            }
-            let ch: Arc<str> = Arc::from(channel);
-            let wants = id.actions.contains(Actions::PRESENCE);
-            shard.state.borrow_mut().index.insert(
-                app,
-                &ch,
-                Sub {
-                    conn: conn.id,
-                    peer: id.peer_id.clone(),
-                    include_meta: include_sender_metadata,
-                    presence: if wants {
-                        PresenceState::Pending
-                    } else {
-                        PresenceState::NoPermission
-                    },
-                    handle: conn.shared.clone(),
-                },
-            );
-            conn.channels.push(ch.clone());
-            ShardCounters::add(&shard.counters().subscriptions, 1);
-            ack(conn, request_id);
-            let owner = owner_of(app, &ch, shard.shards());
-            shard.route(
-                owner,
-                ShardMsg::PresenceJoin {
-                    app,
-                    channel: ch,
-                    peer: id.peer_id.clone(),
-                    metadata: id.peer_metadata_json.clone(),
-                    from: shard.conn_ref(conn.id),
-                    wants_presence: wants,
-                },
-            );
-        }
-        ClientMsg::Unsubscribe {
-            channel,
-            request_id,
-        } => {
-            if let Err(code) = validate_channel(channel) {
-                reply_error(conn, code, request_id, "invalid channel name");
-                return Flow::Continue;
-            }
-            if let Some(pos) = conn.channels.iter().position(|c| &**c == channel) {
-                let ch = conn.channels.swap_remove(pos);
-                shard.unsubscribe(id.app, &ch, conn.id, &id.peer_id);
-            }
-            ack(conn, request_id);
-        }
-        ClientMsg::Publish {
-            channel,
-            data,
-            request_id,
-        } => {
-            // Test-only fault hook (cargo feature `fault-injection`, never in release builds
-            // shipped): lets tests/test_hostile.py prove a handler panic is isolated.
-            #[cfg(feature = "fault-injection")]
-            if data == b"\"__ringcast_panic__\"" {
-                panic!("fault injection: __ringcast_panic__");
-            }
-            if let Err((code, why)) = authorize(id, channel, Actions::PUBLISH) {
-                reply_error(conn, code, request_id, why);
-                return Flow::Continue;
-            }
-            // Encoded once per publication (twice when the publisher has metadata: with and
-            // without `fromMetadata`); every subscriber on every shard gets these bytes.
-            // Allocations here are per publication, never per subscriber: the frame(s), the
-            // `Arc<str>` channel and the `Arc<Publication>` that other shards share.
-            if !shard.shared.mesh.all_have_room(Some(shard.id)) {
-                refuse_overloaded(shard, conn, request_id);
-                return Flow::Continue;
-            }
-            let frame = encode::message(channel, &id.peer_id, data, None);
-            let frame_with_meta = id
-                .peer_metadata_json
-                .as_deref()
-                .map(|m| encode::message(channel, &id.peer_id, data, Some(m)));
-            shard.publish(Publication {
-                app: id.app,
-                channel: Arc::from(channel),
-                origin: Some(shard.conn_ref(conn.id)),
-                frame,
-                frame_with_meta,
-            });
-            count_message(shard, id.app, |c| &c.publications);
-            ack(conn, request_id);
-        }
-        ClientMsg::Send {
-            to,
-            data,
-            request_id,
-        } => {
-            if validate_peer_id(to).is_err() {
-                reply_error(
-                    conn,
-                    ErrorCode::InvalidPeerId,
-                    request_id,
-                    "invalid peer id",
-                );
-                return Flow::Continue;
-            }
-            if !id.actions.contains(Actions::SEND) {
-                reply_error(
-                    conn,
-                    ErrorCode::ActionNotPermitted,
-                    request_id,
-                    "send is not permitted",
-                );
-                return Flow::Continue;
-            }
-            // One frame, one `Arc<str>` and one `Arc<Direct>` per send (shared by the target's
-            // connections on every shard); nothing per recipient.
-            let frame = encode::direct(&id.peer_id, data, id.peer_metadata_json.as_deref());
-            let sent = shard.send_direct(Direct {
-                app: id.app,
-                to: Arc::from(to),
-                origin: Some(shard.conn_ref(conn.id)),
-                frame,
-            });
-            match sent {
-                DirectSent::Sent => {
-                    count_message(shard, id.app, |c| &c.directs);
-                    ack(conn, request_id);
-                }
-                DirectSent::NotFound => reply_error(
-                    conn,
-                    ErrorCode::PeerNotFound,
-                    request_id,
-                    "peer not connected",
-                ),
-                DirectSent::Busy => refuse_overloaded(shard, conn, request_id),
-            }
-        }
-    }
-    Flow::Continue
-}
-
-/// Refuses a publication or direct message because a destination shard's queue is over
-/// `max_cross_shard_bytes`: nothing was delivered anywhere; the client may retry.
-fn refuse_overloaded(shard: &Shard, conn: &Conn, request_id: Option<&str>) {
-    ShardCounters::add(&shard.counters().cross_shard_refusals, 1);
-    reply_error(
-        conn,
-        ErrorCode::RateLimited,
-        request_id,
-        "the broker is busy (a shard's queue is full); retry later",
-    );
-}
-
-/// Counts one accepted publication or direct message, overall and for the app's usage.
-fn count_message(shard: &Shard, app: AppId, kind: impl Fn(&ShardCounters) -> &AtomicU64) {
-    let c = shard.counters();
-    ShardCounters::add(kind(c), 1);
-    if let Some(a) = c.app_messages.get(app.0 as usize) {
-        ShardCounters::add(a, 1);
-    }
-}
-
-/// Counts one client ping; over `max_pings_per_sec` the connection is closed 4011 (whatever
-/// `rate_limit_action` says: a ping has nothing to answer an error to) and false returned.
-fn ping_budget(shard: &Shard, conn: &mut Conn, now: Instant) -> bool {
-    let limit = shard.shared.limits.max_pings_per_sec;
-    if conn.pings.try_take(shard.second(now), limit) {
-        return true;
-    }
-    conn.shared
-        .close(close::RATE_LIMITED, "ping rate exceeded", false);
-    false
-}
-
-enum Charge {
-    /// Within the budget: handle the message.
-    Allowed,
-    /// Over the budget with action `error`: answered `rate_limited`, drop the message.
-    Dropped,
-    /// Over the budget with action `close`: a 4011 close is queued; stop handling input.
-    Stop,
-}
-
-/// Charges one message to the connection's token bucket.
-fn charge(action: RateLimitAction, conn: &mut Conn, request_id: Option<&str>) -> Charge {
-    if conn.bucket.try_take(Instant::now()) {
-        return Charge::Allowed;
-    }
-    match action {
-        RateLimitAction::Close => {
-            conn.shared
-                .close(close::RATE_LIMITED, "rate limit exceeded", false);
-            Charge::Stop
-        }
-        RateLimitAction::Error => {
-            reply_error(
-                conn,
-                ErrorCode::RateLimited,
-                request_id,
-                "rate limit exceeded; message dropped",
-            );
-            Charge::Dropped
-        }
-    }
+    handle.finish();
+    let _ = tokio::time::timeout(limits.close_timeout, handle.drained()).await;
+    handle.abort();
 }

@@ -12,22 +12,20 @@ use std::{
     time::Instant,
 };
 
-use bytes::Bytes;
-
 use super::{outbound::CloseState, Shard};
-use crate::{protocol::close, router::index::shrink_target};
-
-/// A WebSocket ping with an empty payload, shared by every connection.
-static PING: [u8; 2] = [0x89, 0x00];
+use crate::{
+    protocol::{close, encode},
+    router::index::shrink_target,
+};
 
 /// Runs until the process exits.
-pub async fn run(shard: Rc<Shard>) {
-    let l = &shard.shared.limits;
+pub(crate) async fn run(shard: Rc<Shard>) {
+    let l = &shard.broker.limits;
     let tick = (l.ping_interval.min(l.idle_timeout).min(l.close_timeout) / 4).clamp(
         std::time::Duration::from_millis(10),
         std::time::Duration::from_secs(1),
     );
-    let ping = Bytes::from_static(&PING);
+    let ping = encode::ws_ping_empty();
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -35,10 +33,10 @@ pub async fn run(shard: Rc<Shard>) {
         let now = Instant::now();
         prune_expiries(&shard);
         shard.shrink_tables();
-        shard.rx.retry(&shard);
+        shard.ring.retry(&shard);
         let st = shard.state.borrow();
         for e in st.conns.values() {
-            let c = &e.shared;
+            let c = &e.handle;
             match c.state() {
                 CloseState::Open => {
                     if now.duration_since(c.last_seen.get()) >= l.idle_timeout {
@@ -78,7 +76,7 @@ fn prune_expiries(shard: &Shard) {
 
 /// Closes connections whose token expired (4002), at their deadline: one timer per shard
 /// instead of one task per connection. Runs until the process exits.
-pub async fn expiry(shard: Rc<Shard>) {
+pub(crate) async fn expiry(shard: Rc<Shard>) {
     loop {
         let next = shard.expiries.borrow().peek().map(|Reverse((t, _))| *t);
         match next {
@@ -123,7 +121,7 @@ pub async fn expiry(shard: Rc<Shard>) {
                     let Some(id) = due else { break };
                     let st = shard.state.borrow();
                     if let Some(e) = st.conns.get(&id) {
-                        e.shared.close(close::TOKEN_EXPIRED, "token expired", false);
+                        e.handle.close(close::TOKEN_EXPIRED, "token expired", false);
                     }
                 }
             }

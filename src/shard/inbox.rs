@@ -1,48 +1,209 @@
-//! The shard's inbox task: waits on the shard's eventfd through io_uring and drains the
-//! mesh queues. Idle, it is one pending read: no spinning, no timer.
+//! The shard's inbox: the task that drains the shard's mesh queues (woken by the mesh's
+//! eventfd, read through io_uring: idle, it is one pending read, no spinning, no timer),
+//! and [`Shard::handle_msg`], which handles each message from another shard, from the REST
+//! thread or from this shard itself.
 
-use std::{fs::File, os::fd::FromRawFd, rc::Rc};
+use std::{rc::Rc, sync::atomic::Ordering};
 
-use super::Shard;
+use super::{
+    outbound::{CloseState, Delivery, SLOT_BYTES},
+    ring::eventfd::EventFd,
+    Shard,
+};
+use crate::{
+    protocol::{close, encode},
+    router::{index::PresenceState, ShardMsg},
+};
 
 /// Messages handled before yielding to connection tasks, so a flood of cross-shard traffic
 /// cannot starve this shard's own sockets.
 const BUDGET: usize = 1024;
 
 /// Runs until the process exits.
-pub async fn run(shard: Rc<Shard>) {
+pub(crate) async fn run(shard: Rc<Shard>) {
     let me = shard.id;
-    // SAFETY: `dup` of the mesh's eventfd, which stays open for the life of the process
-    // (the mesh outlives every shard); the duplicate is owned by `file` alone.
-    let fd = unsafe { libc::dup(shard.shared.mesh.eventfd(me)) };
-    if fd < 0 {
+    // The mesh's eventfd stays open for the life of the process (the mesh outlives every
+    // shard).
+    let Ok(mut eventfd) = EventFd::dup(shard.broker.mesh.eventfd(me), me) else {
         tracing::error!(
             shard = me.0,
             "cannot dup eventfd; cross-shard messages will not arrive"
         );
         return;
-    }
-    // SAFETY: `fd` is a fresh, valid descriptor owned by nobody else.
-    let file = tokio_uring::fs::File::from_std(unsafe { File::from_raw_fd(fd) });
-    let mut buf = vec![0u8; 8];
+    };
     loop {
-        shard.shared.mesh.arm(me);
+        shard.broker.mesh.arm(me);
         loop {
-            let n = shard.shared.mesh.drain(me, BUDGET, |m| shard.handle_msg(m));
+            let n = shard.broker.mesh.drain(me, BUDGET, |m| shard.handle_msg(m));
             shard.pump_local();
             if n < BUDGET {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        let (res, b) = file.read_at(buf, 0).await;
-        buf = b;
-        if let Err(e) = res {
-            if e.kind() != std::io::ErrorKind::WouldBlock
-                && e.kind() != std::io::ErrorKind::Interrupted
-            {
-                tracing::error!(shard = me.0, cause = %e, "eventfd read failed");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        eventfd.wait().await;
+    }
+}
+
+impl Shard {
+    /// Handles one message from the mesh or from this shard itself.
+    pub(crate) fn handle_msg(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Publish(p) => self.deliver_publication(&p),
+            ShardMsg::Direct(d) => self.deliver_direct(&d),
+            ShardMsg::PresenceJoin {
+                app,
+                channel,
+                peer,
+                metadata,
+                from,
+                wants_presence,
+            } => {
+                let shards = self.shards();
+                let mut st = self.state.borrow_mut();
+                st.rosters.join(
+                    app,
+                    channel,
+                    peer,
+                    metadata,
+                    from,
+                    wants_presence,
+                    shards,
+                    |s, m| self.route(s, m),
+                );
+                self.counters()
+                    .channels
+                    .store(st.rosters.len() as u64, Ordering::Relaxed);
+            }
+            ShardMsg::PresenceLeave {
+                app,
+                channel,
+                peer,
+                from,
+            } => {
+                let mut st = self.state.borrow_mut();
+                st.rosters
+                    .leave(app, channel, peer, from, |s, m| self.route(s, m));
+                self.counters()
+                    .channels
+                    .store(st.rosters.len() as u64, Ordering::Relaxed);
+            }
+            ShardMsg::PeersQuery {
+                app,
+                channel,
+                reply,
+            } => {
+                let roster = self.state.borrow().rosters.roster(app, &channel);
+                let _ = reply.send(roster); // the asker may have timed out
+            }
+            ShardMsg::Kick { app, peer, reply } => {
+                let st = self.state.borrow();
+                let mut closed = 0u32;
+                for c in st.local_peers[app.0 as usize]
+                    .get(&peer)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(e) = st.conns.get(c) {
+                        if e.handle.state() == CloseState::Open {
+                            e.handle.close(
+                                close::ADMIN_DISCONNECT,
+                                "disconnected by the server",
+                                false,
+                            );
+                            closed += 1;
+                        }
+                    }
+                }
+                let _ = reply.send(closed);
+            }
+            ShardMsg::PresenceSnapshot {
+                app,
+                channel,
+                conn,
+                frames,
+            } => {
+                let mut st = self.state.borrow_mut();
+                if let Some(sub) = st
+                    .index
+                    .get_mut(app, &channel)
+                    .and_then(|c| c.get_mut(conn))
+                {
+                    if sub.presence != PresenceState::NoPermission {
+                        sub.presence = PresenceState::Ready;
+                        // Counted against the cap, with room for one snapshot at a time
+                        // (`ConnHandle::send_snapshot`).
+                        let total = frames.iter().map(|f| f.len() + SLOT_BYTES).sum();
+                        for (i, f) in frames.iter().enumerate() {
+                            let owed = if i == 0 { total } else { 0 };
+                            if sub.handle.send_snapshot(f, owed) != Delivery::Queued {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            ShardMsg::PresenceResnapshot {
+                app,
+                channel,
+                peer,
+                from,
+            } => {
+                let mut st = self.state.borrow_mut();
+                st.rosters
+                    .resnapshot(app, channel, &peer, from, |s, m| self.route(s, m));
+            }
+            ShardMsg::PresenceEvent {
+                app,
+                channel,
+                peer,
+                frame,
+            } => {
+                let st = self.state.borrow();
+                if let Some(subs) = st.index.get(app, &channel) {
+                    for sub in subs.iter() {
+                        if matches!(
+                            sub.presence,
+                            PresenceState::Ready | PresenceState::Refreshing
+                        ) && sub.peer != peer
+                        {
+                            sub.handle.send(&frame);
+                        }
+                    }
+                }
+            }
+            ShardMsg::Shutdown { retry_after_ms } => {
+                let frame = encode::going_away(retry_after_ms);
+                let st = self.state.borrow();
+                for e in st.conns.values() {
+                    e.handle.send(&frame);
+                    e.handle
+                        .close(close::GOING_AWAY, "server shutting down", false);
+                }
+            }
+            ShardMsg::Undelivered { reply } => {
+                let st = self.state.borrow();
+                let (mut frames, mut bytes) = (0, 0);
+                for e in st.conns.values() {
+                    let (f, b) = e.handle.undelivered();
+                    frames += f as u64;
+                    bytes += b as u64;
+                }
+                let _ = reply.send((st.conns.len() as u64, frames, bytes));
+            }
+            ShardMsg::PeerUp { app, peer, shard } => {
+                let mut st = self.state.borrow_mut();
+                *st.directory[app.0 as usize].entry(peer).or_insert(0) |= 1u128 << shard.0;
+            }
+            ShardMsg::PeerDown { app, peer, shard } => {
+                let mut st = self.state.borrow_mut();
+                let dir = &mut st.directory[app.0 as usize];
+                if let Some(bits) = dir.get_mut(&peer) {
+                    *bits &= !(1u128 << shard.0);
+                    if *bits == 0 {
+                        dir.remove(&peer);
+                    }
+                }
             }
         }
     }

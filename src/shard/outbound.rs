@@ -1,43 +1,29 @@
-//! A connection's shared half: its outbound frame queue (bounded in bytes), liveness
-//! clocks and close state, and the shard's list of connections with frames to write.
+//! A connection's outbound queue: the frames waiting to be written, bounded in bytes, and
+//! the connection's close state. Plain data: no socket, no ring, no `Rc`; what to do once
+//! a frame is queued (list the connection for the next flush) is up to its owner
+//! ([`super::handle::ConnHandle`]), and writing is [`super::ring::send`]'s.
 //!
-//! There is no writer task. [`ConnShared::send`] queues a frame and, if the connection is
-//! not already listed, puts it on the shard's [`TxQueue`]; the shard's flusher
-//! ([`super::rx::flusher`]) then submits one `send` (one frame) or `writev` (up to
-//! [`MAX_IOV`] frames, coalesced) per listed connection to the receive ring and enters the
-//! kernel once for all of them. The shared `Bytes` are handed to the kernel without copying.
-//! One write is in flight per connection at most, so frames stay in order; its completion
-//! (handled with the ring's receive completions) sends the rest.
-//!
-//! Held by `Rc` by the connection's reader, the shard's connection registry, the
-//! subscription index, the flusher's list and an in-flight write; all on one shard thread,
-//! hence `Cell`/`RefCell`.
+//! The bound: every queued frame costs its bytes plus [`SLOT_BYTES`] against
+//! `max_bytes`. A frame that would go over closes the connection as a slow consumer: what
+//! is queued is discarded and a 4008 close frame takes its place, so the stream ends
+//! visibly instead of losing frames from its middle. The close frame itself is never
+//! refused (one per connection). A presence snapshot may go over the bound once at a time
+//! ([`Outbound::send_snapshot`]).
 
-use std::{
-    cell::{Cell, RefCell},
-    collections::VecDeque,
-    future::poll_fn,
-    rc::Rc,
-    task::{Poll, Waker},
-    time::Instant,
-};
+use std::{collections::VecDeque, time::Instant};
 
-use bytes::{Buf, Bytes};
-use tokio_uring::net::TcpStream;
+use bytes::Bytes;
 
 use crate::protocol::{close, encode};
-
-/// Most frames handed to one `writev`.
-const MAX_IOV: usize = 64;
 
 /// What a queued frame costs against the cap beyond its bytes: its slot in the queue (a
 /// `Bytes` is 32 bytes, and a `VecDeque` growing by doubling holds up to twice the slots it
 /// uses), so a flood of two-byte pongs cannot hold many times the cap in memory.
-pub const SLOT_BYTES: usize = 64;
+pub(crate) const SLOT_BYTES: usize = 64;
 
 /// Close progress of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseState {
+pub(crate) enum CloseState {
     /// Frames are accepted.
     Open,
     /// A close frame is queued (or sent); nothing more is accepted. Carries the code.
@@ -46,74 +32,28 @@ pub enum CloseState {
     Finished,
 }
 
-/// Outcome of [`ConnShared::send`].
+/// Outcome of queueing a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// Queued for writing.
     Queued,
     /// The connection is closing; the frame was not queued.
     Closed,
-    /// The queue was over its byte cap: the connection is now closing with 4008.
+    /// The queue was over its byte cap: the connection is now closing with 4008 (its close
+    /// frame is queued in place of everything else).
     SlowConsumer,
 }
 
-/// The shard's list of connections with frames queued and no write in flight, and the
-/// flusher task's waker.
-#[derive(Default)]
-pub struct TxQueue {
-    pub(super) dirty: RefCell<Vec<Rc<ConnShared>>>,
-    pub(super) waker: Cell<Option<Waker>>,
-}
-
-impl std::fmt::Debug for TxQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TxQueue")
-            .field("dirty", &self.dirty.borrow().len())
-            .finish()
-    }
-}
-
-/// The write a connection has in flight: its frames are kept alive until it completes.
-#[derive(Default)]
-pub enum Inflight {
-    /// Nothing in flight.
-    #[default]
-    Idle,
-    /// One frame (an IORING_OP_SEND).
-    One(Bytes),
-    /// Several frames (an IORING_OP_WRITEV) in a pooled batch.
-    Many(Box<Batch>),
-}
-
-/// Up to [`MAX_IOV`] frames and their iovecs; pooled per shard so that connections hold
-/// no write buffers while idle.
-pub struct Batch {
-    /// The frames, partly written ones advanced.
-    pub frames: Vec<Bytes>,
-    /// The iovecs handed to the kernel (valid while `frames` is unchanged).
-    pub iov: Vec<libc::iovec>,
-}
-
-impl Batch {
-    /// An empty batch with room for [`MAX_IOV`] frames.
-    pub fn new() -> Batch {
-        Batch {
-            frames: Vec::with_capacity(MAX_IOV),
-            iov: Vec::with_capacity(MAX_IOV),
-        }
-    }
-}
-
-impl Default for Batch {
-    fn default() -> Self {
-        Batch::new()
-    }
+/// What one queued frame costs against the cap: its bytes plus its queue slot, so that a
+/// flood of tiny frames (pongs) is bounded in memory, not only in wire bytes.
+fn charge(frame: &Bytes) -> usize {
+    frame.len() + SLOT_BYTES
 }
 
 /// Frames waiting to be written. A single frame (the common case: a connection that keeps
 /// up) is held without allocating; a `VecDeque` exists only while frames pile up, and is
 /// freed when they are all taken, so an idle connection holds no queue buffer.
-#[derive(Default)]
+#[derive(Debug, Default)]
 enum FrameQueue {
     #[default]
     Empty,
@@ -151,12 +91,12 @@ impl FrameQueue {
         }
     }
 
-    /// What the queued frames count against the cap ([`ConnShared::charge`]).
+    /// What the queued frames count against the cap ([`charge`]).
     fn charged(&self) -> usize {
         match self {
             FrameQueue::Empty => 0,
-            FrameQueue::One(f) => ConnShared::charge(f),
-            FrameQueue::Many(v) => v.iter().map(ConnShared::charge).sum(),
+            FrameQueue::One(f) => charge(f),
+            FrameQueue::Many(v) => v.iter().map(charge).sum(),
         }
     }
 
@@ -196,76 +136,42 @@ impl FrameQueue {
     }
 }
 
-/// State shared by everything that talks to one connection.
-pub struct ConnShared {
-    /// The socket. Reads happen in the shard's receive ring, writes too (see module docs).
-    pub stream: TcpStream,
-    queue: RefCell<FrameQueue>,
-    /// Bytes queued and not yet handed to the kernel. Bytes of a write in flight are not
+/// A connection's bounded frame queue and close state.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    queue: FrameQueue,
+    /// Bytes queued and not yet taken for a write. Bytes of a write in flight are not
     /// counted: its completion is reaped only when the shard next drains its ring, so
     /// counting them would charge a fast reader for data the kernel already took. A reader
     /// that stops is still caught: its socket buffer fills, the write stalls and the queue
     /// grows.
-    queued_bytes: Cell<usize>,
+    queued_bytes: usize,
     max_bytes: usize,
-    /// Bytes of exempt frames (roster snapshots) not yet written: the cap is raised by this
-    /// much until they are on the wire, so a large snapshot is delivered, not punished.
-    allowance: Cell<usize>,
-    state: Cell<CloseState>,
+    /// Bytes of exempt frames (roster snapshots) not yet taken for writing: the cap is
+    /// raised by this much until they are on their way, so a large snapshot is delivered,
+    /// not punished.
+    allowance: usize,
+    state: CloseState,
     /// When the close frame was queued, to enforce the close timeout.
-    closing_since: Cell<Option<Instant>>,
-    /// Last time anything arrived from the peer.
-    pub last_seen: Cell<Instant>,
-    /// Last time the server sent a WebSocket ping.
-    pub last_ping: Cell<Instant>,
-    /// The shard's flush list.
-    tx: Rc<TxQueue>,
-    /// On the flush list already.
-    listed: Cell<bool>,
-    /// A write failed (peer gone): nothing more is written.
-    dead: Cell<bool>,
-    /// The write in flight.
-    pub(super) inflight: RefCell<Inflight>,
-    /// Woken when the queue is flushed (teardown waits for it).
-    drained: Cell<Option<Waker>>,
+    closing_since: Option<Instant>,
 }
 
-impl std::fmt::Debug for ConnShared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnShared")
-            .field("queued_bytes", &self.queued_bytes.get())
-            .field("state", &self.state.get())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ConnShared {
-    /// Wraps an upgraded socket; its writes go through the shard's flush list `tx`.
-    pub fn new(stream: TcpStream, max_bytes: usize, now: Instant, tx: Rc<TxQueue>) -> Self {
-        ConnShared {
-            stream,
-            queue: RefCell::new(FrameQueue::Empty),
-            queued_bytes: Cell::new(0),
+impl Outbound {
+    /// An empty, open queue of at most `max_bytes` (frames plus their slots).
+    pub(crate) fn new(max_bytes: usize) -> Outbound {
+        Outbound {
+            queue: FrameQueue::Empty,
+            queued_bytes: 0,
             max_bytes,
-            allowance: Cell::new(0),
-            state: Cell::new(CloseState::Open),
-            closing_since: Cell::new(None),
-            last_seen: Cell::new(now),
-            last_ping: Cell::new(now),
-            tx,
-            listed: Cell::new(false),
-            dead: Cell::new(false),
-            inflight: RefCell::new(Inflight::Idle),
-            drained: Cell::new(None),
+            allowance: 0,
+            state: CloseState::Open,
+            closing_since: None,
         }
     }
 
-    /// Queues a frame (a clone of shared bytes: a reference-count increment, no copy).
-    /// Over the byte cap the connection is closed as a slow consumer: what is queued is
-    /// discarded and a 4008 close frame takes its place, so the stream ends visibly
-    /// instead of losing frames from its middle.
-    pub fn send(self: &Rc<Self>, frame: &Bytes) -> Delivery {
-        self.admit(frame.clone(), 0)
+    /// Queues a frame. Over the byte cap the connection is closed as a slow consumer.
+    pub(crate) fn send(&mut self, frame: Bytes) -> Delivery {
+        self.admit(frame, 0)
     }
 
     /// Queues a frame of a presence snapshot. Snapshots count against the cap like every
@@ -275,249 +181,225 @@ impl ConnShared {
     /// unwritten one gets no such allowance (a re-subscribe flood from a connection that
     /// does not read ends in 4008), so a connection holds at most `max_bytes` plus one
     /// snapshot (`snapshot_bytes`: the snapshot's total size, passed with its first frame).
-    pub fn send_snapshot(self: &Rc<Self>, frame: &Bytes, snapshot_bytes: usize) -> Delivery {
-        if snapshot_bytes > 0 && self.allowance.get() == 0 {
-            return self.admit(frame.clone(), snapshot_bytes);
+    pub(crate) fn send_snapshot(&mut self, frame: Bytes, snapshot_bytes: usize) -> Delivery {
+        if snapshot_bytes > 0 && self.allowance == 0 {
+            return self.admit(frame, snapshot_bytes);
         }
-        self.admit(frame.clone(), 0)
-    }
-
-    /// What one queued frame costs against the cap: its bytes plus its queue slot, so that
-    /// a flood of tiny frames (pongs) is bounded in memory, not only in wire bytes.
-    fn charge(frame: &Bytes) -> usize {
-        frame.len() + SLOT_BYTES
+        self.admit(frame, 0)
     }
 
     /// Queues `frame` unless the connection is closing or over its cap (raised first by
     /// `allowance` bytes); over the cap it is closed 4008.
-    fn admit(self: &Rc<Self>, frame: Bytes, allowance: usize) -> Delivery {
-        if self.state.get() != CloseState::Open {
+    fn admit(&mut self, frame: Bytes, allowance: usize) -> Delivery {
+        if self.state != CloseState::Open {
             return Delivery::Closed;
         }
-        let after = self.queued_bytes.get() + Self::charge(&frame);
-        if after > self.max_bytes + self.allowance.get() + allowance {
+        let after = self.queued_bytes + charge(&frame);
+        if after > self.max_bytes + self.allowance + allowance {
             self.close(close::SLOW_CONSUMER, "slow consumer", true);
             return Delivery::SlowConsumer;
         }
-        self.allowance.set(self.allowance.get() + allowance);
+        self.allowance += allowance;
         self.enqueue(frame);
         Delivery::Queued
     }
 
-    /// Puts a frame on the queue and the connection on the flush list; no checks.
-    fn enqueue(self: &Rc<Self>, frame: Bytes) {
-        self.queued_bytes
-            .set(self.queued_bytes.get() + Self::charge(&frame));
-        self.queue.borrow_mut().push_back(frame);
-        self.list();
+    /// Puts a frame on the queue; no checks.
+    fn enqueue(&mut self, frame: Bytes) {
+        self.queued_bytes += charge(&frame);
+        self.queue.push_back(frame);
     }
 
     /// Starts a server-initiated close: queues a close frame after the pending frames (or
-    /// instead of them when `discard_pending`), and accepts nothing more.
-    pub fn close(self: &Rc<Self>, code: u16, reason: &str, discard_pending: bool) {
-        if self.state.get() != CloseState::Open {
-            return;
+    /// instead of them when `discard_pending`), and accepts nothing more. Returns false
+    /// (nothing queued) when the connection was not open.
+    pub(crate) fn close(&mut self, code: u16, reason: &str, discard_pending: bool) -> bool {
+        if self.state != CloseState::Open {
+            return false;
         }
         if discard_pending {
-            let mut q = self.queue.borrow_mut();
-            let dropped = q.charged();
-            *q = FrameQueue::Empty;
-            self.queued_bytes.set(self.queued_bytes.get() - dropped);
-            self.allowance.set(0);
+            let dropped = self.queue.charged();
+            self.queue = FrameQueue::Empty;
+            self.queued_bytes -= dropped;
+            self.allowance = 0;
         }
         // The close frame itself is never refused: one per connection.
         self.enqueue(encode::ws_close(code, reason));
-        self.state.set(CloseState::Closing(code));
-        self.closing_since.set(Some(Instant::now()));
-    }
-
-    /// Queues bytes produced by the WebSocket codec itself (pong and close replies) while
-    /// the connection is open. They count against the cap like any frame: a client whose
-    /// pings outrun its reading is closed 4008 like any slow consumer.
-    pub fn push_raw(self: &Rc<Self>, frame: Bytes) {
-        self.admit(frame, 0);
+        self.state = CloseState::Closing(code);
+        self.closing_since = Some(Instant::now());
+        true
     }
 
     /// The reader has finished: flush what is queued, accept nothing more.
-    pub fn finish(&self) {
-        self.state.set(CloseState::Finished);
+    pub(crate) fn finish(&mut self) {
+        self.state = CloseState::Finished;
     }
 
     /// Current close state.
-    pub fn state(&self) -> CloseState {
-        self.state.get()
+    pub(crate) fn state(&self) -> CloseState {
+        self.state
     }
 
     /// When a server-initiated close started, if one did.
-    pub fn closing_since(&self) -> Option<Instant> {
-        self.closing_since.get()
+    pub(crate) fn closing_since(&self) -> Option<Instant> {
+        self.closing_since
     }
 
-    /// Bytes queued and not yet handed to the kernel.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.get()
+    /// Bytes queued (frames plus slots) and not yet taken for a write.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
-    /// Frames and bytes not yet written: queued, plus the write in flight (reported when
-    /// a shutdown drain times out).
-    pub fn undelivered(&self) -> (usize, usize) {
-        let q = self.queue.borrow();
-        let (mut frames, mut bytes) = (q.len(), q.charged() - q.len() * SLOT_BYTES);
-        match &*self.inflight.borrow() {
-            Inflight::Idle => {}
-            Inflight::One(f) => {
-                frames += 1;
-                bytes += f.len();
-            }
-            Inflight::Many(b) => {
-                frames += b.frames.len();
-                bytes += b.frames.iter().map(Bytes::len).sum::<usize>();
-            }
+    /// Number of queued frames.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// True when no frame is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Frames and wire bytes queued (not counting a write in flight).
+    pub(crate) fn undelivered(&self) -> (usize, usize) {
+        let n = self.queue.len();
+        (n, self.queue.charged() - n * SLOT_BYTES)
+    }
+
+    /// Takes the first frame for a write; it no longer counts against the cap.
+    pub(crate) fn take_one(&mut self) -> Bytes {
+        let f = self.queue.pop_front().unwrap_or_default();
+        self.taken(charge(&f));
+        f
+    }
+
+    /// Moves the first `n` frames into `out` for a write; they no longer count against the
+    /// cap.
+    pub(crate) fn take_into(&mut self, n: usize, out: &mut Vec<Bytes>) {
+        let before = out.len();
+        self.queue.take_into(n, out);
+        let taken = out[before..].iter().map(charge).sum();
+        self.taken(taken);
+    }
+
+    fn taken(&mut self, bytes: usize) {
+        self.queued_bytes -= bytes;
+        self.allowance = self.allowance.saturating_sub(bytes);
+    }
+
+    /// Drops every queued frame (the socket failed: nothing can be written any more).
+    pub(crate) fn discard(&mut self) {
+        self.queue = FrameQueue::Empty;
+        self.queued_bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    #[test]
+    fn each_frame_costs_its_length_plus_a_slot() {
+        let mut q = Outbound::new(10_000);
+        assert_eq!(q.send(frame(100)), Delivery::Queued);
+        assert_eq!(q.send(Bytes::from_static(b"ab")), Delivery::Queued);
+        assert_eq!(q.queued_bytes(), 100 + 2 + 2 * SLOT_BYTES);
+        assert_eq!(q.undelivered(), (2, 102));
+        let f = q.take_one();
+        assert_eq!(f.len(), 100);
+        assert_eq!(q.queued_bytes(), 2 + SLOT_BYTES);
+        let mut out = Vec::new();
+        q.take_into(8, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(q.queued_bytes(), 0);
+        assert!(q.is_empty());
+        assert_eq!(q.undelivered(), (0, 0));
+    }
+
+    #[test]
+    fn over_the_cap_discards_everything_for_a_4008_close() {
+        let cap = 3 * (100 + SLOT_BYTES);
+        let mut q = Outbound::new(cap);
+        for _ in 0..3 {
+            assert_eq!(q.send(frame(100)), Delivery::Queued);
         }
-        (frames, bytes)
+        assert_eq!(q.queued_bytes(), cap, "exactly at the cap is allowed");
+        assert_eq!(q.send(frame(1)), Delivery::SlowConsumer);
+        assert_eq!(q.state(), CloseState::Closing(close::SLOW_CONSUMER));
+        assert!(q.closing_since().is_some());
+        assert_eq!(q.len(), 1, "only the close frame is left");
+        let close_frame = encode::ws_close(close::SLOW_CONSUMER, "slow consumer");
+        assert_eq!(q.queued_bytes(), close_frame.len() + SLOT_BYTES);
+        assert_eq!(q.take_one(), close_frame);
+        assert_eq!(
+            q.send(frame(1)),
+            Delivery::Closed,
+            "nothing after the close"
+        );
+        assert!(q.is_empty());
     }
 
-    /// Aborts all I/O on the socket: pending reads return 0, pending writes fail.
-    pub fn abort(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    #[test]
+    fn the_close_frame_is_never_refused() {
+        let mut q = Outbound::new(0);
+        assert!(q.close(close::GOING_AWAY, "bye", false));
+        assert_eq!(q.len(), 1, "queued although the cap is 0");
+        assert!(!q.close(close::GOING_AWAY, "bye", false), "one close only");
+        assert_eq!(q.len(), 1);
+        q.finish();
+        assert_eq!(q.state(), CloseState::Finished);
+        assert_eq!(q.send(frame(1)), Delivery::Closed);
     }
 
-    /// Puts the connection on the shard's flush list (once) and wakes the flusher.
-    pub(super) fn list(self: &Rc<Self>) {
-        if self.listed.get() || self.dead.get() {
-            return;
-        }
-        self.listed.set(true);
-        let mut d = self.tx.dirty.borrow_mut();
-        if d.is_empty() {
-            if let Some(w) = self.tx.waker.take() {
-                w.wake();
-            }
-        }
-        d.push(self.clone());
+    #[test]
+    fn close_keeps_pending_frames_unless_told_to_discard() {
+        let mut q = Outbound::new(10_000);
+        q.send(frame(10));
+        assert!(q.close(close::GOING_AWAY, "bye", false));
+        assert_eq!(q.len(), 2);
+        let mut q = Outbound::new(10_000);
+        q.send(frame(10));
+        assert!(q.close(close::GOING_AWAY, "bye", true));
+        assert_eq!(q.len(), 1);
     }
 
-    /// Taken off the flush list by the flusher.
-    pub(super) fn unlist(&self) {
-        self.listed.set(false);
+    #[test]
+    fn one_snapshot_at_a_time_may_go_over_the_cap() {
+        let cap = 200;
+        let mut q = Outbound::new(cap);
+        let frames = [frame(150), frame(150)];
+        let total: usize = frames.iter().map(|f| f.len() + SLOT_BYTES).sum();
+        assert_eq!(q.send_snapshot(frames[0].clone(), total), Delivery::Queued);
+        assert_eq!(q.send_snapshot(frames[1].clone(), 0), Delivery::Queued);
+        assert_eq!(q.queued_bytes(), total);
+        // A second snapshot behind the unwritten first gets no allowance of its own: it
+        // must fit in the cap beside the first.
+        assert_eq!(
+            q.send_snapshot(frame(cap), cap + SLOT_BYTES),
+            Delivery::SlowConsumer
+        );
+        assert_eq!(q.state(), CloseState::Closing(close::SLOW_CONSUMER));
     }
 
-    /// True when a write may be started now: frames are queued, none is in flight, and
-    /// the socket still works.
-    pub(super) fn writable(&self) -> bool {
-        !self.dead.get()
-            && matches!(*self.inflight.borrow(), Inflight::Idle)
-            && !self.queue.borrow().is_empty()
-    }
-
-    /// Moves the next frames into a write: one frame alone, or up to [`MAX_IOV`] into
-    /// `batch`. They no longer count against the cap (see `queued_bytes`). Returns the
-    /// frame count.
-    pub(super) fn take_frames(&self, batch: impl FnOnce() -> Box<Batch>) -> usize {
-        let mut q = self.queue.borrow_mut();
-        let n = q.len().min(MAX_IOV);
-        let taken = if n == 1 {
-            let f = q.pop_front().unwrap_or_default();
-            let len = Self::charge(&f);
-            *self.inflight.borrow_mut() = Inflight::One(f);
-            len
-        } else {
-            let mut b = batch();
-            q.take_into(n, &mut b.frames);
-            let len = b.frames.iter().map(Self::charge).sum();
-            *self.inflight.borrow_mut() = Inflight::Many(b);
-            len
-        };
-        self.queued_bytes.set(self.queued_bytes.get() - taken);
-        self.allowance
-            .set(self.allowance.get().saturating_sub(taken));
-        n
-    }
-
-    /// A write completed with `res` (bytes written or -errno). Returns the batch to pool,
-    /// if the write is over, and whether more is to be written now.
-    pub(super) fn write_done(self: &Rc<Self>, res: i32) -> (Option<Box<Batch>>, bool) {
-        let mut inflight = self.inflight.borrow_mut();
-        if res <= 0 {
-            // Peer gone or socket aborted: stop writing; the reader notices too.
-            let old = std::mem::take(&mut *inflight);
-            drop(inflight);
-            self.dead.set(true);
-            self.abort();
-            *self.queue.borrow_mut() = FrameQueue::Empty;
-            self.queued_bytes.set(0);
-            self.wake_drained();
-            return (
-                match old {
-                    Inflight::Many(b) => Some(b),
-                    _ => None,
-                },
-                false,
-            );
-        }
-        let mut left = res as usize;
-        let finished = match &mut *inflight {
-            Inflight::Idle => true,
-            Inflight::One(f) => {
-                f.advance(left.min(f.len()));
-                f.is_empty()
-            }
-            Inflight::Many(b) => {
-                let full = b.frames.iter().take_while(|f| {
-                    let whole = f.len() <= left;
-                    if whole {
-                        left -= f.len();
-                    }
-                    whole
-                });
-                let k = full.count();
-                b.frames.drain(..k);
-                if let Some(first) = b.frames.first_mut() {
-                    first.advance(left);
-                }
-                b.frames.is_empty()
-            }
-        };
-        if !finished {
-            return (None, true); // the rest of the same write goes again
-        }
-        let old = std::mem::take(&mut *inflight);
-        drop(inflight);
-        let more = !self.queue.borrow().is_empty();
-        if !more {
-            self.wake_drained();
-        }
-        (
-            match old {
-                Inflight::Many(b) => Some(b),
-                _ => None,
-            },
-            more,
-        )
-    }
-
-    /// True when nothing is left to write (or nothing can be written any more).
-    pub fn is_drained(&self) -> bool {
-        self.dead.get()
-            || (matches!(*self.inflight.borrow(), Inflight::Idle) && self.queue.borrow().is_empty())
-    }
-
-    /// Resolves once everything queued is written (or the socket failed).
-    pub async fn drained(&self) {
-        poll_fn(|cx| {
-            if self.is_drained() {
-                Poll::Ready(())
-            } else {
-                self.drained.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-        .await
-    }
-
-    fn wake_drained(&self) {
-        if let Some(w) = self.drained.take() {
-            w.wake();
-        }
+    #[test]
+    fn the_allowance_ends_once_the_snapshot_is_taken() {
+        let cap = 200;
+        let mut q = Outbound::new(cap);
+        let snap = frame(300);
+        assert_eq!(q.send_snapshot(snap, 300 + SLOT_BYTES), Delivery::Queued);
+        q.take_one();
+        assert_eq!(q.queued_bytes(), 0);
+        // A new snapshot gets its own allowance again.
+        assert_eq!(
+            q.send_snapshot(frame(300), 300 + SLOT_BYTES),
+            Delivery::Queued
+        );
+        q.take_one();
+        // An ordinary frame over the cap is refused as before.
+        assert_eq!(q.send(frame(cap)), Delivery::SlowConsumer);
     }
 }

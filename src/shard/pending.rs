@@ -22,24 +22,21 @@ use crate::{
 
 /// A shard's pending handshakes.
 #[derive(Debug, Default)]
-pub struct Pending {
+pub(crate) struct Pending {
     total: usize,
     per_ip: KeyCounts,
 }
 
 impl Pending {
     /// Pending handshakes of the shard.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.total
     }
 
-    /// True when none is pending.
-    pub fn is_empty(&self) -> bool {
-        self.total == 0
-    }
-
     /// Source keys with a pending handshake.
-    pub fn keys(&self) -> usize {
+    #[cfg(test)]
+    fn keys(&self) -> usize {
         self.per_ip.keys()
     }
 
@@ -71,7 +68,7 @@ impl Pending {
 /// A pending handshake's place in the caps, given back when dropped (the upgrade was
 /// answered, refused, timed out, or the peer left).
 #[derive(Debug)]
-pub struct PendingSlot {
+pub(crate) struct PendingSlot {
     shard: Rc<Shard>,
     key: IpKey,
     counted_per_key: bool,
@@ -79,7 +76,7 @@ pub struct PendingSlot {
 
 impl PendingSlot {
     /// The source key (for the upgrade throttle).
-    pub fn key(&self) -> IpKey {
+    pub(crate) fn key(&self) -> IpKey {
         self.key
     }
 }
@@ -95,8 +92,8 @@ impl Drop for PendingSlot {
 
 /// Admits a socket just accepted from `peer` as a pending handshake, or counts the refusal
 /// (the caller closes the socket).
-pub fn admit(shard: &Rc<Shard>, peer: IpAddr) -> Option<PendingSlot> {
-    let l = &shard.shared.limits;
+pub(crate) fn admit(shard: &Rc<Shard>, peer: IpAddr) -> Option<PendingSlot> {
+    let l = &shard.broker.limits;
     let key = ip_key(peer);
     let taken = shard.pending.borrow_mut().try_take(
         key,

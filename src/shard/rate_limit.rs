@@ -43,7 +43,7 @@ impl TokenBucket {
 /// together): at most `limit` per one-second window. Separate from the [`TokenBucket`] so
 /// that heartbeats never eat the publish budget; 8 bytes per connection.
 #[derive(Debug, Clone, Default)]
-pub struct PingBudget {
+pub(crate) struct PingBudget {
     /// The window counted in (whole seconds of the shard's clock).
     second: u32,
     count: u32,
@@ -51,7 +51,7 @@ pub struct PingBudget {
 
 impl PingBudget {
     /// Counts one ping in second `second`; false when it is over `limit` (0: no limit).
-    pub fn try_take(&mut self, second: u32, limit: u32) -> bool {
+    pub(crate) fn try_take(&mut self, second: u32, limit: u32) -> bool {
         if limit == 0 {
             return true;
         }

@@ -12,7 +12,7 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{conn, housekeeping, inbox, pending, rx, Shard, Shared};
+use super::{conn, housekeeping, inbox, pending, ring, Broker, Shard};
 use crate::{config::Placement, router::ShardId};
 
 /// Listen backlog per shard (the kernel caps it at net.core.somaxconn).
@@ -42,7 +42,7 @@ pub fn start(
     n: usize,
     listen: SocketAddr,
     placement: Placement,
-    shared: Arc<Shared>,
+    broker: Arc<Broker>,
 ) -> std::io::Result<Shards> {
     // The first bind resolves port 0; the others join it through SO_REUSEPORT.
     let first = bind(listen)?;
@@ -55,7 +55,7 @@ pub fn start(
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
     let mut threads = Vec::with_capacity(n);
     for (i, listener) in listeners.into_iter().enumerate() {
-        let shared = shared.clone();
+        let broker = broker.clone();
         let core = match placement {
             Placement::Pinned if !cores.is_empty() => Some(cores[i % cores.len()]),
             _ => None,
@@ -72,7 +72,7 @@ pub fn start(
                 let span = tracing::info_span!("shard", shard_id = i);
                 let _enter = span.enter();
                 tokio_uring::start(async move {
-                    let shard = match Shard::new(ShardId(i as u16), shared) {
+                    let shard = match Shard::new(ShardId(i as u16), broker) {
                         Ok(s) => Rc::new(s),
                         Err(e) => {
                             let _ = ready.send(Err(format!(
@@ -83,8 +83,8 @@ pub fn start(
                     };
                     let listener = tokio_uring::net::TcpListener::from_std(listener);
                     tokio_uring::spawn(inbox::run(shard.clone()));
-                    tokio_uring::spawn(rx::run(shard.clone()));
-                    tokio_uring::spawn(rx::flusher(shard.clone()));
+                    tokio_uring::spawn(ring::run::run(shard.clone()));
+                    tokio_uring::spawn(ring::run::flusher(shard.clone()));
                     tokio_uring::spawn(housekeeping::run(shard.clone()));
                     tokio_uring::spawn(housekeeping::expiry(shard.clone()));
                     let _ = ready.send(Ok(i));
@@ -116,7 +116,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener) 
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
                 if shard
-                    .shared
+                    .broker
                     .draining
                     .load(std::sync::atomic::Ordering::Acquire)
                 {

@@ -1,0 +1,57 @@
+//! `publish`: encodes the message once ([`Publication::new`]) and fans it out
+//! ([`fanout::publish`]): this shard's subscribers get it at once, every other shard gets
+//! the same `Arc` through the mesh. Refused with `rate_limited` (nothing sent anywhere)
+//! when a destination shard's queue is over `max_cross_shard_bytes`.
+
+use super::{ack, authorize, count_message, refuse_overloaded, reply_error};
+use crate::{
+    auth::Actions,
+    router::{fanout, mesh::Source, Publication},
+    shard::{conn::Conn, Shard},
+};
+
+pub(super) fn apply(
+    shard: &Shard,
+    conn: &mut Conn,
+    channel: &str,
+    data: &[u8],
+    request_id: Option<&str>,
+) {
+    // Test-only fault hook (cargo feature `fault-injection`, never in release builds
+    // shipped): lets tests/test_hostile.py prove a handler panic is isolated.
+    #[cfg(feature = "fault-injection")]
+    if data == b"\"__ringcast_panic__\"" {
+        panic!("fault injection: __ringcast_panic__");
+    }
+    if let Err((code, why)) = authorize(conn, channel, Actions::PUBLISH) {
+        reply_error(conn, code, request_id, why);
+        return;
+    }
+    let id = &conn.identity;
+    let mesh = &shard.broker.mesh;
+    // Encoded once per publication (twice when the publisher has metadata: with and
+    // without `fromMetadata`); every subscriber on every shard gets these bytes.
+    let published = fanout::publish(
+        mesh,
+        Source::Shard(shard.id),
+        || {
+            Publication::new(
+                id.app,
+                channel,
+                &id.peer_id,
+                data,
+                id.peer_metadata_json.as_deref(),
+                Some(shard.conn_ref(conn.id)),
+            )
+        },
+        |p| shard.deliver_publication(p),
+        |s| mesh.wake(s),
+    );
+    match published {
+        Ok(()) => {
+            count_message(shard, id.app, |c| &c.publications);
+            ack(conn, request_id);
+        }
+        Err(fanout::Busy) => refuse_overloaded(shard, conn, request_id),
+    }
+}

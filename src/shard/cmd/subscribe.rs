@@ -1,0 +1,59 @@
+//! `subscribe`: adds the connection to a channel's local subscribers and tells the
+//! channel's owner shard, which sends the roster snapshot and announces the peer. A
+//! subscribe to a channel the connection already has only changes
+//! `includeSenderMetadata` and asks for a fresh snapshot.
+
+use std::sync::Arc;
+
+use super::{ack, authorize, reply_error};
+use crate::{
+    auth::Actions,
+    protocol::ErrorCode,
+    router::index::{PresenceState, Sub},
+    shard::{conn::Conn, Shard},
+};
+
+pub(super) fn apply(
+    shard: &Shard,
+    conn: &mut Conn,
+    channel: &str,
+    include_sender_metadata: bool,
+    request_id: Option<&str>,
+) {
+    if let Err((code, why)) = authorize(conn, channel, Actions::SUBSCRIBE) {
+        reply_error(conn, code, request_id, why);
+        return;
+    }
+    let id = &conn.identity;
+    let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
+    if let Some(ch) = existing {
+        shard.resubscribe(id.app, ch, conn.id, &id.peer_id, include_sender_metadata);
+        ack(conn, request_id);
+        return;
+    }
+    if conn.channels.len() >= shard.broker.limits.max_channels_per_conn {
+        reply_error(
+            conn,
+            ErrorCode::ChannelLimitExceeded,
+            request_id,
+            "too many channels on this connection",
+        );
+        return;
+    }
+    let ch: Arc<str> = Arc::from(channel);
+    let wants = id.actions.contains(Actions::PRESENCE);
+    let sub = Sub {
+        conn: conn.id,
+        peer: id.peer_id.clone(),
+        include_meta: include_sender_metadata,
+        presence: if wants {
+            PresenceState::Pending
+        } else {
+            PresenceState::NoPermission
+        },
+        handle: conn.handle.clone(),
+    };
+    shard.subscribe(id.app, ch.clone(), sub, id.peer_metadata_json.clone());
+    conn.channels.push(ch);
+    ack(conn, request_id);
+}

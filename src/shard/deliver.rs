@@ -1,0 +1,96 @@
+//! Delivery: writing a publication or a direct message to this shard's own connections,
+//! and routing a direct message to the shards that hold its target.
+//!
+//! Per recipient: one reference-count increment and a queue push; no allocation beyond
+//! the queue's own growth, no encoding (frames are encoded once, by whoever published).
+
+use std::sync::Arc;
+
+use super::{outbound::Delivery, Shard};
+use crate::{
+    metrics::ShardCounters,
+    router::{mesh::Source, Direct, Publication, ShardId, ShardMsg},
+};
+
+/// What [`Shard::send_direct`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DirectSent {
+    /// Delivered locally and/or queued for the shards holding the peer.
+    Sent,
+    /// The peer has no connection (other than the sender's) anywhere: `peer_not_found`.
+    NotFound,
+    /// A shard holding the peer has its queue over `max_cross_shard_bytes`: nothing sent.
+    Busy,
+}
+
+impl Shard {
+    /// Writes a publication's frame to every local subscriber except its origin.
+    pub(crate) fn deliver_publication(&self, p: &Publication) {
+        let st = self.state.borrow();
+        let Some(subs) = st.index.get(p.app, &p.channel) else {
+            return;
+        };
+        let skip = p.origin.filter(|o| o.shard == self.id).map(|o| o.conn);
+        let mut n = 0;
+        for sub in subs.iter() {
+            if Some(sub.conn) != skip
+                && sub.handle.send(p.frame_for(sub.include_meta)) == Delivery::Queued
+            {
+                n += 1;
+            }
+        }
+        let c = self.counters();
+        ShardCounters::add(&c.deliveries, n);
+        if let Some(a) = c.app_deliveries.get(p.app.0 as usize) {
+            ShardCounters::add(a, n);
+        }
+    }
+
+    /// Writes a direct message to every local connection of its target except its origin.
+    pub(crate) fn deliver_direct(&self, d: &Direct) {
+        let st = self.state.borrow();
+        let Some(conns) = st.local_peers[d.app.0 as usize].get(&*d.to) else {
+            return;
+        };
+        let skip = d.origin.filter(|o| o.shard == self.id).map(|o| o.conn);
+        for c in conns {
+            if Some(*c) != skip {
+                if let Some(e) = st.conns.get(c) {
+                    e.handle.send(&d.frame);
+                }
+            }
+        }
+    }
+
+    /// Routes a direct message to every connection of its target (but the sender's).
+    pub(crate) fn send_direct(&self, d: Direct) -> DirectSent {
+        let remote = {
+            let st = self.state.borrow();
+            let app = d.app.0 as usize;
+            let local = st.local_peers[app]
+                .get(&*d.to)
+                .map(|v| v.iter().any(|c| Some(*c) != d.origin.map(|o| o.conn)))
+                .unwrap_or(false);
+            let remote =
+                st.directory[app].get(&*d.to).copied().unwrap_or(0) & !(1u128 << self.id.0);
+            if !local && remote == 0 {
+                return DirectSent::NotFound;
+            }
+            remote
+        };
+        let targets = || (0..self.shards() as u16).filter(move |s| remote & (1u128 << s) != 0);
+        if !targets().all(|s| self.broker.mesh.has_room(ShardId(s))) {
+            return DirectSent::Busy;
+        }
+        let d = Arc::new(d);
+        self.deliver_direct(&d);
+        for s in targets() {
+            self.broker.mesh.push(
+                Source::Shard(self.id),
+                ShardId(s),
+                ShardMsg::Direct(d.clone()),
+            );
+        }
+        DirectSent::Sent
+    }
+}
