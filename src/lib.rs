@@ -19,7 +19,7 @@
 //!   summed and rendered as Prometheus text when scraped.
 //!
 //! # Dependencies between modules
-//! `protocol`, `auth` depend on nothing else here; `router` and `presence` on those two;
+//! `protocol` depends on nothing else here, `auth` only on its close codes; `router` and `presence` on those two;
 //! `shard` on everything; `metrics` and `admission` on nothing; `rest` on `router` messages, `metrics`, `admission`
 //! and the shards' shared half (`shard::Shared`), never on shard internals; nothing else
 //! depends on `shard` but `main`.

@@ -46,11 +46,17 @@ pub enum MintError {
     #[error("{0}")]
     InvalidRequest(String),
     /// 403 `channel_not_authorized`: a channel outside the key's patterns.
-    #[error("{0}")]
-    ChannelNotAuthorized(String),
+    #[error("channel {channel:?} is outside the key's channel patterns")]
+    ChannelNotAuthorized {
+        /// The first requested channel (pattern) outside the key's patterns.
+        channel: String,
+    },
     /// 403 `action_not_permitted`: a permission the key lacks.
-    #[error("{0}")]
-    ActionNotPermitted(String),
+    #[error("the key only allows [{allowed}]")]
+    ActionNotPermitted {
+        /// What the key allows on a connection (its actions without `admin`).
+        allowed: Actions,
+    },
     /// The signature could not be made (500 `internal_error`; not expected to happen).
     #[error("signing failed: {0}")]
     Signing(String),
@@ -62,8 +68,8 @@ impl MintError {
     pub fn code(&self) -> &'static str {
         match self {
             MintError::InvalidRequest(_) => "invalid_request",
-            MintError::ChannelNotAuthorized(_) => "channel_not_authorized",
-            MintError::ActionNotPermitted(_) => "action_not_permitted",
+            MintError::ChannelNotAuthorized { .. } => "channel_not_authorized",
+            MintError::ActionNotPermitted { .. } => "action_not_permitted",
             MintError::Signing(_) => "internal_error",
         }
     }
@@ -290,10 +296,9 @@ pub(crate) fn mint(
             .iter()
             .find(|p| !key.patterns.iter().any(|k| pattern_within(p, k)))
         {
-            return Err(ChannelNotAuthorized(format!(
-                "channel {:?} is outside the key's channel patterns",
-                bad.as_str()
-            )));
+            return Err(ChannelNotAuthorized {
+                channel: bad.as_str().to_owned(),
+            });
         }
     }
     let permissions = match &req.permissions {
@@ -304,17 +309,16 @@ pub(crate) fn mint(
                     "at most {MAX_PERMISSIONS_CLAIM} permissions"
                 )));
             }
-            let actions = Actions::parse_list(list).map_err(InvalidRequest)?;
+            let actions = Actions::parse_list(list).map_err(|e| InvalidRequest(e.to_string()))?;
             if actions.contains(Actions::ADMIN) {
                 return Err(InvalidRequest(
                     "admin is a key action for the REST API, not a token permission".to_owned(),
                 ));
             }
             if !key.actions.contains(actions) {
-                return Err(ActionNotPermitted(format!(
-                    "the key only allows [{}]",
-                    key.actions.intersection(Actions::CONNECTION)
-                )));
+                return Err(ActionNotPermitted {
+                    allowed: key.actions.intersection(Actions::CONNECTION),
+                });
             }
             Some(actions.names())
         }

@@ -16,8 +16,11 @@ use std::ops::{BitAnd, BitOr};
 use std::sync::Arc;
 
 use glob::{pattern_within, Pattern};
+use keys::KeyError;
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
+
+use crate::protocol::close;
 
 /// Index of an app in the configured app list (`0..app_count()`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -96,12 +99,12 @@ impl Actions {
 
     /// Parses a list of wire names into a set (duplicates allowed; empty list = no action).
     /// The error names the first unknown entry.
-    pub fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<Actions, String> {
+    pub fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<Actions, UnknownAction> {
         names.iter().try_fold(Actions::NONE, |acc, n| {
             let n = n.as_ref();
             Actions::parse(n)
                 .map(|a| acc.union(a))
-                .ok_or_else(|| format!("unknown action {n:?}"))
+                .ok_or_else(|| UnknownAction(n.to_owned()))
         })
     }
 
@@ -112,6 +115,19 @@ impl Actions {
             .filter(|(_, a)| self.contains(*a))
             .map(|&(n, _)| n)
             .collect()
+    }
+}
+
+/// An action name that is none of `publish`, `subscribe`, `presence`, `send`, `admin`.
+/// Dereferences to the name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown action {0:?}")]
+pub struct UnknownAction(pub String);
+
+impl std::ops::Deref for UnknownAction {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
 }
 
@@ -228,12 +244,13 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// The WebSocket close code: 4001, 4002 or 4003.
+    /// The WebSocket close code: [`close::INVALID_TOKEN`], [`close::TOKEN_EXPIRED`] or
+    /// [`close::CHANNEL_NOT_AUTHORIZED`].
     pub fn close_code(&self) -> u16 {
         match self {
-            AuthError::Invalid(_) => 4001,
-            AuthError::Expired => 4002,
-            AuthError::ChannelsNotAuthorized => 4003,
+            AuthError::Invalid(_) => close::INVALID_TOKEN,
+            AuthError::Expired => close::TOKEN_EXPIRED,
+            AuthError::ChannelsNotAuthorized => close::CHANNEL_NOT_AUTHORIZED,
         }
     }
 
@@ -352,11 +369,11 @@ fn constant_time_eq(expected: &[u8], given: &[u8]) -> bool {
 }
 
 impl Authenticator {
-    /// Validates the config and builds the authenticator. Errors (human-readable) on: no apps,
+    /// Validates the config and builds the authenticator. Errors ([`KeyError`]) on: no apps,
     /// duplicate app ids, key ids/secrets/publishable keys without the `sk_id_` / `sk_secret_` /
     /// `pk_live_` prefix (or not printable ASCII, or `:` in a key id), duplicate key ids or
     /// publishable keys across apps, unparsable channel patterns, unknown actions.
-    pub fn new(apps: &[keys::AppConfig]) -> Result<Self, String> {
+    pub fn new(apps: &[keys::AppConfig]) -> Result<Self, KeyError> {
         Ok(Authenticator {
             store: keys::KeyStore::build(apps)?,
         })

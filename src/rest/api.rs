@@ -574,9 +574,8 @@ impl Api {
             Err(e) => {
                 let status = match e {
                     MintError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-                    MintError::ChannelNotAuthorized(_) | MintError::ActionNotPermitted(_) => {
-                        StatusCode::FORBIDDEN
-                    }
+                    MintError::ChannelNotAuthorized { .. }
+                    | MintError::ActionNotPermitted { .. } => StatusCode::FORBIDDEN,
                     MintError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 Err(ApiError::new(status, e.code(), e.to_string()))
