@@ -6,6 +6,7 @@
 //!   upgrade throttle, per-key live counts. Pure.
 //! - [`config`]: defaults < TOML < env < CLI; every limit in one struct.
 //! - [`auth`]: apps (tenants), secret and publishable keys, HS256 JWTs, channel globs. Pure.
+//! - [`clock`]: the one wall-clock read (`unix_now`) for token minting and expiry.
 //! - [`protocol`]: the wire vocabulary. Parses client JSON (simd-json, `data` kept as raw
 //!   bytes) and encodes server frames once into shareable `Bytes`. Sans-IO.
 //! - [`router`]: shard/connection ids, `owner_of(channel)`, cross-shard `ShardMsg`s, the
@@ -28,6 +29,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod metrics;
 pub mod presence;

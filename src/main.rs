@@ -7,7 +7,7 @@ use std::{
         atomic::{AtomicU32, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -18,6 +18,7 @@ use ringcast::{
         keys::{default_secret_actions, generate_dev_app, AppConfig, SecretKeyConfig},
         Authenticator, MintRequest,
     },
+    clock::unix_now,
     config::{Cli, Command, FileConfig, RunArgs, Settings, TokenArgs},
     metrics::Metrics,
     rest,
@@ -45,13 +46,6 @@ fn main() -> Result<()> {
         Some(Command::Run(args)) => run(*args),
         None => run(cli.run),
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn run(args: RunArgs) -> Result<()> {

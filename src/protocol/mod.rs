@@ -7,10 +7,12 @@
 //! * [`ErrorCode`]: every `error.code` of protocol.md §6.
 //! * [`close`]: every WebSocket close code the server sends.
 //! * [`parse`]: client → server commands (protocol.md §3), channel / peerId validation.
+//! * [`scan`]: the strict RFC 8259 scanner that vouches for spliced `data` and nesting depth.
 //! * [`encode`]: server → client frames (protocol.md §2, §4), WebSocket control frames.
 
 pub mod encode;
 pub mod parse;
+pub(crate) mod scan;
 
 pub use encode::{json_str_len, write_json_str, PresencePeer};
 pub use parse::{

@@ -18,7 +18,7 @@ use std::{
     future::Future,
     sync::{atomic::Ordering, Arc},
     task::Poll,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -35,9 +35,11 @@ use serde_json::{json, value::RawValue, Value};
 use super::MAX_BODY;
 use crate::{
     auth::{jwt, jwt::MintError, Actions, MintRequest, SecretKeyRef},
+    clock::unix_now,
     protocol::{
         encode,
         parse::{is_valid_data, validate_channel, MAX_DEPTH},
+        scan::exceeds_depth,
         ErrorCode,
     },
     router::{mesh::Source, owner_of, Publication, ShardId, ShardMsg},
@@ -228,13 +230,6 @@ fn forbidden_channel() -> ApiError {
     )
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// `Some(raw)` even for `null`, so that a missing `data` and `"data":null` differ. The raw
 /// text is borrowed from the body.
 fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -263,40 +258,13 @@ struct PublishBody<'a> {
     peer_metadata: Option<Value>,
 }
 
-/// Deepest array/object nesting of a JSON text (strings skipped), for the same limit the
-/// WebSocket parser applies ([`MAX_DEPTH`], the top-level object being depth 1).
-fn json_depth(text: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
-    for &b in text {
-        if in_str {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
-
 /// Parses a JSON object body; 400 `invalid_request` for anything else.
 fn parse_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
-    if json_depth(body) > MAX_DEPTH {
+    if exceeds_depth(body, MAX_DEPTH) {
         return Err(ApiError::bad_request(format!(
             "JSON nested deeper than {MAX_DEPTH} levels"
         )));

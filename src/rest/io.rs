@@ -71,9 +71,11 @@ impl Out {
     }
 }
 
-type Shared = Arc<Mutex<Out>>;
+/// The output half, held by both [`CoalescedIo`] (hyper writes into it) and [`Flusher`]
+/// (the connection task sends it).
+type SharedOut = Arc<Mutex<Out>>;
 
-fn lock(out: &Shared) -> MutexGuard<'_, Out> {
+fn lock(out: &SharedOut) -> MutexGuard<'_, Out> {
     // Only the connection's own task touches it, one poll at a time; never poisoned in
     // practice, and the state stays consistent if it were.
     out.lock().unwrap_or_else(|p| p.into_inner())
@@ -83,7 +85,7 @@ fn lock(out: &Shared) -> MutexGuard<'_, Out> {
 #[derive(Debug)]
 pub struct CoalescedIo {
     read: OwnedReadHalf,
-    out: Shared,
+    out: SharedOut,
 }
 
 /// Splits `stream` into the I/O object for hyper and the handle that sends its writes.
@@ -164,7 +166,7 @@ impl AsyncWrite for CoalescedIo {
 /// Sends what the connection's hyper side wrote; owned by the connection task.
 #[derive(Debug)]
 pub struct Flusher {
-    out: Shared,
+    out: SharedOut,
 }
 
 impl Flusher {
