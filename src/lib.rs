@@ -25,14 +25,12 @@
 //! and the shards' shared half (`shard::Shared`), never on shard internals; nothing else
 //! depends on `shard` but `main`.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
-pub mod admission;
+pub(crate) mod admission;
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod metrics;
-pub mod presence;
+pub(crate) mod presence;
 pub mod protocol;
 pub mod rest;
 pub mod router;

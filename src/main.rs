@@ -224,6 +224,7 @@ fn undelivered(shared: &Shared, shards: usize) -> (u64, u64, u64, usize) {
 
 /// Blocks SIGINT and SIGTERM in this thread (and every thread spawned after) and returns
 /// the set, for [`wait_signal`].
+#[allow(unsafe_code)] // libc signal-mask calls; there is no safe std equivalent.
 fn block_shutdown_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use and
     // pthread_sigmask only reads it.
@@ -238,6 +239,7 @@ fn block_shutdown_signals() -> libc::sigset_t {
 }
 
 /// Waits for a blocked signal of `set`, forever or up to `timeout`; the signal number.
+#[allow(unsafe_code)] // libc sigwait/sigtimedwait; there is no safe std equivalent.
 fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
     match timeout {
         None => {

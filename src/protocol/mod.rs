@@ -206,6 +206,8 @@ pub(crate) mod alloc_counter {
 
     struct Counting;
 
+    // A GlobalAlloc is an unsafe trait: the allocation-counting tests need one.
+    #[allow(unsafe_code)]
     // SAFETY: every method forwards to `System` with the caller's arguments unchanged,
     // so `System`'s guarantees carry over; the counter does not allocate (const-init
     // thread-local `Cell<usize>` without a destructor).

@@ -54,11 +54,11 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PEER_METADATA: usize = jwt::MAX_PEER_METADATA_LEN;
 
 /// The response type of every endpoint.
-pub type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
 /// An error answer: status, `error` code and human `message`.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -131,7 +131,7 @@ fn ok_json(v: Value) -> Resp {
 
 /// A matched route; path parameters still percent-encoded.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Route<'a> {
+pub(crate) enum Route<'a> {
     /// `GET /healthz`
     Healthz,
     /// `GET /metrics`
@@ -151,7 +151,7 @@ pub enum Route<'a> {
 /// Matches a method and a raw (still percent-encoded) path. A channel may be sent with
 /// its `/` encoded (`room%2Fa`) or literal (`room/a`): everything between
 /// `/v1/channels/` and the last segment is the channel.
-pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
+pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
     let (route, allow) = if path == "/healthz" {
         (Route::Healthz, "GET")
     } else if path == "/metrics" {
@@ -309,19 +309,19 @@ async fn read_capped(mut body: Incoming) -> Result<Bytes, BodyError> {
 
 /// The REST API state: the broker's shared half.
 #[derive(Debug)]
-pub struct Api {
+pub(crate) struct Api {
     /// Shared broker state (mesh, authenticator, counters, draining flag).
-    pub shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Api {
     /// The API over `shared`.
-    pub fn new(shared: Arc<Shared>) -> Api {
+    pub(crate) fn new(shared: Arc<Shared>) -> Api {
         Api { shared }
     }
 
     /// Answers one request. Never panics on input.
-    pub async fn handle(&self, req: Request<Incoming>) -> Resp {
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Resp {
         match self.dispatch(req).await {
             Ok(r) => r,
             Err(e) => e.into_response(),

@@ -19,6 +19,7 @@
 //! [`index::Sub`] and pick one member per group at the owner.
 
 pub mod index;
+#[allow(unsafe_code)] // The mesh's eventfd wake-ups are libc calls; each block has its SAFETY.
 pub mod mesh;
 
 use std::sync::Arc;
