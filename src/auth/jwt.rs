@@ -12,24 +12,24 @@ use super::keys::{KeyStore, SecretKey};
 use super::{Actions, AuthError, ChannelScope, Identity, MintRequest};
 
 /// Longest accepted token, in bytes (longer → 4001).
-pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+pub(crate) const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Longest peer id (`sub`), in bytes.
-pub const MAX_PEER_ID_LEN: usize = 128;
+pub(crate) const MAX_PEER_ID_LEN: usize = 128;
 /// Most entries in the `channels` claim.
-pub const MAX_CHANNELS_CLAIM: usize = 100;
+pub(crate) const MAX_CHANNELS_CLAIM: usize = 100;
 /// Most entries in the `permissions` claim.
-pub const MAX_PERMISSIONS_CLAIM: usize = 16;
+pub(crate) const MAX_PERMISSIONS_CLAIM: usize = 16;
 /// Largest `metadata` claim, compact-serialized, in bytes.
-pub const MAX_METADATA_LEN: usize = 8 * 1024;
+pub(crate) const MAX_METADATA_LEN: usize = 8 * 1024;
 /// Largest `peerMetadata` claim, compact-serialized, in bytes.
-pub const MAX_PEER_METADATA_LEN: usize = 4 * 1024;
+pub(crate) const MAX_PEER_METADATA_LEN: usize = 4 * 1024;
 /// Default token lifetime for minting (`POST /v1/tokens` without `expiresInSec`).
-pub const DEFAULT_EXPIRES_IN_SEC: u64 = 3600;
+pub(crate) const DEFAULT_EXPIRES_IN_SEC: u64 = 3600;
 /// Longest token lifetime [`super::Authenticator::mint`] accepts.
-pub const MAX_EXPIRES_IN_SEC: u64 = 86_400;
+pub(crate) const MAX_EXPIRES_IN_SEC: u64 = 86_400;
 
 /// True when `s` is a valid peer id: 1–128 bytes, each printable ASCII (0x21–0x7E).
-pub fn is_valid_peer_id(s: &str) -> bool {
+pub(crate) fn is_valid_peer_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_PEER_ID_LEN && s.bytes().all(|b| (0x21..=0x7E).contains(&b))
 }
 
@@ -37,7 +37,7 @@ pub fn is_valid_peer_id(s: &str) -> bool {
 /// one no clock can represent, e.g. 1e19 or 2^64) is refused as invalid (4001) rather than
 /// honoured: no legitimate token lives that long, and deadlines that far out overflow
 /// `SystemTime`/`Instant` arithmetic.
-pub const MAX_EXP_HORIZON_SEC: u64 = 3650 * 86_400;
+pub(crate) const MAX_EXP_HORIZON_SEC: u64 = 3650 * 86_400;
 
 /// Why [`super::Authenticator::mint`] refused; each variant is one REST answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -12,22 +12,22 @@ use super::glob::{Pattern, PatternError};
 use super::{Actions, AppId, UnknownAction};
 
 /// Prefix of a secret key's public id.
-pub const SECRET_KEY_ID_PREFIX: &str = "sk_id_";
+pub(crate) const SECRET_KEY_ID_PREFIX: &str = "sk_id_";
 /// Prefix of a secret key's HMAC secret.
-pub const SECRET_PREFIX: &str = "sk_secret_";
+pub(crate) const SECRET_PREFIX: &str = "sk_secret_";
 /// Prefix of a publishable key.
-pub const PUBLISHABLE_KEY_PREFIX: &str = "pk_live_";
+pub(crate) const PUBLISHABLE_KEY_PREFIX: &str = "pk_live_";
 /// Maximum length in bytes of a key id, secret or publishable key.
-pub const MAX_KEY_LEN: usize = 256;
+pub(crate) const MAX_KEY_LEN: usize = 256;
 /// Maximum number of channel patterns on one key.
-pub const MAX_KEY_PATTERNS: usize = 1000;
+pub(crate) const MAX_KEY_PATTERNS: usize = 1000;
 /// Shortest accepted secret, in bytes of the whole secret string (the HS256 key): RFC 7518
 /// section 3.2 requires an HMAC key of at least the hash size, 256 bits.
-pub const MIN_SECRET_LEN: usize = 32;
+pub(crate) const MIN_SECRET_LEN: usize = 32;
 /// The secrets shown as examples in the documentation (README.md, docs/). Anyone can read
 /// them, so a config that copies one verbatim is refused at start. Keep this list in step
 /// with the docs: the unit test `doc_example_secrets_are_listed` greps them for `sk_secret_`.
-pub const DOC_EXAMPLE_SECRETS: &[&str] = &["sk_secret_change-me-to-32-random-characters"];
+pub(crate) const DOC_EXAMPLE_SECRETS: &[&str] = &["sk_secret_change-me-to-32-random-characters"];
 
 /// One tenant: its name, optional connection cap and keys.
 #[derive(Clone, Debug, Serialize, Deserialize)]

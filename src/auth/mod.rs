@@ -32,20 +32,20 @@ pub struct Actions(u8);
 
 impl Actions {
     /// `publish`: publish to a channel.
-    pub const PUBLISH: Actions = Actions(1);
+    pub(crate) const PUBLISH: Actions = Actions(1);
     /// `subscribe`: subscribe to a channel.
-    pub const SUBSCRIBE: Actions = Actions(2);
+    pub(crate) const SUBSCRIBE: Actions = Actions(2);
     /// `presence`: receive presence frames / query the roster.
-    pub const PRESENCE: Actions = Actions(4);
+    pub(crate) const PRESENCE: Actions = Actions(4);
     /// `send`: direct messages to a peer.
-    pub const SEND: Actions = Actions(8);
+    pub(crate) const SEND: Actions = Actions(8);
     /// `admin`: the REST admin endpoints (`DELETE /v1/peers/{id}`, `GET /v1/usage`). Secret
     /// keys only; never part of a WebSocket identity and never put in a minted token.
-    pub const ADMIN: Actions = Actions(16);
+    pub(crate) const ADMIN: Actions = Actions(16);
     /// No action.
-    pub const NONE: Actions = Actions(0);
+    pub(crate) const NONE: Actions = Actions(0);
     /// The four actions a WebSocket connection can hold (everything but `admin`).
-    pub const CONNECTION: Actions = Actions(15);
+    pub(crate) const CONNECTION: Actions = Actions(15);
     /// All five actions.
     pub const ALL: Actions = Actions(31);
 
@@ -64,12 +64,12 @@ impl Actions {
     }
 
     /// Actions in both sets.
-    pub fn intersection(self, other: Actions) -> Actions {
+    pub(crate) fn intersection(self, other: Actions) -> Actions {
         Actions(self.0 & other.0)
     }
 
     /// Actions in either set.
-    pub fn union(self, other: Actions) -> Actions {
+    pub(crate) fn union(self, other: Actions) -> Actions {
         Actions(self.0 | other.0)
     }
 
@@ -99,7 +99,7 @@ impl Actions {
 
     /// Parses a list of wire names into a set (duplicates allowed; empty list = no action).
     /// The error names the first unknown entry.
-    pub fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<Actions, UnknownAction> {
+    pub(crate) fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<Actions, UnknownAction> {
         names.iter().try_fold(Actions::NONE, |acc, n| {
             let n = n.as_ref();
             Actions::parse(n)
@@ -109,7 +109,7 @@ impl Actions {
     }
 
     /// The wire names of the actions in the set, in canonical order.
-    pub fn names(self) -> Vec<&'static str> {
+    pub(crate) fn names(self) -> Vec<&'static str> {
         Actions::NAMES
             .iter()
             .filter(|(_, a)| self.contains(*a))
@@ -431,7 +431,7 @@ impl Authenticator {
     /// Authenticates a REST `Authorization` header value `Bearer sk_id_…:sk_secret_…` (scheme
     /// case-insensitive, surrounding whitespace ignored). The secret is compared in constant
     /// time. `None` for anything invalid, without saying why.
-    pub fn authenticate_secret(&self, authorization: &str) -> Option<SecretKeyRef> {
+    pub(crate) fn authenticate_secret(&self, authorization: &str) -> Option<SecretKeyRef> {
         let (scheme, credential) = authorization.trim().split_once(' ')?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return None;
@@ -476,7 +476,7 @@ impl Authenticator {
     }
 
     /// The configured id of `app` (`""` for an out-of-range `AppId`).
-    pub fn app_name(&self, app: AppId) -> &str {
+    pub(crate) fn app_name(&self, app: AppId) -> &str {
         self.store
             .apps
             .get(usize::from(app.0))
@@ -494,7 +494,7 @@ impl Authenticator {
     }
 
     /// The app's connection cap (`None` = unlimited, or an out-of-range `AppId`).
-    pub fn app_max_connections(&self, app: AppId) -> Option<u32> {
+    pub(crate) fn app_max_connections(&self, app: AppId) -> Option<u32> {
         self.store
             .apps
             .get(usize::from(app.0))
