@@ -208,6 +208,60 @@ pub struct TokenArgs {
     pub peer_metadata: Option<String>,
 }
 
+/// Why the configuration was refused. The messages are the ones printed at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read. (`cause` is part of the message, not a `source`,
+    /// so that it is printed once.)
+    #[error("cannot read config {}: {cause}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        cause: std::io::Error,
+    },
+    /// The config file is not valid TOML or does not fit [`FileConfig`].
+    #[error("invalid config {}{location}: {message}", .path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// `", line L, column C"`, or empty when toml gives no position.
+        location: String,
+        /// toml's message with every string value of the file blanked out.
+        message: String,
+    },
+    /// A setting outside its allowed range.
+    #[error("{setting} must {rule}")]
+    OutOfRange {
+        /// The setting (its TOML key), or an expression of settings.
+        setting: &'static str,
+        /// What it must be, e.g. `"be at least 1"`.
+        rule: &'static str,
+    },
+    /// The conformance echo profile on a non-loopback `listen`.
+    #[error(
+        "refusing to start: the conformance echo profile (--echo) has no \
+         authentication and may only listen on a loopback address, not {listen}"
+    )]
+    EchoNotLoopback {
+        /// The configured `listen`.
+        listen: SocketAddr,
+    },
+    /// Development mode (no apps) on a non-loopback address without `dev_public`.
+    #[error(
+        "refusing to start: development mode (no apps configured) prints its \
+         generated secret key and may only listen on loopback addresses, but \
+         {setting} is {addr}; configure apps (docs/configuration.md), or pass \
+         --dev-public to expose the development app anyway"
+    )]
+    DevNotLoopback {
+        /// `listen` or `rest_listen`.
+        setting: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+    },
+}
+
 /// The TOML file. Limits sit at the top level next to `[[apps]]`.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -254,16 +308,15 @@ impl FileConfig {
     /// message, never the offending line itself, and every string value of the file is
     /// blanked out of the message: a config holds secrets, and start-up errors end up in
     /// logs.
-    pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        let invalid = |e: toml::de::Error, strings: &[String]| {
-            format!(
-                "invalid config {}{}: {}",
-                path.display(),
-                location(&text, e.span()),
-                redact(e.message(), strings)
-            )
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
+        let invalid = |e: toml::de::Error, strings: &[String]| ConfigError::Parse {
+            path: path.to_owned(),
+            location: location(&text, e.span()),
+            message: redact(e.message(), strings),
         };
         let table: toml::Table = text.parse().map_err(|e| invalid(e, &[]))?;
         let mut strings = Vec::new();
@@ -400,7 +453,7 @@ pub struct Settings {
 
 impl Settings {
     /// Merges CLI/env (already merged by clap) over the file over the defaults, and validates.
-    pub fn resolve(args: &RunArgs) -> Result<Self, String> {
+    pub fn resolve(args: &RunArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
@@ -455,77 +508,96 @@ impl Settings {
         Ok(s)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+        let check = |ok: bool, setting: &'static str, rule: &'static str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::OutOfRange { setting, rule })
+            }
+        };
         check(
             (1..=128).contains(&self.shards),
-            "shards must be between 1 and 128",
+            "shards",
+            "be between 1 and 128",
         )?;
         check(
             l.max_message_size >= 128,
-            "max_message_size must be at least 128",
+            "max_message_size",
+            "be at least 128",
         )?;
         check(
             l.max_message_size <= 64 << 20,
-            "max_message_size must be at most 64 MiB",
+            "max_message_size",
+            "be at most 64 MiB",
         )?;
         check(
             l.max_channels_per_conn >= 1,
-            "max_channels_per_conn must be at least 1",
+            "max_channels_per_conn",
+            "be at least 1",
         )?;
         check(
             l.rate_limit_per_sec >= 1,
-            "rate_limit_per_sec must be at least 1",
+            "rate_limit_per_sec",
+            "be at least 1",
         )?;
-        check(
-            l.rate_limit_burst >= 1,
-            "rate_limit_burst must be at least 1",
-        )?;
+        check(l.rate_limit_burst >= 1, "rate_limit_burst", "be at least 1")?;
         check(
             l.max_outbound_bytes >= 4096,
-            "max_outbound_bytes must be at least 4096",
+            "max_outbound_bytes",
+            "be at least 4096",
         )?;
         check(
             !l.ping_interval.is_zero(),
-            "ping_interval_ms must be positive",
+            "ping_interval_ms",
+            "be positive",
         )?;
         check(
             l.idle_timeout > l.ping_interval,
-            "idle_timeout_ms must exceed ping_interval_ms",
+            "idle_timeout_ms",
+            "exceed ping_interval_ms",
         )?;
         check(
             !l.upgrade_window.is_zero(),
-            "upgrade_window_ms must be positive",
+            "upgrade_window_ms",
+            "be positive",
         )?;
         check(
             !l.handshake_timeout.is_zero(),
-            "handshake_timeout_ms must be positive",
+            "handshake_timeout_ms",
+            "be positive",
         )?;
         check(
             l.max_header_bytes >= 256,
-            "max_header_bytes must be at least 256",
+            "max_header_bytes",
+            "be at least 256",
         )?;
-        check(l.max_headers >= 8, "max_headers must be at least 8")?;
+        check(l.max_headers >= 8, "max_headers", "be at least 8")?;
         check(
             (1..=1 << 20).contains(&l.rest_max_connections),
-            "rest_max_connections must be between 1 and 1048576",
+            "rest_max_connections",
+            "be between 1 and 1048576",
         )?;
         check(
             !l.rest_write_timeout.is_zero(),
-            "rest_write_timeout_ms must be positive",
+            "rest_write_timeout_ms",
+            "be positive",
         )?;
         check(
             (256..=1 << 20).contains(&l.read_buffer_size),
-            "read_buffer_size must be between 256 and 1048576",
+            "read_buffer_size",
+            "be between 256 and 1048576",
         )?;
         check(
             l.recv_buffers.is_power_of_two() && (64..=32768).contains(&l.recv_buffers),
-            "recv_buffers must be a power of two between 64 and 32768",
+            "recv_buffers",
+            "be a power of two between 64 and 32768",
         )?;
         check(
             l.recv_buffers as usize * l.read_buffer_size <= 1 << 30,
-            "recv_buffers * read_buffer_size must be at most 1 GiB",
+            "recv_buffers * read_buffer_size",
+            "be at most 1 GiB",
         )?;
         self.check_exposure()
     }
@@ -533,24 +605,17 @@ impl Settings {
     /// Safe defaults (docs/hardening.md, Hardening II item 7): the echo profile (no
     /// authentication) only on a loopback `listen`; development mode (no apps, a generated
     /// key printed at start) only on loopback `listen` and `rest_listen` unless `dev_public`.
-    fn check_exposure(&self) -> Result<(), String> {
+    fn check_exposure(&self) -> Result<(), ConfigError> {
         let loopback = |a: &SocketAddr| a.ip().to_canonical().is_loopback();
         if self.limits.echo && !loopback(&self.listen) {
-            return Err(format!(
-                "refusing to start: the conformance echo profile (--echo) has no \
-                 authentication and may only listen on a loopback address, not {}",
-                self.listen
-            ));
+            return Err(ConfigError::EchoNotLoopback {
+                listen: self.listen,
+            });
         }
         if self.apps.is_empty() && !self.dev_public {
-            for (name, addr) in [("listen", &self.listen), ("rest_listen", &self.rest_listen)] {
-                if !loopback(addr) {
-                    return Err(format!(
-                        "refusing to start: development mode (no apps configured) prints its \
-                         generated secret key and may only listen on loopback addresses, but \
-                         {name} is {addr}; configure apps (docs/configuration.md), or pass \
-                         --dev-public to expose the development app anyway"
-                    ));
+            for (setting, addr) in [("listen", self.listen), ("rest_listen", self.rest_listen)] {
+                if !loopback(&addr) {
+                    return Err(ConfigError::DevNotLoopback { setting, addr });
                 }
             }
         }
@@ -571,7 +636,7 @@ mod tests {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = dir.join(format!("{n}.toml"));
         std::fs::write(&path, text).expect("write");
-        let r = FileConfig::load(&path);
+        let r = FileConfig::load(&path).map_err(|e| e.to_string());
         let _ = std::fs::remove_file(&path);
         r
     }
@@ -633,7 +698,7 @@ mod tests {
     fn settings(args: &[&str]) -> Result<Settings, String> {
         let cli = Cli::try_parse_from(std::iter::once("ringcast").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
-        Settings::resolve(&cli.run)
+        Settings::resolve(&cli.run).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!   upgrade throttle, per-key live counts. Pure.
 //! - [`config`]: defaults < TOML < env < CLI; every limit in one struct.
 //! - [`auth`]: apps (tenants), secret and publishable keys, HS256 JWTs, channel globs. Pure.
+//! - [`clock`]: the one wall-clock read (`unix_now`) for token minting and expiry.
 //! - [`protocol`]: the wire vocabulary. Parses client JSON (simd-json, `data` kept as raw
 //!   bytes) and encodes server frames once into shareable `Bytes`. Sans-IO.
 //! - [`router`]: shard/connection ids, `owner_of(channel)`, cross-shard `ShardMsg`s, the
@@ -21,18 +22,17 @@
 //!   summed and rendered as Prometheus text when scraped.
 //!
 //! # Dependencies between modules
-//! `protocol`, `auth` depend on nothing else here; `router` and `presence` on those two;
+//! `protocol` depends on nothing else here, `auth` only on its close codes; `router` and `presence` on those two;
 //! `shard` on everything; `metrics` and `admission` on nothing; `rest` on `router` messages, `metrics`, `admission`
 //! and the shards' shared half (`shard::Broker`), never on shard internals; nothing else
 //! depends on `shard` but `main`.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
-pub mod admission;
+pub(crate) mod admission;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod metrics;
-pub mod presence;
+pub(crate) mod presence;
 pub mod protocol;
 pub mod rest;
 pub mod router;

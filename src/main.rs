@@ -7,7 +7,7 @@ use std::{
         atomic::{AtomicU32, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -18,6 +18,7 @@ use ringcast::{
         keys::{default_secret_actions, generate_dev_app, AppConfig, SecretKeyConfig},
         Authenticator, MintRequest,
     },
+    clock::unix_now,
     config::{Cli, Command, FileConfig, RunArgs, Settings, TokenArgs},
     metrics::Metrics,
     rest,
@@ -47,15 +48,8 @@ fn main() -> Result<()> {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn run(args: RunArgs) -> Result<()> {
-    let mut settings = Settings::resolve(&args).map_err(anyhow::Error::msg)?;
+    let mut settings = Settings::resolve(&args)?;
     let dev = settings.apps.is_empty();
     if dev {
         settings.apps.push(generate_dev_app());
@@ -76,7 +70,7 @@ fn run(args: RunArgs) -> Result<()> {
              back; for the Autobahn testsuite only, never in production"
         );
     }
-    let auth = Arc::new(Authenticator::new(&settings.apps).map_err(anyhow::Error::msg)?);
+    let auth = Arc::new(Authenticator::new(&settings.apps)?);
     let mesh = Arc::new(
         Mesh::new(settings.shards, settings.limits.max_cross_shard_bytes)
             .context("creating the shard mesh")?,
@@ -107,20 +101,18 @@ fn run(args: RunArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if dev {
         let key = &settings.apps[0].secret_keys[0];
-        let (token, _) = auth
-            .mint(
-                &key.id,
-                &MintRequest {
-                    peer_id: "dev".into(),
-                    channels: None,
-                    permissions: None,
-                    expires_in_sec: 3600,
-                    metadata: None,
-                    peer_metadata: None,
-                },
-                unix_now(),
-            )
-            .map_err(anyhow::Error::msg)?;
+        let (token, _) = auth.mint(
+            &key.id,
+            &MintRequest {
+                peer_id: "dev".into(),
+                channels: None,
+                permissions: None,
+                expires_in_sec: 3600,
+                metadata: None,
+                peer_metadata: None,
+            },
+            unix_now(),
+        )?;
         writeln!(
             out,
             "ringcast: DEVELOPMENT ONLY: generated app \"dev\"; its keys change at every start"
@@ -232,6 +224,7 @@ fn undelivered(shared: &Broker, shards: usize) -> (u64, u64, u64, usize) {
 
 /// Blocks SIGINT and SIGTERM in this thread (and every thread spawned after) and returns
 /// the set, for [`wait_signal`].
+#[allow(unsafe_code)] // libc signal-mask calls; there is no safe std equivalent.
 fn block_shutdown_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before use and
     // pthread_sigmask only reads it.
@@ -246,6 +239,7 @@ fn block_shutdown_signals() -> libc::sigset_t {
 }
 
 /// Waits for a blocked signal of `set`, forever or up to `timeout`; the signal number.
+#[allow(unsafe_code)] // libc sigwait/sigtimedwait; there is no safe std equivalent.
 fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<i32> {
     match timeout {
         None => {
@@ -284,7 +278,7 @@ fn token(args: TokenArgs) -> Result<()> {
                 publishable_keys: vec![],
             }]
         }
-        (Some(path), None) => FileConfig::load(path).map_err(anyhow::Error::msg)?.apps,
+        (Some(path), None) => FileConfig::load(path)?.apps,
         (None, None) => bail!("give --config FILE or --key-id and --key-secret"),
     };
     let key_id = match &args.key_id {
@@ -296,26 +290,24 @@ fn token(args: TokenArgs) -> Result<()> {
             .next()
             .context("the config has no secret key")?,
     };
-    let auth = Authenticator::new(&apps).map_err(anyhow::Error::msg)?;
+    let auth = Authenticator::new(&apps)?;
     let json = |s: &Option<String>, what: &str| -> Result<Option<serde_json::Value>> {
         s.as_deref()
             .map(|t| serde_json::from_str(t).with_context(|| format!("--{what} is not valid JSON")))
             .transpose()
     };
-    let (jwt, _exp) = auth
-        .mint(
-            &key_id,
-            &MintRequest {
-                peer_id: args.peer.clone(),
-                channels: args.channels.clone(),
-                permissions: args.permissions.clone(),
-                expires_in_sec: args.ttl,
-                metadata: json(&args.metadata, "metadata")?,
-                peer_metadata: json(&args.peer_metadata, "peer-metadata")?,
-            },
-            unix_now(),
-        )
-        .map_err(anyhow::Error::msg)?;
+    let (jwt, _exp) = auth.mint(
+        &key_id,
+        &MintRequest {
+            peer_id: args.peer.clone(),
+            channels: args.channels.clone(),
+            permissions: args.permissions.clone(),
+            expires_in_sec: args.ttl,
+            metadata: json(&args.metadata, "metadata")?,
+            peer_metadata: json(&args.peer_metadata, "peer-metadata")?,
+        },
+        unix_now(),
+    )?;
     println!("{jwt}");
     Ok(())
 }

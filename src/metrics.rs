@@ -20,7 +20,7 @@ use crossbeam::utils::CachePadded;
 /// Why a WebSocket connection was refused before `welcome` (label `reason` of
 /// `ringcast_auth_failures_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuthFailure {
+pub(crate) enum AuthFailure {
     /// Bad, unknown or malformed token or key (close 4001).
     InvalidCredentials = 0,
     /// Token already expired (close 4002).
@@ -40,7 +40,7 @@ impl AuthFailure {
     ];
 
     /// The Prometheus label value.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             AuthFailure::InvalidCredentials => "invalid_credentials",
             AuthFailure::TokenExpired => "token_expired",
@@ -50,7 +50,7 @@ impl AuthFailure {
     }
 
     /// The failure behind a pre-`welcome` close code.
-    pub fn from_close_code(code: u16) -> AuthFailure {
+    pub(crate) fn from_close_code(code: u16) -> AuthFailure {
         match code {
             4002 => AuthFailure::TokenExpired,
             4003 => AuthFailure::ChannelsNotAuthorized,
@@ -63,7 +63,7 @@ impl AuthFailure {
 /// Why an accepted WebSocket socket was closed before its handshake was read (label
 /// `reason` of `ringcast_handshakes_refused_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandshakeRefusal {
+pub(crate) enum HandshakeRefusal {
     /// The shard already had `max_pending_handshakes` pending.
     ShardCap = 0,
     /// The source IP (IPv6 /64) already had `pending_handshakes_per_ip` pending on the shard.
@@ -74,7 +74,7 @@ impl HandshakeRefusal {
     const ALL: [HandshakeRefusal; 2] = [HandshakeRefusal::ShardCap, HandshakeRefusal::IpCap];
 
     /// The Prometheus label value.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             HandshakeRefusal::ShardCap => "shard_cap",
             HandshakeRefusal::IpCap => "ip_cap",
@@ -170,25 +170,25 @@ impl ShardCounters {
 
     /// Adds `n` to a counter (one relaxed add).
     #[inline]
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
     }
 
     /// Counts one pre-`welcome` refusal.
     #[inline]
-    pub fn auth_failure(&self, why: AuthFailure) {
+    pub(crate) fn auth_failure(&self, why: AuthFailure) {
         self.auth_failures[why as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts one socket closed over a pending-handshake cap.
     #[inline]
-    pub fn handshake_refused(&self, why: HandshakeRefusal) {
+    pub(crate) fn handshake_refused(&self, why: HandshakeRefusal) {
         self.handshakes_refused[why as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts a connection closed by the server with `code` (at teardown).
     #[inline]
-    pub fn server_close(&self, code: u16) {
+    pub(crate) fn server_close(&self, code: u16) {
         let c = match code {
             4008 => &self.slow_consumer_closes,
             4011 => &self.rate_limit_closes,
@@ -226,7 +226,7 @@ impl RestCounters {
     }
 
     /// Counts one response with `status`.
-    pub fn response(&self, status: u16) {
+    pub(crate) fn response(&self, status: u16) {
         let i = REST_STATUSES
             .iter()
             .position(|s| *s == status)
@@ -254,7 +254,7 @@ pub struct Metrics {
 
 /// A per-app usage summary for `GET /v1/usage`, summed over shards.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AppUsage {
+pub(crate) struct AppUsage {
     /// WebSocket publications and direct messages plus REST publishes.
     pub messages: u64,
     /// `message` frames queued to subscribers.
@@ -285,7 +285,7 @@ impl Metrics {
     }
 
     /// Usage of app index `app`, summed over shards.
-    pub fn app_usage(&self, app: usize) -> AppUsage {
+    pub(crate) fn app_usage(&self, app: usize) -> AppUsage {
         let get = |v: &[AtomicU64]| v.get(app).map_or(0, |c| c.load(Relaxed));
         let rest = get(&self.rest.app_publishes);
         AppUsage {
@@ -302,7 +302,7 @@ impl Metrics {
 
     /// The Prometheus text exposition. `queue_depth(i)` is shard `i`'s cross-shard inbox
     /// depth; `draining` is whether shutdown has started.
-    pub fn render(
+    pub(crate) fn render(
         &self,
         queue_depth: impl Fn(usize) -> u64,
         queue_bytes: impl Fn(usize) -> u64,

@@ -2,10 +2,12 @@
 //! mosquitto (WebSocket).
 //!
 //! # Layout
-//! - `main.rs`: the CLI and the coordinator. It builds the connection plan of a scenario,
-//!   starts worker processes (re-executing itself as `ringcast-loadgen worker`), starts them
-//!   together with `go <t>`, samples the broker's /proc while they run, merges their reports,
-//!   prints a summary table and writes JSON.
+//! - `main.rs`: the CLI and the coordinator. It takes the connection plan of a scenario
+//!   ([`plan`]), starts worker processes (re-executing itself as `ringcast-loadgen worker`),
+//!   starts them together with `go <t>`, samples the broker's /proc while they run, merges
+//!   their reports, prints a summary table and writes JSON.
+//! - [`plan`]: the scenarios' connection plans: who subscribes to what, who publishes where,
+//!   the rate steps.
 //! - [`worker`]: one process's connections, publishers (each message has an intended send
 //!   time; latency is measured from it, so a stalled broker shows up as latency, not as a
 //!   slower generator) and receivers (every delivery counted per publisher sequence number).
@@ -19,6 +21,7 @@
 //! - [`procstat`]: broker RSS and CPU from /proc/PID.
 
 mod pingpong;
+mod plan;
 mod procstat;
 mod rest;
 mod stats;
@@ -41,9 +44,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use plan::Plan;
 use stats::{mono_ns, HistDump, Lat};
 use target::{Endpoint, Target};
-use worker::{Dest, PubSpec, Step, SubSpec, WorkerResult, WorkerSpec};
+use worker::{WorkerResult, WorkerSpec};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -248,19 +252,6 @@ struct Common {
     max_secs: f64,
 }
 
-/// The connection plan of a scenario.
-struct Plan {
-    name: &'static str,
-    subs: Vec<SubSpec>,
-    pubs: Vec<PubSpec>,
-    steps: Vec<Step>,
-    /// Receivers per message (for expected deliveries).
-    fanout: u64,
-    churn_per_sec: f64,
-    churn_channel: Option<String>,
-    track_last: bool,
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let (c, plan) = match cli.cmd {
@@ -322,31 +313,7 @@ fn main() -> Result<()> {
             rates,
             churn_per_sec,
         } => {
-            let plan = Plan {
-                name: "fanout",
-                subs: (0..subscribers)
-                    .map(|i| SubSpec {
-                        peer: format!("sub-{i}"),
-                        channel: Some("fan".into()),
-                    })
-                    .collect(),
-                pubs: vec![PubSpec {
-                    peer: "pub-0".into(),
-                    g: 0,
-                    dest: Dest::Channel("fan".into()),
-                }],
-                steps: rates
-                    .iter()
-                    .map(|&r| Step {
-                        rate_per_pub: r,
-                        secs: c.step_secs,
-                    })
-                    .collect(),
-                fanout: subscribers as u64,
-                churn_per_sec,
-                churn_channel: Some("fan".into()),
-                track_last: true,
-            };
+            let plan = Plan::fanout(subscribers, &rates, c.step_secs, churn_per_sec);
             (c, plan)
         }
         Cmd::ManyChannels {
@@ -355,105 +322,19 @@ fn main() -> Result<()> {
             subscribers_per_channel,
             rates,
         } => {
-            let plan = Plan {
-                name: "many-channels",
-                subs: (0..channels * subscribers_per_channel)
-                    .map(|i| SubSpec {
-                        peer: format!("sub-{i}"),
-                        channel: Some(format!("ch-{}", i % channels)),
-                    })
-                    .collect(),
-                pubs: (0..channels)
-                    .map(|j| PubSpec {
-                        peer: format!("pub-{j}"),
-                        g: j as u32,
-                        dest: Dest::Channel(format!("ch-{j}")),
-                    })
-                    .collect(),
-                steps: rates
-                    .iter()
-                    .map(|&r| Step {
-                        rate_per_pub: r / channels as f64,
-                        secs: c.step_secs,
-                    })
-                    .collect(),
-                fanout: subscribers_per_channel as u64,
-                churn_per_sec: 0.0,
-                churn_channel: None,
-                track_last: false,
-            };
+            let plan = Plan::many_channels(channels, subscribers_per_channel, &rates, c.step_secs);
             (c, plan)
         }
         Cmd::Direct { c, pairs, rates } => {
-            let plan = Plan {
-                name: "direct",
-                subs: (0..pairs)
-                    .map(|i| SubSpec {
-                        peer: format!("rx-{i}"),
-                        channel: None,
-                    })
-                    .collect(),
-                pubs: (0..pairs)
-                    .map(|j| PubSpec {
-                        peer: format!("tx-{j}"),
-                        g: j as u32,
-                        dest: Dest::Peer(format!("rx-{j}")),
-                    })
-                    .collect(),
-                steps: rates
-                    .iter()
-                    .map(|&r| Step {
-                        rate_per_pub: r / pairs as f64,
-                        secs: c.step_secs,
-                    })
-                    .collect(),
-                fanout: 1,
-                churn_per_sec: 0.0,
-                churn_channel: None,
-                track_last: false,
-            };
+            let plan = Plan::direct(pairs, &rates, c.step_secs);
             (c, plan)
         }
         Cmd::Idle {
             c,
             connections,
             channels,
-        } => {
-            let plan = Plan {
-                name: "idle",
-                subs: (0..connections)
-                    .map(|i| SubSpec {
-                        peer: format!("idle-{i}"),
-                        channel: Some(format!("idle-{}", i % channels.max(1))),
-                    })
-                    .collect(),
-                pubs: vec![],
-                steps: vec![],
-                fanout: 0,
-                churn_per_sec: 0.0,
-                churn_channel: None,
-                track_last: false,
-            };
-            (c, plan)
-        }
-        Cmd::Connect { c, connections } => {
-            let plan = Plan {
-                name: "connect",
-                subs: (0..connections)
-                    .map(|i| SubSpec {
-                        peer: format!("conn-{i}"),
-                        channel: Some("setup".into()),
-                    })
-                    .collect(),
-                pubs: vec![],
-                steps: vec![],
-                fanout: 0,
-                churn_per_sec: 0.0,
-                churn_channel: None,
-                track_last: false,
-            };
-            (c, plan)
-        }
+        } => (c, Plan::idle(connections, channels)),
+        Cmd::Connect { c, connections } => (c, Plan::connect(connections)),
     };
     coordinate(c, plan)
 }

@@ -105,6 +105,7 @@ pub fn run(
 }
 
 /// Pins the calling thread to `cpu` (best effort: a CPU outside the allowed set is ignored).
+#[allow(unsafe_code)] // libc sched_setaffinity: std cannot pin a thread.
 pub(crate) fn pin(cpu: usize) {
     // SAFETY: `set` is a zeroed cpu_set_t filled by CPU_SET; sched_setaffinity(0, ...) applies
     // to the calling thread and only reads it.

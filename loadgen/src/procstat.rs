@@ -8,6 +8,7 @@ pub struct Sample {
 }
 
 /// Samples `pid`; None if the process is gone or /proc is unreadable.
+#[allow(unsafe_code)] // libc sysconf(_SC_CLK_TCK): std does not expose the clock tick.
 pub fn sample(pid: u32) -> Option<Sample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib = status

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Nanoseconds on CLOCK_MONOTONIC: one clock shared by every process on the machine, so a
 /// worker can subtract a publisher's intended send time written by another process.
+#[allow(unsafe_code)] // libc clock_gettime: std has no CLOCK_MONOTONIC shared across processes.
 pub fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

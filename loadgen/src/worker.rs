@@ -122,6 +122,7 @@ struct Shared {
     churn_failed: u64,
 }
 
+#[allow(unsafe_code)] // libc getrlimit/setrlimit: std cannot raise RLIMIT_NOFILE.
 pub(crate) fn raise_nofile() {
     let mut r = libc::rlimit {
         rlim_cur: 0,

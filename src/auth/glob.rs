@@ -21,7 +21,7 @@ use std::fmt;
 /// Maximum length of a pattern's source text in bytes.
 ///
 /// Channel names are at most 256 bytes; escaping can double a literal, so patterns get more room.
-pub const MAX_PATTERN_LEN: usize = 1024;
+pub(crate) const MAX_PATTERN_LEN: usize = 1024;
 
 /// Number of NFA states a pattern can have (one per element plus the accepting state).
 const MAX_STATES: usize = MAX_PATTERN_LEN + 1;
@@ -152,7 +152,7 @@ impl Pattern {
     }
 
     /// The pattern's source text, as given to [`Pattern::parse`].
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.src
     }
 

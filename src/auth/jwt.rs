@@ -12,24 +12,24 @@ use super::keys::{KeyStore, SecretKey};
 use super::{Actions, AuthError, ChannelScope, Identity, MintRequest};
 
 /// Longest accepted token, in bytes (longer → 4001).
-pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+pub(crate) const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// Longest peer id (`sub`), in bytes.
-pub const MAX_PEER_ID_LEN: usize = 128;
+pub(crate) const MAX_PEER_ID_LEN: usize = 128;
 /// Most entries in the `channels` claim.
-pub const MAX_CHANNELS_CLAIM: usize = 100;
+pub(crate) const MAX_CHANNELS_CLAIM: usize = 100;
 /// Most entries in the `permissions` claim.
-pub const MAX_PERMISSIONS_CLAIM: usize = 16;
+pub(crate) const MAX_PERMISSIONS_CLAIM: usize = 16;
 /// Largest `metadata` claim, compact-serialized, in bytes.
-pub const MAX_METADATA_LEN: usize = 8 * 1024;
+pub(crate) const MAX_METADATA_LEN: usize = 8 * 1024;
 /// Largest `peerMetadata` claim, compact-serialized, in bytes.
-pub const MAX_PEER_METADATA_LEN: usize = 4 * 1024;
+pub(crate) const MAX_PEER_METADATA_LEN: usize = 4 * 1024;
 /// Default token lifetime for minting (`POST /v1/tokens` without `expiresInSec`).
-pub const DEFAULT_EXPIRES_IN_SEC: u64 = 3600;
+pub(crate) const DEFAULT_EXPIRES_IN_SEC: u64 = 3600;
 /// Longest token lifetime [`super::Authenticator::mint`] accepts.
-pub const MAX_EXPIRES_IN_SEC: u64 = 86_400;
+pub(crate) const MAX_EXPIRES_IN_SEC: u64 = 86_400;
 
 /// True when `s` is a valid peer id: 1–128 bytes, each printable ASCII (0x21–0x7E).
-pub fn is_valid_peer_id(s: &str) -> bool {
+pub(crate) fn is_valid_peer_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_PEER_ID_LEN && s.bytes().all(|b| (0x21..=0x7E).contains(&b))
 }
 
@@ -37,7 +37,7 @@ pub fn is_valid_peer_id(s: &str) -> bool {
 /// one no clock can represent, e.g. 1e19 or 2^64) is refused as invalid (4001) rather than
 /// honoured: no legitimate token lives that long, and deadlines that far out overflow
 /// `SystemTime`/`Instant` arithmetic.
-pub const MAX_EXP_HORIZON_SEC: u64 = 3650 * 86_400;
+pub(crate) const MAX_EXP_HORIZON_SEC: u64 = 3650 * 86_400;
 
 /// Why [`super::Authenticator::mint`] refused; each variant is one REST answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -46,11 +46,17 @@ pub enum MintError {
     #[error("{0}")]
     InvalidRequest(String),
     /// 403 `channel_not_authorized`: a channel outside the key's patterns.
-    #[error("{0}")]
-    ChannelNotAuthorized(String),
+    #[error("channel {channel:?} is outside the key's channel patterns")]
+    ChannelNotAuthorized {
+        /// The first requested channel (pattern) outside the key's patterns.
+        channel: String,
+    },
     /// 403 `action_not_permitted`: a permission the key lacks.
-    #[error("{0}")]
-    ActionNotPermitted(String),
+    #[error("the key only allows [{allowed}]")]
+    ActionNotPermitted {
+        /// What the key allows on a connection (its actions without `admin`).
+        allowed: Actions,
+    },
     /// The signature could not be made (500 `internal_error`; not expected to happen).
     #[error("signing failed: {0}")]
     Signing(String),
@@ -62,8 +68,8 @@ impl MintError {
     pub fn code(&self) -> &'static str {
         match self {
             MintError::InvalidRequest(_) => "invalid_request",
-            MintError::ChannelNotAuthorized(_) => "channel_not_authorized",
-            MintError::ActionNotPermitted(_) => "action_not_permitted",
+            MintError::ChannelNotAuthorized { .. } => "channel_not_authorized",
+            MintError::ActionNotPermitted { .. } => "action_not_permitted",
             MintError::Signing(_) => "internal_error",
         }
     }
@@ -290,10 +296,9 @@ pub(crate) fn mint(
             .iter()
             .find(|p| !key.patterns.iter().any(|k| pattern_within(p, k)))
         {
-            return Err(ChannelNotAuthorized(format!(
-                "channel {:?} is outside the key's channel patterns",
-                bad.as_str()
-            )));
+            return Err(ChannelNotAuthorized {
+                channel: bad.as_str().to_owned(),
+            });
         }
     }
     let permissions = match &req.permissions {
@@ -304,17 +309,16 @@ pub(crate) fn mint(
                     "at most {MAX_PERMISSIONS_CLAIM} permissions"
                 )));
             }
-            let actions = Actions::parse_list(list).map_err(InvalidRequest)?;
+            let actions = Actions::parse_list(list).map_err(|e| InvalidRequest(e.to_string()))?;
             if actions.contains(Actions::ADMIN) {
                 return Err(InvalidRequest(
                     "admin is a key action for the REST API, not a token permission".to_owned(),
                 ));
             }
             if !key.actions.contains(actions) {
-                return Err(ActionNotPermitted(format!(
-                    "the key only allows [{}]",
-                    key.actions.intersection(Actions::CONNECTION)
-                )));
+                return Err(ActionNotPermitted {
+                    allowed: key.actions.intersection(Actions::CONNECTION),
+                });
             }
             Some(actions.names())
         }

@@ -8,26 +8,26 @@ use jsonwebtoken::{DecodingKey, EncodingKey};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::glob::Pattern;
-use super::{Actions, AppId};
+use super::glob::{Pattern, PatternError};
+use super::{Actions, AppId, UnknownAction};
 
 /// Prefix of a secret key's public id.
-pub const SECRET_KEY_ID_PREFIX: &str = "sk_id_";
+pub(crate) const SECRET_KEY_ID_PREFIX: &str = "sk_id_";
 /// Prefix of a secret key's HMAC secret.
-pub const SECRET_PREFIX: &str = "sk_secret_";
+pub(crate) const SECRET_PREFIX: &str = "sk_secret_";
 /// Prefix of a publishable key.
-pub const PUBLISHABLE_KEY_PREFIX: &str = "pk_live_";
+pub(crate) const PUBLISHABLE_KEY_PREFIX: &str = "pk_live_";
 /// Maximum length in bytes of a key id, secret or publishable key.
-pub const MAX_KEY_LEN: usize = 256;
+pub(crate) const MAX_KEY_LEN: usize = 256;
 /// Maximum number of channel patterns on one key.
-pub const MAX_KEY_PATTERNS: usize = 1000;
+pub(crate) const MAX_KEY_PATTERNS: usize = 1000;
 /// Shortest accepted secret, in bytes of the whole secret string (the HS256 key): RFC 7518
 /// section 3.2 requires an HMAC key of at least the hash size, 256 bits.
-pub const MIN_SECRET_LEN: usize = 32;
+pub(crate) const MIN_SECRET_LEN: usize = 32;
 /// The secrets shown as examples in the documentation (README.md, docs/). Anyone can read
 /// them, so a config that copies one verbatim is refused at start. Keep this list in step
 /// with the docs: the unit test `doc_example_secrets_are_listed` greps them for `sk_secret_`.
-pub const DOC_EXAMPLE_SECRETS: &[&str] = &["sk_secret_change-me-to-32-random-characters"];
+pub(crate) const DOC_EXAMPLE_SECRETS: &[&str] = &["sk_secret_change-me-to-32-random-characters"];
 
 /// One tenant: its name, optional connection cap and keys.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -169,63 +169,248 @@ pub(crate) struct KeyStore {
     pub(crate) publishable_by_key: HashMap<Box<str>, usize>,
 }
 
+/// Which configured key a [`KeyError`] is about. Displays as `app "a" secret key #0`, with
+/// the key's public id once it is known (`app "a" secret key #0 ("sk_id_1")`), or as
+/// `app "a" publishable key #0`. Never holds a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRef {
+    /// The app's configured id.
+    pub app: String,
+    /// Secret or publishable.
+    pub kind: KeyKind,
+    /// Position in the app's `secret_keys` or `publishable_keys` list.
+    pub index: usize,
+    /// The secret key's public id, once it passed its own checks.
+    pub id: Option<String>,
+}
+
+/// The two kinds of configured key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `secret_keys` entry.
+    Secret,
+    /// `publishable_keys` entry.
+    Publishable,
+}
+
+impl fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            KeyKind::Secret => "secret",
+            KeyKind::Publishable => "publishable",
+        };
+        write!(f, "app {:?} {kind} key #{}", self.app, self.index)?;
+        match &self.id {
+            Some(id) => write!(f, " ({id:?})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Which text of a key failed [`KeyTextError`]'s checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyPart {
+    /// A secret key's public id (`sk_id_…`).
+    Id,
+    /// A secret key's secret (`sk_secret_…`).
+    Secret,
+    /// A publishable key (`pk_live_…`).
+    Key,
+}
+
+impl fmt::Display for KeyPart {
+    /// The suffix after the [`KeyRef`] in a message: `" id"`, `" secret"` or nothing.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyPart::Id => " id",
+            KeyPart::Secret => " secret",
+            KeyPart::Key => "",
+        })
+    }
+}
+
+/// Why a key id, secret or publishable key is malformed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyTextError {
+    /// It does not start with its prefix (`sk_id_`, `sk_secret_` or `pk_live_`).
+    #[error("must start with {0:?}")]
+    MissingPrefix(&'static str),
+    /// It is only the prefix.
+    #[error("has nothing after {0:?}")]
+    NothingAfterPrefix(&'static str),
+    /// Longer than [`MAX_KEY_LEN`].
+    #[error("longer than {MAX_KEY_LEN} bytes")]
+    TooLong,
+    /// A byte outside printable ASCII (0x21–0x7E).
+    #[error("must be printable ASCII without spaces")]
+    NotPrintable,
+}
+
+/// Why the configured apps and keys were refused at start. Messages name the key, never
+/// its secret.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The app list is empty.
+    #[error("no apps configured")]
+    NoApps,
+    /// More apps than an [`AppId`] can number.
+    #[error("too many apps")]
+    TooManyApps,
+    /// The app at this position has an empty or over-long id.
+    #[error("app #{index}: id must be 1-128 bytes")]
+    AppIdLength {
+        /// Position in the app list.
+        index: usize,
+    },
+    /// Two apps share an id.
+    #[error("duplicate app id {id:?}")]
+    DuplicateApp {
+        /// The repeated id.
+        id: String,
+    },
+    /// A key id, secret or publishable key is malformed.
+    #[error("{key}{part} {error}")]
+    BadText {
+        /// The key.
+        key: KeyRef,
+        /// Which of its texts.
+        part: KeyPart,
+        /// What is wrong with it.
+        error: KeyTextError,
+    },
+    /// A secret key id contains `:` (it separates id and secret in REST credentials).
+    #[error("{key} id must not contain ':'")]
+    ColonInKeyId {
+        /// The key.
+        key: KeyRef,
+    },
+    /// A secret shorter than [`MIN_SECRET_LEN`].
+    #[error(
+        "{key} secret is {len} bytes; at least {MIN_SECRET_LEN} are required \
+         (e.g. sk_secret_ followed by 32 random characters)"
+    )]
+    WeakSecret {
+        /// The key.
+        key: KeyRef,
+        /// The secret's length in bytes.
+        len: usize,
+    },
+    /// A secret copied from the documentation ([`DOC_EXAMPLE_SECRETS`]).
+    #[error(
+        "{key} secret is the documentation's example secret; generate your own \
+         (e.g. sk_secret_ followed by 32 random characters)"
+    )]
+    ExampleSecret {
+        /// The key.
+        key: KeyRef,
+    },
+    /// An `actions` entry that is no action name.
+    #[error("{key}: {error}")]
+    UnknownAction {
+        /// The key.
+        key: KeyRef,
+        /// The unknown name.
+        error: UnknownAction,
+    },
+    /// More than [`MAX_KEY_PATTERNS`] channel patterns.
+    #[error("{key}: more than {MAX_KEY_PATTERNS} channel patterns")]
+    TooManyPatterns {
+        /// The key.
+        key: KeyRef,
+    },
+    /// A channel pattern that does not parse.
+    #[error("{key}: channel pattern {pattern:?}: {error}")]
+    BadPattern {
+        /// The key.
+        key: KeyRef,
+        /// The pattern as configured.
+        pattern: String,
+        /// Why it does not parse.
+        error: PatternError,
+    },
+    /// Two secret keys (in any apps) share an id.
+    #[error("duplicate secret key id {id:?}")]
+    DuplicateSecretKeyId {
+        /// The repeated id.
+        id: String,
+    },
+    /// A publishable key asks for `admin`.
+    #[error("{key}: the admin action is for secret keys only (REST API)")]
+    AdminOnPublishableKey {
+        /// The key.
+        key: KeyRef,
+    },
+    /// An empty `allowed_origins` entry.
+    #[error("{key}: empty allowed origin")]
+    EmptyOrigin {
+        /// The key.
+        key: KeyRef,
+    },
+    /// Two publishable keys (in any apps) are the same.
+    #[error("duplicate publishable key {key:?}")]
+    DuplicatePublishableKey {
+        /// The repeated key.
+        key: String,
+    },
+}
+
 /// Checks `s` is `prefix` + 1.. printable ASCII bytes (0x21–0x7E), total ≤ [`MAX_KEY_LEN`].
-fn check_key_text(what: &str, s: &str, prefix: &str) -> Result<(), String> {
+fn check_key_text(s: &str, prefix: &'static str) -> Result<(), KeyTextError> {
     let rest = s
         .strip_prefix(prefix)
-        .ok_or_else(|| format!("{what} must start with {prefix:?}"))?;
+        .ok_or(KeyTextError::MissingPrefix(prefix))?;
     if rest.is_empty() {
-        return Err(format!("{what} has nothing after {prefix:?}"));
+        return Err(KeyTextError::NothingAfterPrefix(prefix));
     }
     if s.len() > MAX_KEY_LEN {
-        return Err(format!("{what} longer than {MAX_KEY_LEN} bytes"));
+        return Err(KeyTextError::TooLong);
     }
     if !s.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
-        return Err(format!("{what} must be printable ASCII without spaces"));
+        return Err(KeyTextError::NotPrintable);
     }
     Ok(())
 }
 
 /// Refuses a secret shorter than [`MIN_SECRET_LEN`] or copied from the documentation
-/// ([`DOC_EXAMPLE_SECRETS`]). The error names the key (`what`), never the secret.
-fn check_secret_strength(what: &str, secret: &str) -> Result<(), String> {
+/// ([`DOC_EXAMPLE_SECRETS`]). The error names the key, never the secret.
+fn check_secret_strength(key: &KeyRef, secret: &str) -> Result<(), KeyError> {
     if secret.len() < MIN_SECRET_LEN {
-        return Err(format!(
-            "{what} secret is {} bytes; at least {MIN_SECRET_LEN} are required \
-             (e.g. sk_secret_ followed by 32 random characters)",
-            secret.len()
-        ));
+        return Err(KeyError::WeakSecret {
+            key: key.clone(),
+            len: secret.len(),
+        });
     }
     if DOC_EXAMPLE_SECRETS.contains(&secret) {
-        return Err(format!(
-            "{what} secret is the documentation's example secret; generate your own \
-             (e.g. sk_secret_ followed by 32 random characters)"
-        ));
+        return Err(KeyError::ExampleSecret { key: key.clone() });
     }
     Ok(())
 }
 
 /// Parses a key's pattern list.
-fn compile_patterns(what: &str, patterns: &[String]) -> Result<Arc<[Pattern]>, String> {
+fn compile_patterns(key: &KeyRef, patterns: &[String]) -> Result<Arc<[Pattern]>, KeyError> {
     if patterns.len() > MAX_KEY_PATTERNS {
-        return Err(format!(
-            "{what}: more than {MAX_KEY_PATTERNS} channel patterns"
-        ));
+        return Err(KeyError::TooManyPatterns { key: key.clone() });
     }
     patterns
         .iter()
-        .map(|p| Pattern::parse(p).map_err(|e| format!("{what}: channel pattern {p:?}: {e}")))
+        .map(|p| {
+            Pattern::parse(p).map_err(|error| KeyError::BadPattern {
+                key: key.clone(),
+                pattern: p.clone(),
+                error,
+            })
+        })
         .collect()
 }
 
 impl KeyStore {
     /// Validates the config and builds the lookup tables.
-    pub(crate) fn build(configs: &[AppConfig]) -> Result<KeyStore, String> {
+    pub(crate) fn build(configs: &[AppConfig]) -> Result<KeyStore, KeyError> {
         if configs.is_empty() {
-            return Err("no apps configured".to_owned());
+            return Err(KeyError::NoApps);
         }
         if configs.len() > usize::from(u16::MAX) + 1 {
-            return Err("too many apps".to_owned());
+            return Err(KeyError::TooManyApps);
         }
         let mut store = KeyStore {
             apps: Vec::with_capacity(configs.len()),
@@ -235,36 +420,51 @@ impl KeyStore {
             publishable_by_key: HashMap::new(),
         };
         for (i, cfg) in configs.iter().enumerate() {
-            let app = AppId(u16::try_from(i).map_err(|_| "too many apps".to_owned())?);
+            let app = AppId(u16::try_from(i).map_err(|_| KeyError::TooManyApps)?);
             if cfg.id.is_empty() || cfg.id.len() > 128 {
-                return Err(format!("app #{i}: id must be 1-128 bytes"));
+                return Err(KeyError::AppIdLength { index: i });
             }
             if store.apps.iter().any(|a| *a.name == *cfg.id) {
-                return Err(format!("duplicate app id {:?}", cfg.id));
+                return Err(KeyError::DuplicateApp { id: cfg.id.clone() });
             }
             store.apps.push(App {
                 name: cfg.id.as_str().into(),
                 max_connections: cfg.max_connections,
             });
             for (index, sk) in cfg.secret_keys.iter().enumerate() {
-                let what = format!("app {:?} secret key #{index}", cfg.id);
-                check_key_text(&format!("{what} id"), &sk.id, SECRET_KEY_ID_PREFIX)?;
+                let mut key = KeyRef {
+                    app: cfg.id.clone(),
+                    kind: KeyKind::Secret,
+                    index,
+                    id: None,
+                };
+                let bad_text = |key: &KeyRef, part, error| KeyError::BadText {
+                    key: key.clone(),
+                    part,
+                    error,
+                };
+                check_key_text(&sk.id, SECRET_KEY_ID_PREFIX)
+                    .map_err(|e| bad_text(&key, KeyPart::Id, e))?;
                 if sk.id.contains(':') {
-                    return Err(format!("{what} id must not contain ':'"));
+                    return Err(KeyError::ColonInKeyId { key });
                 }
-                let what = format!("{what} ({:?})", sk.id);
-                check_key_text(&format!("{what} secret"), &sk.secret, SECRET_PREFIX)?;
-                check_secret_strength(&what, &sk.secret)?;
+                key.id = Some(sk.id.clone());
+                check_key_text(&sk.secret, SECRET_PREFIX)
+                    .map_err(|e| bad_text(&key, KeyPart::Secret, e))?;
+                check_secret_strength(&key, &sk.secret)?;
                 let actions =
-                    Actions::parse_list(&sk.actions).map_err(|e| format!("{what}: {e}"))?;
-                let patterns = compile_patterns(&what, &sk.channel_patterns)?;
+                    Actions::parse_list(&sk.actions).map_err(|error| KeyError::UnknownAction {
+                        key: key.clone(),
+                        error,
+                    })?;
+                let patterns = compile_patterns(&key, &sk.channel_patterns)?;
                 let slot = store.secret_keys.len();
                 if store
                     .secret_by_id
                     .insert(sk.id.as_str().into(), slot)
                     .is_some()
                 {
-                    return Err(format!("duplicate secret key id {:?}", sk.id));
+                    return Err(KeyError::DuplicateSecretKeyId { id: sk.id.clone() });
                 }
                 store.secret_keys.push(SecretKey {
                     app,
@@ -278,18 +478,30 @@ impl KeyStore {
                 });
             }
             for (index, pk) in cfg.publishable_keys.iter().enumerate() {
-                let what = format!("app {:?} publishable key #{index}", cfg.id);
-                check_key_text(&what, &pk.key, PUBLISHABLE_KEY_PREFIX)?;
+                let key = KeyRef {
+                    app: cfg.id.clone(),
+                    kind: KeyKind::Publishable,
+                    index,
+                    id: None,
+                };
+                check_key_text(&pk.key, PUBLISHABLE_KEY_PREFIX).map_err(|error| {
+                    KeyError::BadText {
+                        key: key.clone(),
+                        part: KeyPart::Key,
+                        error,
+                    }
+                })?;
                 let actions =
-                    Actions::parse_list(&pk.actions).map_err(|e| format!("{what}: {e}"))?;
+                    Actions::parse_list(&pk.actions).map_err(|error| KeyError::UnknownAction {
+                        key: key.clone(),
+                        error,
+                    })?;
                 if actions.contains(Actions::ADMIN) {
-                    return Err(format!(
-                        "{what}: the admin action is for secret keys only (REST API)"
-                    ));
+                    return Err(KeyError::AdminOnPublishableKey { key });
                 }
-                let patterns = compile_patterns(&what, &pk.channel_patterns)?;
+                let patterns = compile_patterns(&key, &pk.channel_patterns)?;
                 if pk.allowed_origins.iter().any(|o| o.is_empty()) {
-                    return Err(format!("{what}: empty allowed origin"));
+                    return Err(KeyError::EmptyOrigin { key });
                 }
                 let allowed_origins = if pk.allowed_origins.is_empty()
                     || pk.allowed_origins.iter().any(|o| o == "*")
@@ -309,7 +521,9 @@ impl KeyStore {
                     .insert(pk.key.as_str().into(), slot)
                     .is_some()
                 {
-                    return Err(format!("duplicate publishable key {:?}", pk.key));
+                    return Err(KeyError::DuplicatePublishableKey {
+                        key: pk.key.clone(),
+                    });
                 }
                 store.publishable_keys.push(PublishableKey {
                     app,
@@ -366,7 +580,7 @@ mod tests {
     fn build_err(apps: &[AppConfig]) -> String {
         match KeyStore::build(apps) {
             Ok(_) => panic!("expected an error"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 

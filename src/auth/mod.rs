@@ -16,8 +16,11 @@ use std::ops::{BitAnd, BitOr};
 use std::sync::Arc;
 
 use glob::{pattern_within, Pattern};
+use keys::KeyError;
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
+
+use crate::protocol::close;
 
 /// Index of an app in the configured app list (`0..app_count()`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,20 +32,20 @@ pub struct Actions(u8);
 
 impl Actions {
     /// `publish`: publish to a channel.
-    pub const PUBLISH: Actions = Actions(1);
+    pub(crate) const PUBLISH: Actions = Actions(1);
     /// `subscribe`: subscribe to a channel.
-    pub const SUBSCRIBE: Actions = Actions(2);
+    pub(crate) const SUBSCRIBE: Actions = Actions(2);
     /// `presence`: receive presence frames / query the roster.
-    pub const PRESENCE: Actions = Actions(4);
+    pub(crate) const PRESENCE: Actions = Actions(4);
     /// `send`: direct messages to a peer.
-    pub const SEND: Actions = Actions(8);
+    pub(crate) const SEND: Actions = Actions(8);
     /// `admin`: the REST admin endpoints (`DELETE /v1/peers/{id}`, `GET /v1/usage`). Secret
     /// keys only; never part of a WebSocket identity and never put in a minted token.
-    pub const ADMIN: Actions = Actions(16);
+    pub(crate) const ADMIN: Actions = Actions(16);
     /// No action.
-    pub const NONE: Actions = Actions(0);
+    pub(crate) const NONE: Actions = Actions(0);
     /// The four actions a WebSocket connection can hold (everything but `admin`).
-    pub const CONNECTION: Actions = Actions(15);
+    pub(crate) const CONNECTION: Actions = Actions(15);
     /// All five actions.
     pub const ALL: Actions = Actions(31);
 
@@ -61,12 +64,12 @@ impl Actions {
     }
 
     /// Actions in both sets.
-    pub fn intersection(self, other: Actions) -> Actions {
+    pub(crate) fn intersection(self, other: Actions) -> Actions {
         Actions(self.0 & other.0)
     }
 
     /// Actions in either set.
-    pub fn union(self, other: Actions) -> Actions {
+    pub(crate) fn union(self, other: Actions) -> Actions {
         Actions(self.0 | other.0)
     }
 
@@ -96,22 +99,35 @@ impl Actions {
 
     /// Parses a list of wire names into a set (duplicates allowed; empty list = no action).
     /// The error names the first unknown entry.
-    pub fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<Actions, String> {
+    pub(crate) fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<Actions, UnknownAction> {
         names.iter().try_fold(Actions::NONE, |acc, n| {
             let n = n.as_ref();
             Actions::parse(n)
                 .map(|a| acc.union(a))
-                .ok_or_else(|| format!("unknown action {n:?}"))
+                .ok_or_else(|| UnknownAction(n.to_owned()))
         })
     }
 
     /// The wire names of the actions in the set, in canonical order.
-    pub fn names(self) -> Vec<&'static str> {
+    pub(crate) fn names(self) -> Vec<&'static str> {
         Actions::NAMES
             .iter()
             .filter(|(_, a)| self.contains(*a))
             .map(|&(n, _)| n)
             .collect()
+    }
+}
+
+/// An action name that is none of `publish`, `subscribe`, `presence`, `send`, `admin`.
+/// Dereferences to the name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown action {0:?}")]
+pub struct UnknownAction(pub String);
+
+impl std::ops::Deref for UnknownAction {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
 }
 
@@ -228,12 +244,13 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// The WebSocket close code: 4001, 4002 or 4003.
+    /// The WebSocket close code: [`close::INVALID_TOKEN`], [`close::TOKEN_EXPIRED`] or
+    /// [`close::CHANNEL_NOT_AUTHORIZED`].
     pub fn close_code(&self) -> u16 {
         match self {
-            AuthError::Invalid(_) => 4001,
-            AuthError::Expired => 4002,
-            AuthError::ChannelsNotAuthorized => 4003,
+            AuthError::Invalid(_) => close::INVALID_TOKEN,
+            AuthError::Expired => close::TOKEN_EXPIRED,
+            AuthError::ChannelsNotAuthorized => close::CHANNEL_NOT_AUTHORIZED,
         }
     }
 
@@ -352,11 +369,11 @@ fn constant_time_eq(expected: &[u8], given: &[u8]) -> bool {
 }
 
 impl Authenticator {
-    /// Validates the config and builds the authenticator. Errors (human-readable) on: no apps,
+    /// Validates the config and builds the authenticator. Errors ([`KeyError`]) on: no apps,
     /// duplicate app ids, key ids/secrets/publishable keys without the `sk_id_` / `sk_secret_` /
     /// `pk_live_` prefix (or not printable ASCII, or `:` in a key id), duplicate key ids or
     /// publishable keys across apps, unparsable channel patterns, unknown actions.
-    pub fn new(apps: &[keys::AppConfig]) -> Result<Self, String> {
+    pub fn new(apps: &[keys::AppConfig]) -> Result<Self, KeyError> {
         Ok(Authenticator {
             store: keys::KeyStore::build(apps)?,
         })
@@ -414,7 +431,7 @@ impl Authenticator {
     /// Authenticates a REST `Authorization` header value `Bearer sk_id_…:sk_secret_…` (scheme
     /// case-insensitive, surrounding whitespace ignored). The secret is compared in constant
     /// time. `None` for anything invalid, without saying why.
-    pub fn authenticate_secret(&self, authorization: &str) -> Option<SecretKeyRef> {
+    pub(crate) fn authenticate_secret(&self, authorization: &str) -> Option<SecretKeyRef> {
         let (scheme, credential) = authorization.trim().split_once(' ')?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return None;
@@ -459,7 +476,7 @@ impl Authenticator {
     }
 
     /// The configured id of `app` (`""` for an out-of-range `AppId`).
-    pub fn app_name(&self, app: AppId) -> &str {
+    pub(crate) fn app_name(&self, app: AppId) -> &str {
         self.store
             .apps
             .get(usize::from(app.0))
@@ -477,7 +494,7 @@ impl Authenticator {
     }
 
     /// The app's connection cap (`None` = unlimited, or an out-of-range `AppId`).
-    pub fn app_max_connections(&self, app: AppId) -> Option<u32> {
+    pub(crate) fn app_max_connections(&self, app: AppId) -> Option<u32> {
         self.store
             .apps
             .get(usize::from(app.0))

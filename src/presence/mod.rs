@@ -193,6 +193,7 @@ impl Rosters {
     }
 
     /// True when this shard owns no populated channel.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.channels.is_empty()
     }

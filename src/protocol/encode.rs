@@ -23,17 +23,17 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::ErrorCode;
 
 /// WebSocket opcode: text frame.
-pub const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_TEXT: u8 = 0x1;
 /// WebSocket opcode: connection close.
-pub const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_CLOSE: u8 = 0x8;
 /// WebSocket opcode: ping.
 pub const OP_PING: u8 = 0x9;
 /// WebSocket opcode: pong.
 pub const OP_PONG: u8 = 0xA;
 /// Maximum payload of a control frame (RFC 6455 §5.5).
-pub const MAX_CONTROL_PAYLOAD: usize = 125;
+pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
 /// Maximum WebSocket frame header for an unmasked server frame.
-pub const MAX_HEADER_LEN: usize = 10;
+pub(crate) const MAX_HEADER_LEN: usize = 10;
 
 /// One peer in a `presence` frame's `joined` / `left` array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,7 +280,7 @@ pub fn presence(channel: &str, joined: &[PresencePeer<'_>], left: &[PresencePeer
 ///
 /// `expires_at` / `server_time` are unix seconds; `metadata` (the token's private
 /// `metadata` claim, raw JSON) is omitted when `None`.
-pub fn welcome(
+pub(crate) fn welcome(
     peer_id: &str,
     expires_at: Option<u64>,
     server_time: u64,
@@ -308,7 +308,7 @@ pub fn welcome(
 }
 
 /// `{"type":"ack","requestId":..}`
-pub fn ack(request_id: &str) -> Bytes {
+pub(crate) fn ack(request_id: &str) -> Bytes {
     build(OP_TEXT, |s| {
         s.raw(br#"{"type":"ack","requestId":"#);
         s.str(request_id);
@@ -353,7 +353,7 @@ pub fn pong_with(request_id: Option<&str>) -> Bytes {
 }
 
 /// `{"type":"going_away","retryAfterMs":..}` (graceful shutdown, before close 1001).
-pub fn going_away(retry_after_ms: u64) -> Bytes {
+pub(crate) fn going_away(retry_after_ms: u64) -> Bytes {
     build(OP_TEXT, |s| {
         s.raw(br#"{"type":"going_away","retryAfterMs":"#);
         s.u64(retry_after_ms);
@@ -365,7 +365,7 @@ pub fn going_away(retry_after_ms: u64) -> Bytes {
 // Generic and control frames
 
 /// A text frame around `json` (copied once; any length).
-pub fn ws_text(json: &[u8]) -> Bytes {
+pub(crate) fn ws_text(json: &[u8]) -> Bytes {
     build(OP_TEXT, |s| s.raw(json))
 }
 
@@ -390,7 +390,7 @@ pub fn ws_pong(payload: &[u8]) -> Bytes {
 
 /// A WebSocket close frame: 2-byte big-endian `code` then `reason`, truncated at a
 /// UTF-8 character boundary to fit 123 bytes. See [`super::close`] for codes.
-pub fn ws_close(code: u16, reason: &str) -> Bytes {
+pub(crate) fn ws_close(code: u16, reason: &str) -> Bytes {
     let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
     while !reason.is_char_boundary(end) {
         end -= 1;

@@ -7,10 +7,12 @@
 //! * [`ErrorCode`]: every `error.code` of protocol.md §6.
 //! * [`close`]: every WebSocket close code the server sends.
 //! * [`parse`]: client → server commands (protocol.md §3), channel / peerId validation.
+//! * [`scan`]: the strict RFC 8259 scanner that vouches for spliced `data` and nesting depth.
 //! * [`encode`]: server → client frames (protocol.md §2, §4), WebSocket control frames.
 
 pub mod encode;
 pub mod parse;
+pub(crate) mod scan;
 
 pub use encode::{json_str_len, write_json_str, PresencePeer};
 pub use parse::{
@@ -112,36 +114,36 @@ impl fmt::Display for ErrorCode {
 /// WebSocket close codes sent by the server (protocol.md §2, §6).
 pub mod close {
     /// Normal closure.
-    pub const NORMAL: u16 = 1000;
+    pub(crate) const NORMAL: u16 = 1000;
     /// Going away: graceful shutdown (after `going_away`).
-    pub const GOING_AWAY: u16 = 1001;
+    pub(crate) const GOING_AWAY: u16 = 1001;
     /// WebSocket protocol error (RFC 6455), e.g. a masking or framing violation.
-    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub(crate) const PROTOCOL_ERROR: u16 = 1002;
     /// Unsupported data: a binary frame was received.
-    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub(crate) const UNSUPPORTED_DATA: u16 = 1003;
     /// Invalid frame payload data (RFC 6455), e.g. a text frame that is not UTF-8.
-    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub(crate) const INVALID_PAYLOAD: u16 = 1007;
     /// Policy violation (e.g. idle timeout, protocol misuse).
-    pub const POLICY_VIOLATION: u16 = 1008;
+    pub(crate) const POLICY_VIOLATION: u16 = 1008;
     /// Message too big: inbound frame/message over `maxMessageSize`.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub(crate) const MESSAGE_TOO_BIG: u16 = 1009;
     /// Internal server error.
-    pub const INTERNAL_ERROR: u16 = 1011;
+    pub(crate) const INTERNAL_ERROR: u16 = 1011;
     /// Bad / unknown / malformed token or key (before `welcome`).
-    pub const INVALID_TOKEN: u16 = 4001;
+    pub(crate) const INVALID_TOKEN: u16 = 4001;
     /// Token expired (before `welcome`, or ~250 ms before `exp`).
-    pub const TOKEN_EXPIRED: u16 = 4002;
+    pub(crate) const TOKEN_EXPIRED: u16 = 4002;
     /// Token's channels outside the key's patterns (before `welcome`).
-    pub const CHANNEL_NOT_AUTHORIZED: u16 = 4003;
+    pub(crate) const CHANNEL_NOT_AUTHORIZED: u16 = 4003;
     /// Slow consumer: the connection's outbound queue overflowed (a ringcast code,
     /// not part of the hosted service's vocabulary).
-    pub const SLOW_CONSUMER: u16 = 4008;
+    pub(crate) const SLOW_CONSUMER: u16 = 4008;
     /// The app's connection cap is reached (before `welcome`).
-    pub const CONNECTION_CAP: u16 = 4010;
+    pub(crate) const CONNECTION_CAP: u16 = 4010;
     /// Over the per-connection message rate (token bucket).
-    pub const RATE_LIMITED: u16 = 4011;
+    pub(crate) const RATE_LIMITED: u16 = 4011;
     /// Disconnected by an administrator (`DELETE /v1/peers/{peerId}`).
-    pub const ADMIN_DISCONNECT: u16 = 4020;
+    pub(crate) const ADMIN_DISCONNECT: u16 = 4020;
 
     /// Every close code the server sends.
     pub const ALL: [u16; 15] = [
@@ -204,6 +206,8 @@ pub(crate) mod alloc_counter {
 
     struct Counting;
 
+    // A GlobalAlloc is an unsafe trait: the allocation-counting tests need one.
+    #[allow(unsafe_code)]
     // SAFETY: every method forwards to `System` with the caller's arguments unchanged,
     // so `System`'s guarantees carry over; the counter does not allocate (const-init
     // thread-local `Cell<usize>` without a destructor).

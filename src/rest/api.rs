@@ -18,7 +18,7 @@ use std::{
     future::Future,
     sync::{atomic::Ordering, Arc},
     task::Poll,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -35,8 +35,10 @@ use serde_json::{json, value::RawValue, Value};
 use super::MAX_BODY;
 use crate::{
     auth::{jwt, jwt::MintError, Actions, MintRequest, SecretKeyRef},
+    clock::unix_now,
     protocol::{
         parse::{is_valid_data, validate_channel, MAX_DEPTH},
+        scan::exceeds_depth,
         ErrorCode,
     },
     router::{fanout, mesh::Source, owner_of, Publication, ShardId, ShardMsg},
@@ -51,11 +53,11 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PEER_METADATA: usize = jwt::MAX_PEER_METADATA_LEN;
 
 /// The response type of every endpoint.
-pub type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
 /// An error answer: status, `error` code and human `message`.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -128,7 +130,7 @@ fn ok_json(v: Value) -> Resp {
 
 /// A matched route; path parameters still percent-encoded.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Route<'a> {
+pub(crate) enum Route<'a> {
     /// `GET /healthz`
     Healthz,
     /// `GET /metrics`
@@ -148,7 +150,7 @@ pub enum Route<'a> {
 /// Matches a method and a raw (still percent-encoded) path. A channel may be sent with
 /// its `/` encoded (`room%2Fa`) or literal (`room/a`): everything between
 /// `/v1/channels/` and the last segment is the channel.
-pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
+pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ApiError> {
     let (route, allow) = if path == "/healthz" {
         (Route::Healthz, "GET")
     } else if path == "/metrics" {
@@ -227,13 +229,6 @@ fn forbidden_channel() -> ApiError {
     )
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// `Some(raw)` even for `null`, so that a missing `data` and `"data":null` differ. The raw
 /// text is borrowed from the body.
 fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -262,40 +257,13 @@ struct PublishBody<'a> {
     peer_metadata: Option<Value>,
 }
 
-/// Deepest array/object nesting of a JSON text (strings skipped), for the same limit the
-/// WebSocket parser applies ([`MAX_DEPTH`], the top-level object being depth 1).
-fn json_depth(text: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
-    for &b in text {
-        if in_str {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
-
 /// Parses a JSON object body; 400 `invalid_request` for anything else.
 fn parse_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
-    if json_depth(body) > MAX_DEPTH {
+    if exceeds_depth(body, MAX_DEPTH) {
         return Err(ApiError::bad_request(format!(
             "JSON nested deeper than {MAX_DEPTH} levels"
         )));
@@ -340,19 +308,19 @@ async fn read_capped(mut body: Incoming) -> Result<Bytes, BodyError> {
 
 /// The REST API state: the broker's shared half.
 #[derive(Debug)]
-pub struct Api {
+pub(crate) struct Api {
     /// Shared broker state (mesh, authenticator, counters, draining flag).
-    pub shared: Arc<Broker>,
+    pub(crate) shared: Arc<Broker>,
 }
 
 impl Api {
     /// The API over `shared`.
-    pub fn new(shared: Arc<Broker>) -> Api {
+    pub(crate) fn new(shared: Arc<Broker>) -> Api {
         Api { shared }
     }
 
     /// Answers one request. Never panics on input.
-    pub async fn handle(&self, req: Request<Incoming>) -> Resp {
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Resp {
         match self.dispatch(req).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
@@ -566,9 +534,8 @@ impl Api {
             Err(e) => {
                 let status = match e {
                     MintError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-                    MintError::ChannelNotAuthorized(_) | MintError::ActionNotPermitted(_) => {
-                        StatusCode::FORBIDDEN
-                    }
+                    MintError::ChannelNotAuthorized { .. }
+                    | MintError::ActionNotPermitted { .. } => StatusCode::FORBIDDEN,
                     MintError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 Err(ApiError::new(status, e.code(), e.to_string()))

@@ -71,9 +71,11 @@ impl Out {
     }
 }
 
-type Shared = Arc<Mutex<Out>>;
+/// The output half, held by both [`CoalescedIo`] (hyper writes into it) and [`Flusher`]
+/// (the connection task sends it).
+type SharedOut = Arc<Mutex<Out>>;
 
-fn lock(out: &Shared) -> MutexGuard<'_, Out> {
+fn lock(out: &SharedOut) -> MutexGuard<'_, Out> {
     // Only the connection's own task touches it, one poll at a time; never poisoned in
     // practice, and the state stays consistent if it were.
     out.lock().unwrap_or_else(|p| p.into_inner())
@@ -81,13 +83,13 @@ fn lock(out: &Shared) -> MutexGuard<'_, Out> {
 
 /// The I/O object handed to hyper: reads go straight to the socket, writes to the buffer.
 #[derive(Debug)]
-pub struct CoalescedIo {
+pub(crate) struct CoalescedIo {
     read: OwnedReadHalf,
-    out: Shared,
+    out: SharedOut,
 }
 
 /// Splits `stream` into the I/O object for hyper and the handle that sends its writes.
-pub fn coalesced(stream: TcpStream) -> (CoalescedIo, Flusher) {
+pub(crate) fn coalesced(stream: TcpStream) -> (CoalescedIo, Flusher) {
     let (read, half) = stream.into_split();
     let out = Arc::new(Mutex::new(Out {
         half,
@@ -163,14 +165,14 @@ impl AsyncWrite for CoalescedIo {
 
 /// Sends what the connection's hyper side wrote; owned by the connection task.
 #[derive(Debug)]
-pub struct Flusher {
-    out: Shared,
+pub(crate) struct Flusher {
+    out: SharedOut,
 }
 
 impl Flusher {
     /// Sends everything buffered; `Pending` when the socket is full (its write readiness
     /// then wakes the task).
-    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         lock(&self.out).poll_drain(cx)
     }
 
@@ -191,7 +193,7 @@ impl Flusher {
 
 /// How a coalesced connection ended.
 #[derive(Debug)]
-pub enum End<E> {
+pub(crate) enum End<E> {
     /// The connection future's own result.
     Conn(Result<(), E>),
     /// Sending buffered bytes failed (the peer went away).
@@ -208,7 +210,7 @@ pub enum End<E> {
 /// doing meanwhile (waiting in a write over [`HIGH_WATER`], reading more pipelined
 /// requests, or awaiting a handler), a peer that stops reading cannot hold the connection
 /// longer than that.
-pub async fn serve<F, E>(
+pub(crate) async fn serve<F, E>(
     conn: F,
     flusher: Flusher,
     write_timeout: Duration,

@@ -14,14 +14,14 @@
 //!
 //! Decisions are recorded in `docs/rest.md`.
 
-pub mod api;
-pub mod io;
-pub mod server;
+pub(crate) mod api;
+pub(crate) mod io;
+pub(crate) mod server;
 
 pub use server::{start, RestServer};
 
 /// Largest accepted request body (protocol.md §7): larger answers 413 without being read whole.
-pub const MAX_BODY: usize = 32 * 1024;
+pub(crate) const MAX_BODY: usize = 32 * 1024;
 
 use std::cell::Cell;
 

@@ -200,7 +200,7 @@ async fn serve_one(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// `path?query` for logs, with the values of credential-like query parameters
 /// (`token`, `key`, `secret`, `authorization`, any case) replaced by `REDACTED`.
-pub fn redact_target(path: &str, query: Option<&str>) -> String {
+pub(crate) fn redact_target(path: &str, query: Option<&str>) -> String {
     let Some(q) = query else {
         return path.to_string();
     };

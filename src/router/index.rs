@@ -17,7 +17,7 @@ use crate::auth::AppId;
 /// over four times its length plus `floor` should shrink to twice its length plus `floor`.
 /// At least half of what is left must go before the next shrink, so the rehash cost is
 /// amortised over the removals.
-pub fn shrink_target(capacity: usize, len: usize, floor: usize) -> Option<usize> {
+pub(crate) fn shrink_target(capacity: usize, len: usize, floor: usize) -> Option<usize> {
     (capacity > 4 * len + floor).then_some(2 * len + floor)
 }
 
@@ -71,7 +71,7 @@ impl<H> ChannelSubs<H> {
         self.subs.is_empty()
     }
     /// The subscription of `conn`, if any.
-    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut Sub<H>> {
+    pub(crate) fn get_mut(&mut self, conn: ConnId) -> Option<&mut Sub<H>> {
         let i = *self.pos.get(&conn)? as usize;
         self.subs.get_mut(i)
     }
@@ -98,7 +98,7 @@ impl<H> Index<H> {
     }
 
     /// Mutable subscribers of a channel.
-    pub fn get_mut(&mut self, app: AppId, channel: &str) -> Option<&mut ChannelSubs<H>> {
+    pub(crate) fn get_mut(&mut self, app: AppId, channel: &str) -> Option<&mut ChannelSubs<H>> {
         self.apps.get_mut(app.0 as usize)?.get_mut(channel)
     }
 
@@ -123,7 +123,7 @@ impl<H> Index<H> {
     }
 
     /// Removes the subscription of `conn`; drops the channel entry when it empties.
-    pub fn remove(&mut self, app: AppId, channel: &str, conn: ConnId) -> Option<Sub<H>> {
+    pub(crate) fn remove(&mut self, app: AppId, channel: &str, conn: ConnId) -> Option<Sub<H>> {
         let map = self.apps.get_mut(app.0 as usize)?;
         let subs = map.get_mut(channel)?;
         let i = subs.pos.remove(&conn)? as usize;
@@ -142,7 +142,7 @@ impl<H> Index<H> {
     }
 
     /// Shrinks the per-app channel maps that a crowd of channels grew and then left.
-    pub fn shrink(&mut self) {
+    pub(crate) fn shrink(&mut self) {
         for m in &mut self.apps {
             if let Some(n) = shrink_target(m.capacity(), m.len(), 1024) {
                 m.shrink_to(n);

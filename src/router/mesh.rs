@@ -107,7 +107,7 @@ impl Mesh {
     /// True when shard `to` may be sent more data: its queued data bytes are under the
     /// bound. Approximate by design (producers race): the bound is exceeded by at most one
     /// message per concurrent producer.
-    pub fn has_room(&self, to: ShardId) -> bool {
+    pub(crate) fn has_room(&self, to: ShardId) -> bool {
         self.max_data_bytes == 0
             || self.inboxes[to.0 as usize]
                 .counts
@@ -118,7 +118,7 @@ impl Mesh {
 
     /// True when every shard but `except` has room ([`Mesh::has_room`]): a publication
     /// goes to all of them or to none.
-    pub fn all_have_room(&self, except: Option<ShardId>) -> bool {
+    pub(crate) fn all_have_room(&self, except: Option<ShardId>) -> bool {
         self.max_data_bytes == 0
             || (0..self.inboxes.len() as u16)
                 .map(ShardId)
@@ -143,7 +143,7 @@ impl Mesh {
     /// (the REST thread, many pipelined publishes per connection poll) wakes each shard once
     /// per burst instead of once per consumer drain, so the consumer is not scheduled in the
     /// middle of the burst.
-    pub fn push_deferred(&self, from: Source, to: ShardId, msg: ShardMsg) -> bool {
+    pub(crate) fn push_deferred(&self, from: Source, to: ShardId, msg: ShardMsg) -> bool {
         let inbox = &self.inboxes[to.0 as usize];
         let idx = match from {
             Source::Shard(s) => s.0 as usize,
@@ -160,7 +160,7 @@ impl Mesh {
 
     /// Wakes shard `to` (one eventfd write); owed after a [`Mesh::push_deferred`] that
     /// returned true.
-    pub fn wake(&self, to: ShardId) {
+    pub(crate) fn wake(&self, to: ShardId) {
         let one: u64 = 1;
         // SAFETY: `eventfd` is a valid eventfd owned by the mesh for its whole life and
         // `one` is an 8-byte readable buffer, as eventfd writes require. A failed write
@@ -175,7 +175,7 @@ impl Mesh {
     }
 
     /// Clears the wake flag of shard `me`; call right before [`Mesh::drain`].
-    pub fn arm(&self, me: ShardId) {
+    pub(crate) fn arm(&self, me: ShardId) {
         self.inboxes[me.0 as usize]
             .notified
             .store(false, Ordering::Release);
@@ -222,12 +222,12 @@ impl Mesh {
     }
 
     /// The eventfd that becomes readable when shard `me` has mail.
-    pub fn eventfd(&self, me: ShardId) -> RawFd {
+    pub(crate) fn eventfd(&self, me: ShardId) -> RawFd {
         self.inboxes[me.0 as usize].eventfd
     }
 
     /// Approximate number of undelivered messages queued for `me`.
-    pub fn depth(&self, me: ShardId) -> usize {
+    pub(crate) fn depth(&self, me: ShardId) -> usize {
         self.inboxes[me.0 as usize]
             .counts
             .depth
@@ -235,7 +235,7 @@ impl Mesh {
     }
 
     /// Approximate bytes of undelivered data messages queued for `me`.
-    pub fn data_bytes(&self, me: ShardId) -> usize {
+    pub(crate) fn data_bytes(&self, me: ShardId) -> usize {
         self.inboxes[me.0 as usize]
             .counts
             .data_bytes

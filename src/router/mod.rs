@@ -21,6 +21,7 @@
 
 pub mod fanout;
 pub mod index;
+#[allow(unsafe_code)] // The mesh's eventfd wake-ups are libc calls; each block has its SAFETY.
 pub mod mesh;
 
 use std::sync::Arc;
@@ -48,7 +49,7 @@ pub struct ConnRef {
 
 /// The shard that sequences presence (and, later, history offsets) for `channel` of `app`.
 /// Pure and stable for a given shard count: every shard computes the same answer.
-pub fn owner_of(app: AppId, channel: &str, shards: usize) -> ShardId {
+pub(crate) fn owner_of(app: AppId, channel: &str, shards: usize) -> ShardId {
     // Fixed seeds: the function must agree across threads and runs.
     let state = ahash::RandomState::with_seeds(0x7269_6e67, 0x6361_7374, 0x5f6f_776e, 0x6572_2121);
     let h = state.hash_one((app.0, channel));
@@ -93,7 +94,7 @@ impl Publication {
     }
 
     /// The frame a subscriber gets, given its `includeSenderMetadata` flag.
-    pub fn frame_for(&self, include_meta: bool) -> &Bytes {
+    pub(crate) fn frame_for(&self, include_meta: bool) -> &Bytes {
         match (&self.frame_with_meta, include_meta) {
             (Some(f), true) => f,
             _ => &self.frame,
@@ -234,7 +235,7 @@ pub enum ShardMsg {
 impl ShardMsg {
     /// Bytes of client data this message carries (publications and direct messages; 0 for
     /// control messages): what the mesh's per-destination bound counts.
-    pub fn data_bytes(&self) -> usize {
+    pub(crate) fn data_bytes(&self) -> usize {
         match self {
             ShardMsg::Publish(p) => {
                 p.frame.len() + p.frame_with_meta.as_ref().map_or(0, |f| f.len())
@@ -247,7 +248,7 @@ impl ShardMsg {
 
 /// The answer channel of a request carried by a [`ShardMsg`] (sent from a shard thread,
 /// awaited by the REST thread). A dropped asker makes the send fail, which is ignored.
-pub type Reply<T> = tokio::sync::oneshot::Sender<T>;
+pub(crate) type Reply<T> = tokio::sync::oneshot::Sender<T>;
 
 #[cfg(test)]
 mod tests {
