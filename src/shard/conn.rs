@@ -36,17 +36,11 @@ use super::{
 };
 use crate::{
     auth::{Actions, AppId, ChannelScope, Identity},
+    clock::unix_now,
     metrics::{AuthFailure, ShardCounters},
     protocol::{close, encode},
     router::ConnId,
 };
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// Serves one accepted socket until it closes. Never panics on peer input; every exit path
 /// aborts the socket so no io_uring operation keeps it alive.
