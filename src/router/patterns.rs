@@ -509,6 +509,11 @@ impl<H> PatternIndex<H> {
         self.apps.iter().map(Trie::live).sum()
     }
 
+    /// Live trie nodes other than the roots: zero when no pattern is subscribed.
+    pub fn branch_nodes(&self) -> usize {
+        self.node_count() - self.apps.len()
+    }
+
     /// Adds or replaces `m.conn`'s subscription to the pattern `src` (already validated
     /// by [`Pattern::parse`]). True when it is new.
     pub fn insert(&mut self, app: AppId, src: &str, m: Member<H>) -> Result<bool, TrieError> {
