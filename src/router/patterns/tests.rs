@@ -235,3 +235,27 @@ proptest! {
         prop_assert_eq!(idx.node_count(), 1);
     }
 }
+
+/// Timing of one match (not an assertion; run with `--ignored --nocapture` in release).
+#[test]
+#[ignore]
+fn match_timing() {
+    for n in [10u64, 10_000] {
+        let mut idx = PatternIndex::new(1);
+        let app = AppId(0);
+        idx.insert(app, "room/*", member(u64::MAX, 0)).unwrap();
+        for i in 0..n {
+            idx.insert(app, &format!("other{i}/**"), member(i, 1))
+                .unwrap();
+        }
+        let rounds = 1_000_000;
+        let start = std::time::Instant::now();
+        let mut hits = 0usize;
+        for _ in 0..rounds {
+            idx.for_each_match(app, std::hint::black_box("room/y"), |_| hits += 1);
+        }
+        let ns = start.elapsed().as_nanos() as f64 / rounds as f64;
+        assert_eq!(hits, rounds);
+        println!("{n} non-matching patterns: {ns:.1} ns per publication");
+    }
+}
