@@ -215,6 +215,9 @@ def test_no_presence_for_or_about_pattern_subscriptions(wb):
         c.no_message_within(0.3)
     for c in exact:
         c.no_message_within(0.3)
+    # Nor do they appear in the channel's roster over REST.
+    r = rest_request(wb, "GET", f"/v1/channels/{p}%2Froom/peers")
+    assert r.status == 200 and sorted(x["peerId"] for x in r.json["peers"]) == ["ex0", "ex1"], r
     # Presence of exact subscribers joining and leaving does not reach the pattern subscriber.
     late = peer(wb, "late", shard=1)
     late.subscribe(ch)
