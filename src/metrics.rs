@@ -94,6 +94,10 @@ pub struct ShardCounters {
     /// Gauge: channels whose presence roster this shard owns (each channel with at least
     /// one subscriber has exactly one owner, so the sum over shards counts channels).
     pub channels: AtomicU64,
+    /// Gauge: [ext] wildcard subscriptions of this shard's connections (protocol §8.3).
+    pub pattern_subscriptions: AtomicU64,
+    /// Gauge: [ext] live nodes of this shard's pattern tries, roots excluded.
+    pub pattern_nodes: AtomicU64,
     /// Text messages received from clients.
     pub messages_in: AtomicU64,
     /// Bytes read from client sockets after the upgrade.
@@ -145,6 +149,8 @@ impl ShardCounters {
             connections_opened: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
             channels: AtomicU64::new(0),
+            pattern_subscriptions: AtomicU64::new(0),
+            pattern_nodes: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
@@ -347,7 +353,7 @@ impl Metrics {
         for i in 0..self.shards.len() {
             w.sample_shard("ringcast_cross_shard_queue_bytes", i, queue_bytes(i));
         }
-        let totals: [(&str, &str, &str, u64); 20] = [
+        let totals: [(&str, &str, &str, u64); 22] = [
             (
                 "ringcast_subscriptions",
                 "gauge",
@@ -359,6 +365,18 @@ impl Metrics {
                 "gauge",
                 "Channels with at least one subscriber.",
                 self.sum(|s| &s.channels),
+            ),
+            (
+                "ringcast_pattern_subscriptions",
+                "gauge",
+                "Wildcard (pattern) subscriptions of open connections.",
+                self.sum(|s| &s.pattern_subscriptions),
+            ),
+            (
+                "ringcast_pattern_trie_nodes",
+                "gauge",
+                "Live nodes of the shards' pattern tries, roots excluded (zero when no pattern is subscribed).",
+                self.sum(|s| &s.pattern_nodes),
             ),
             (
                 "ringcast_messages_in_total",

@@ -88,7 +88,9 @@ pub fn parse_client_msg(data: &[u8]) {
                         assert_json(ws_payload(&frame), "encoded direct frame");
                     }
                     ClientMsg::Subscribe { channel, .. }
-                    | ClientMsg::Unsubscribe { channel, .. } => {
+                    | ClientMsg::Unsubscribe { channel, .. }
+                    | ClientMsg::SubscribePattern { channel, .. }
+                    | ClientMsg::UnsubscribePattern { channel, .. } => {
                         let _ = validate_channel(channel);
                     }
                     ClientMsg::Ping { request_id } => {

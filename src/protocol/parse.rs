@@ -10,7 +10,7 @@
 //!    recursively. (The tape API is used instead of `BorrowedValue` because a
 //!    `BorrowedValue` allocates its maps/vectors on every parse and drops recursively.)
 //! 3. The top-level object's members are read from the tape: `type`, `channel`,
-//!    `requestId`, `to`, `includeSenderMetadata`, `data`. Strings are returned
+//!    `requestId`, `to`, `includeSenderMetadata`, `pattern` [ext], `data`. Strings are returned
 //!    unescaped, borrowed from the scratch buffer.
 //! 4. `data` is never re-encoded: once simd-json has accepted the document, a small
 //!    top-level-object walker finds the raw byte span of the `data` member's value in
@@ -40,6 +40,7 @@
 //! | `type` missing or not a string | `malformed_message` |
 //! | `type` not one of `subscribe`/`unsubscribe`/`publish`/`send`/`ping` (case-sensitive) | `unknown_type` |
 //! | subscribe: `includeSenderMetadata` present and not `true`/`false` (`null` too) | `malformed_message` |
+//! | [ext] subscribe/unsubscribe: `pattern` present and not `true`/`false` (`null` too) | `malformed_message` |
 //! | subscribe/unsubscribe/publish: `channel` missing or not a string | `invalid_channel` |
 //! | send: `to` missing or not a string | `invalid_peer_id` |
 //! | publish/send: `data` missing (`null` is valid data) | `missing_data` |
@@ -115,6 +116,23 @@ pub enum ClientMsg<'a> {
         /// Optional request id.
         request_id: Option<&'a str>,
     },
+    /// [ext] `{"type":"subscribe","channel":..,"pattern":true,"includeSenderMetadata"?:bool}`
+    /// (protocol.md §8.3): `channel` is a glob. `"pattern":false` parses as [`ClientMsg::Subscribe`].
+    SubscribePattern {
+        /// The pattern's source text (unvalidated).
+        channel: &'a str,
+        /// Optional request id.
+        request_id: Option<&'a str>,
+        /// `includeSenderMetadata`, default `false`.
+        include_sender_metadata: bool,
+    },
+    /// [ext] `{"type":"unsubscribe","channel":..,"pattern":true}` (protocol.md §8.3).
+    UnsubscribePattern {
+        /// The pattern's source text (unvalidated).
+        channel: &'a str,
+        /// Optional request id.
+        request_id: Option<&'a str>,
+    },
     /// `{"type":"ping"}`
     Ping {
         /// Optional request id.
@@ -130,6 +148,8 @@ impl ClientMsg<'_> {
             | ClientMsg::Unsubscribe { request_id, .. }
             | ClientMsg::Publish { request_id, .. }
             | ClientMsg::Send { request_id, .. }
+            | ClientMsg::SubscribePattern { request_id, .. }
+            | ClientMsg::UnsubscribePattern { request_id, .. }
             | ClientMsg::Ping { request_id } => request_id,
         }
     }
@@ -137,8 +157,8 @@ impl ClientMsg<'_> {
     /// The wire `type` string of this command.
     pub fn type_str(&self) -> &'static str {
         match self {
-            ClientMsg::Subscribe { .. } => "subscribe",
-            ClientMsg::Unsubscribe { .. } => "unsubscribe",
+            ClientMsg::Subscribe { .. } | ClientMsg::SubscribePattern { .. } => "subscribe",
+            ClientMsg::Unsubscribe { .. } | ClientMsg::UnsubscribePattern { .. } => "unsubscribe",
             ClientMsg::Publish { .. } => "publish",
             ClientMsg::Send { .. } => "send",
             ClientMsg::Ping { .. } => "ping",
@@ -277,6 +297,7 @@ struct Fields {
     request_id_dup: bool,
     to: Option<usize>,
     include_meta: Option<usize>,
+    pattern: Option<usize>,
     data: Option<usize>,
     data_ordinal: usize,
 }
@@ -323,6 +344,7 @@ fn interpret<'a>(
             }
             "to" => f.to = Some(vi),
             "includeSenderMetadata" => f.include_meta = Some(vi),
+            "pattern" => f.pattern = Some(vi),
             "data" => {
                 f.data = Some(vi);
                 f.data_ordinal = ordinal;
@@ -370,6 +392,13 @@ fn interpret<'a>(
         }
     };
 
+    // [ext] `pattern` (subscribe / unsubscribe only; ignored elsewhere like any unknown field).
+    let pattern = || match f.pattern.map(|i| nodes.get(i)) {
+        None => Ok(false),
+        Some(Some(Node::Static(StaticNode::Bool(b)))) => Ok(*b),
+        Some(_) => Err(fail(MalformedMessage, "pattern must be a boolean")),
+    };
+
     match ty {
         "subscribe" => {
             let include_sender_metadata = match f.include_meta.map(|i| nodes.get(i)) {
@@ -382,9 +411,17 @@ fn interpret<'a>(
                     ))
                 }
             };
+            let pattern = pattern()?;
             let Some(channel) = str_at(f.channel) else {
                 return Err(fail(InvalidChannel, "missing or non-string channel"));
             };
+            if pattern {
+                return Ok(ClientMsg::SubscribePattern {
+                    channel,
+                    request_id,
+                    include_sender_metadata,
+                });
+            }
             Ok(ClientMsg::Subscribe {
                 channel,
                 request_id,
@@ -392,9 +429,16 @@ fn interpret<'a>(
             })
         }
         "unsubscribe" => {
+            let pattern = pattern()?;
             let Some(channel) = str_at(f.channel) else {
                 return Err(fail(InvalidChannel, "missing or non-string channel"));
             };
+            if pattern {
+                return Ok(ClientMsg::UnsubscribePattern {
+                    channel,
+                    request_id,
+                });
+            }
             Ok(ClientMsg::Unsubscribe {
                 channel,
                 request_id,

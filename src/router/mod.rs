@@ -23,6 +23,7 @@ pub mod fanout;
 pub mod index;
 #[allow(unsafe_code)] // The mesh's eventfd wake-ups are libc calls; each block has its SAFETY.
 pub mod mesh;
+pub mod patterns;
 
 use std::sync::Arc;
 

@@ -179,6 +179,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, pending: PendingS
         handle,
         identity: identity.into(),
         channels: Vec::new(),
+        patterns: Vec::new(),
         bucket: TokenBucket::new(limits.rate_limit_per_sec, limits.rate_limit_burst, now),
         pings: PingBudget::default(),
     };
@@ -310,8 +311,9 @@ pub(crate) fn teardown(shard: &Shard, r: &mut Reader) {
     if let CloseState::Closing(code) = handle.state() {
         shard.counters().server_close(code);
     }
-    shard.unregister(r.conn.id, &r.conn.channels);
+    shard.unregister(r.conn.id, &r.conn.channels, &r.conn.patterns);
     r.conn.channels = Vec::new();
+    r.conn.patterns = Vec::new();
     shard.broker.release(r.conn.identity.app);
     handle.finish();
     let wait = shard.broker.limits.close_timeout;
@@ -351,6 +353,9 @@ pub(crate) struct Conn {
     pub(crate) identity: Peer,
     /// Subscribed channels (at most `max_channels_per_conn`; a linear scan is fine).
     pub(crate) channels: Vec<Arc<str>>,
+    /// [ext] Wildcard subscriptions, as written by the client (protocol §8.3). They count
+    /// toward `max_channels_per_conn` together with `channels`.
+    pub(crate) patterns: Vec<Box<str>>,
     /// The rate limit of every command but `ping`.
     pub(crate) bucket: TokenBucket,
     /// Client pings this second (WebSocket pings and `ping` messages).

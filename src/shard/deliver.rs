@@ -3,10 +3,12 @@
 //!
 //! Per recipient: one reference-count increment and a queue push; no allocation beyond
 //! the queue's own growth, no encoding (frames are encoded once, by whoever published).
+//! Wildcard subscriptions (protocol §8.3) are matched here, per shard, in the shard's
+//! pattern trie (`router/patterns.rs`), only when the shard has any.
 
-use std::sync::Arc;
+use std::{rc::Rc, sync::Arc};
 
-use super::{outbound::Delivery, Shard};
+use super::{handle::ConnHandle, outbound::Delivery, Shard};
 use crate::{
     metrics::ShardCounters,
     router::{mesh::Source, Direct, Publication, ShardId, ShardMsg},
@@ -24,20 +26,49 @@ pub(crate) enum DirectSent {
 }
 
 impl Shard {
-    /// Writes a publication's frame to every local subscriber except its origin.
+    /// Writes a publication's frame to every local subscriber except its origin: the
+    /// channel's exact subscribers, then (protocol §8.3) the connections with a matching
+    /// pattern subscription, each connection once.
     pub(crate) fn deliver_publication(&self, p: &Publication) {
         let st = self.state.borrow();
-        let Some(subs) = st.index.get(p.app, &p.channel) else {
-            return;
-        };
         let skip = p.origin.filter(|o| o.shard == self.id).map(|o| o.conn);
         let mut n = 0;
-        for sub in subs.iter() {
-            if Some(sub.conn) != skip
-                && sub.handle.send(p.frame_for(sub.include_meta)) == Delivery::Queued
-            {
-                n += 1;
+        if st.patterns.is_empty() {
+            // No pattern subscription on this shard: this branch is all the extension costs.
+            let Some(subs) = st.index.get(p.app, &p.channel) else {
+                return;
+            };
+            for sub in subs.iter() {
+                if Some(sub.conn) != skip
+                    && sub.handle.send(p.frame_for(sub.include_meta)) == Delivery::Queued
+                {
+                    n += 1;
+                }
             }
+        } else {
+            // A connection may match through its exact subscription and several patterns:
+            // every delivery stamps the connection with this publication's sequence number
+            // and a stamped connection is skipped (no per-publication set is built). The
+            // first subscription to match decides `includeSenderMetadata`: the exact one,
+            // then the patterns in trie order.
+            let seq = self.publication_seq.get() + 1;
+            self.publication_seq.set(seq);
+            let mut deliver = |conn, handle: &Rc<ConnHandle>, include_meta| {
+                if Some(conn) != skip
+                    && handle.first_delivery(seq)
+                    && handle.send(p.frame_for(include_meta)) == Delivery::Queued
+                {
+                    n += 1;
+                }
+            };
+            if let Some(subs) = st.index.get(p.app, &p.channel) {
+                for sub in subs.iter() {
+                    deliver(sub.conn, &sub.handle, sub.include_meta);
+                }
+            }
+            st.patterns.for_each_match(p.app, &p.channel, |m| {
+                deliver(m.conn, &m.handle, m.include_meta)
+            });
         }
         let c = self.counters();
         ShardCounters::add(&c.deliveries, n);

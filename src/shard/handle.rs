@@ -51,6 +51,10 @@ pub(crate) struct ConnHandle {
     tx: Rc<TxQueue>,
     /// On the flush list already.
     listed: Cell<bool>,
+    /// The shard's sequence number of the last publication queued to this connection by
+    /// [`super::deliver`] while the shard has pattern subscriptions: a publication that
+    /// matches several of the connection's subscriptions is queued once (protocol §8.3).
+    last_publication: Cell<u64>,
     /// Last time anything arrived from the peer.
     pub(crate) last_seen: Cell<Instant>,
     /// Last time the server sent a WebSocket ping.
@@ -75,6 +79,7 @@ impl ConnHandle {
             writer: Writer::new(stream),
             tx,
             listed: Cell::new(false),
+            last_publication: Cell::new(0),
             last_seen: Cell::new(now),
             last_ping: Cell::new(now),
         }
@@ -85,6 +90,12 @@ impl ConnHandle {
     pub(crate) fn send(self: &Rc<Self>, frame: &Bytes) -> Delivery {
         let d = self.out.borrow_mut().send(frame.clone());
         self.listed_if(d)
+    }
+
+    /// Marks publication `seq` as delivered to this connection; false when it already was
+    /// (then the caller does not queue it again).
+    pub(crate) fn first_delivery(&self, seq: u64) -> bool {
+        self.last_publication.replace(seq) != seq
     }
 
     /// Queues a frame of a presence snapshot ([`Outbound::send_snapshot`]).

@@ -63,6 +63,7 @@ use crate::{
     router::{
         index::{shrink_target, Index, PresenceState, Sub},
         mesh::{Mesh, Source},
+        patterns::{Member, PatternIndex, TrieError},
         ConnId, ConnRef, ShardId, ShardMsg,
     },
 };
@@ -134,6 +135,8 @@ pub(crate) struct State {
     pub(crate) conns: HashMap<ConnId, ConnEntry, RandomState>,
     /// Channel → local subscribers.
     pub(crate) index: Index<Rc<ConnHandle>>,
+    /// [ext] The local wildcard subscriptions (protocol §8.3), matched per publication.
+    pub(crate) patterns: PatternIndex<Rc<ConnHandle>>,
     /// Presence rosters of the channels this shard owns.
     pub(crate) rosters: Rosters,
     /// `local_peers[app]`: peer → this shard's connections of it.
@@ -168,6 +171,9 @@ pub(crate) struct Shard {
     /// Messages this shard sent to itself, handled in order by [`Shard::pump_local`].
     local: RefCell<VecDeque<ShardMsg>>,
     next_conn: Cell<u64>,
+    /// Sequence number of the last publication delivered while the shard had pattern
+    /// subscriptions (the connections' dedup stamp, [`ConnHandle::first_delivery`]).
+    pub(crate) publication_seq: Cell<u64>,
     /// When the shard started: the origin of [`Shard::second`].
     started: Instant,
 }
@@ -183,6 +189,7 @@ impl Shard {
             state: RefCell::new(State {
                 conns: HashMap::default(),
                 index: Index::new(apps),
+                patterns: PatternIndex::new(apps),
                 rosters: Rosters::default(),
                 local_peers: (0..apps).map(|_| HashMap::default()).collect(),
                 directory: (0..apps).map(|_| HashMap::default()).collect(),
@@ -195,6 +202,7 @@ impl Shard {
             pending: RefCell::default(),
             local: RefCell::new(VecDeque::new()),
             next_conn: Cell::new(1),
+            publication_seq: Cell::new(0),
             started: Instant::now(),
             broker,
         })
@@ -246,6 +254,8 @@ impl Shard {
             }
         }
         st.index.shrink();
+        st.patterns.shrink();
+        self.pattern_gauges(&st);
         drop(st);
         self.ring.shrink_tables();
     }
@@ -319,9 +329,9 @@ impl Shard {
         }
     }
 
-    /// Removes a connection: its subscriptions (with presence notices to the owners) and
-    /// its registry and directory entries.
-    pub(crate) fn unregister(&self, id: ConnId, channels: &[Arc<str>]) {
+    /// Removes a connection: its subscriptions (with presence notices to the owners), its
+    /// pattern subscriptions, and its registry and directory entries.
+    pub(crate) fn unregister(&self, id: ConnId, channels: &[Arc<str>], patterns: &[Box<str>]) {
         let Some(entry) = self.state.borrow_mut().conns.remove(&id) else {
             return;
         };
@@ -330,6 +340,9 @@ impl Shard {
             .store(self.state.borrow().conns.len() as u64, Ordering::Relaxed);
         for ch in channels {
             self.unsubscribe(entry.app, ch, id, &entry.peer);
+        }
+        for p in patterns {
+            self.unsubscribe_pattern(entry.app, p, id);
         }
         let last = {
             let mut st = self.state.borrow_mut();
@@ -452,6 +465,37 @@ impl Shard {
                 },
             );
         }
+        removed
+    }
+
+    /// [ext] Adds (or, for the same connection and pattern text, replaces) a wildcard
+    /// subscription. No presence: nothing is sent to any owner shard. True when new.
+    pub(crate) fn subscribe_pattern(
+        &self,
+        app: AppId,
+        pattern: &str,
+        member: Member<Rc<ConnHandle>>,
+    ) -> Result<bool, TrieError> {
+        let mut st = self.state.borrow_mut();
+        let new = st.patterns.insert(app, pattern, member)?;
+        self.pattern_gauges(&st);
+        Ok(new)
+    }
+
+    /// Updates the pattern gauges of `/metrics`.
+    fn pattern_gauges(&self, st: &State) {
+        let c = self.counters();
+        c.pattern_subscriptions
+            .store(st.patterns.len() as u64, Ordering::Relaxed);
+        c.pattern_nodes
+            .store(st.patterns.branch_nodes() as u64, Ordering::Relaxed);
+    }
+
+    /// [ext] Removes a wildcard subscription; true when there was one.
+    pub(crate) fn unsubscribe_pattern(&self, app: AppId, pattern: &str, conn: ConnId) -> bool {
+        let mut st = self.state.borrow_mut();
+        let removed = st.patterns.remove(app, pattern, conn).is_some();
+        self.pattern_gauges(&st);
         removed
     }
 

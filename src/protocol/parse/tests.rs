@@ -823,3 +823,66 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pattern_extension() {
+    assert_eq!(
+        parse(r#"{"type":"subscribe","channel":"x/*","pattern":true,"requestId":"r"}"#).unwrap(),
+        ClientMsg::SubscribePattern {
+            channel: "x/*",
+            request_id: Some("r"),
+            include_sender_metadata: false
+        }
+    );
+    assert_eq!(
+        parse(
+            r#"{"type":"subscribe","channel":"x/**","pattern":true,"includeSenderMetadata":true}"#
+        )
+        .unwrap(),
+        ClientMsg::SubscribePattern {
+            channel: "x/**",
+            request_id: None,
+            include_sender_metadata: true
+        }
+    );
+    // `pattern: false` is a plain subscribe.
+    assert_eq!(
+        parse(r#"{"type":"subscribe","channel":"x/*","pattern":false}"#).unwrap(),
+        ClientMsg::Subscribe {
+            channel: "x/*",
+            request_id: None,
+            include_sender_metadata: false
+        }
+    );
+    assert_eq!(
+        parse(r#"{"type":"unsubscribe","channel":"x/*","pattern":true}"#).unwrap(),
+        ClientMsg::UnsubscribePattern {
+            channel: "x/*",
+            request_id: None
+        }
+    );
+    assert_eq!(
+        parse(r#"{"type":"unsubscribe","channel":"x/*","pattern":false}"#).unwrap(),
+        ClientMsg::Unsubscribe {
+            channel: "x/*",
+            request_id: None
+        }
+    );
+    let m =
+        parse(r#"{"type":"unsubscribe","channel":"x","pattern":true,"requestId":"q"}"#).unwrap();
+    assert_eq!((m.type_str(), m.request_id()), ("unsubscribe", Some("q")));
+    for bad in [
+        r#"{"type":"subscribe","channel":"x/*","pattern":1,"requestId":"r"}"#,
+        r#"{"type":"subscribe","channel":"x/*","pattern":null,"requestId":"r"}"#,
+        r#"{"type":"unsubscribe","channel":"x/*","pattern":"true","requestId":"r"}"#,
+    ] {
+        let e = parse(bad).unwrap_err();
+        assert_eq!(e.code, ErrorCode::MalformedMessage, "{bad}");
+        assert_eq!(e.request_id.as_deref(), Some("r"));
+    }
+    // Elsewhere `pattern` is an unknown field, ignored.
+    assert!(matches!(
+        parse(r#"{"type":"publish","channel":"c","data":1,"pattern":7}"#).unwrap(),
+        ClientMsg::Publish { .. }
+    ));
+}

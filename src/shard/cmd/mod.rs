@@ -12,6 +12,7 @@
 //! one connection's message closes that connection with 1011 and leaves the shard and its
 //! other connections running.
 
+mod pattern;
 mod ping;
 mod publish;
 mod send;
@@ -90,6 +91,15 @@ fn dispatch(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             channel,
             request_id,
         } => unsubscribe::apply(shard, conn, channel, request_id),
+        ClientMsg::SubscribePattern {
+            channel,
+            request_id,
+            include_sender_metadata,
+        } => pattern::subscribe(shard, conn, channel, include_sender_metadata, request_id),
+        ClientMsg::UnsubscribePattern {
+            channel,
+            request_id,
+        } => pattern::unsubscribe(shard, conn, channel, request_id),
         ClientMsg::Publish {
             channel,
             data,

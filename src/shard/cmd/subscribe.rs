@@ -31,7 +31,8 @@ pub(super) fn apply(
         ack(conn, request_id);
         return;
     }
-    if conn.channels.len() >= shard.broker.limits.max_channels_per_conn {
+    // Pattern subscriptions (protocol §8.3) count toward the same limit.
+    if conn.channels.len() + conn.patterns.len() >= shard.broker.limits.max_channels_per_conn {
         reply_error(
             conn,
             ErrorCode::ChannelLimitExceeded,
