@@ -41,6 +41,9 @@ impl std::fmt::Debug for TxQueue {
     }
 }
 
+/// The flush-list bit of [`ConnHandle::marks`].
+const LISTED: u64 = 1 << 63;
+
 /// State shared by everything that talks to one connection.
 pub(crate) struct ConnHandle {
     /// Frames waiting to be written, and the close state.
@@ -49,12 +52,13 @@ pub(crate) struct ConnHandle {
     pub(super) writer: Writer,
     /// The shard's flush list.
     tx: Rc<TxQueue>,
-    /// On the flush list already.
-    listed: Cell<bool>,
-    /// The shard's sequence number of the last publication queued to this connection by
-    /// [`super::deliver`] while the shard has pattern subscriptions: a publication that
-    /// matches several of the connection's subscriptions is queued once (protocol §8.3).
-    last_publication: Cell<u64>,
+    /// Two marks in one word (a `bool` beside a `u64` would cost 8 bytes of padding per
+    /// connection, and a larger allocation class): bit 63 ([`LISTED`]) is set while the
+    /// connection is on the flush list; bits 0..=62 hold the shard's number of the last
+    /// publication queued to it while the shard has pattern subscriptions, so a publication
+    /// that matches several of its subscriptions is queued once (protocol §8.3). 2^63
+    /// publications do not wrap.
+    marks: Cell<u64>,
     /// Last time anything arrived from the peer.
     pub(crate) last_seen: Cell<Instant>,
     /// Last time the server sent a WebSocket ping.
@@ -78,8 +82,7 @@ impl ConnHandle {
             out: RefCell::new(Outbound::new(max_bytes)),
             writer: Writer::new(stream),
             tx,
-            listed: Cell::new(false),
-            last_publication: Cell::new(0),
+            marks: Cell::new(0),
             last_seen: Cell::new(now),
             last_ping: Cell::new(now),
         }
@@ -95,7 +98,12 @@ impl ConnHandle {
     /// Marks publication `seq` as delivered to this connection; false when it already was
     /// (then the caller does not queue it again).
     pub(crate) fn first_delivery(&self, seq: u64) -> bool {
-        self.last_publication.replace(seq) != seq
+        let m = self.marks.get();
+        if m & !LISTED == seq {
+            return false;
+        }
+        self.marks.set((m & LISTED) | seq);
+        true
     }
 
     /// Queues a frame of a presence snapshot ([`Outbound::send_snapshot`]).
@@ -127,10 +135,10 @@ impl ConnHandle {
     /// Puts the connection on the shard's flush list (once) and wakes the flusher; not
     /// once its socket failed.
     fn list(self: &Rc<Self>) {
-        if self.listed.get() || self.writer.is_dead() {
+        if self.marks.get() & LISTED != 0 || self.writer.is_dead() {
             return;
         }
-        self.listed.set(true);
+        self.marks.set(self.marks.get() | LISTED);
         let mut d = self.tx.dirty.borrow_mut();
         if d.is_empty() {
             if let Some(w) = self.tx.waker.take() {
@@ -142,7 +150,7 @@ impl ConnHandle {
 
     /// Taken off the flush list by the flush.
     pub(crate) fn unlist(&self) {
-        self.listed.set(false);
+        self.marks.set(self.marks.get() & !LISTED);
     }
 
     /// Starts a server-initiated close: queues a close frame after the pending frames (or

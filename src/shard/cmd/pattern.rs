@@ -54,9 +54,9 @@ pub(super) fn subscribe(
             "pattern not inside the channel scope",
         );
     }
-    let existing = conn.patterns.iter().any(|p| &**p == src);
+    let existing = conn.patterns().iter().any(|p| &**p == src);
     if !existing
-        && conn.channels.len() + conn.patterns.len() >= shard.broker.limits.max_channels_per_conn
+        && conn.channels.len() + conn.patterns().len() >= shard.broker.limits.max_channels_per_conn
     {
         return reply_error(
             conn,
@@ -73,7 +73,7 @@ pub(super) fn subscribe(
     match shard.subscribe_pattern(id.app, src, member) {
         Ok(new) => {
             if new {
-                conn.patterns.push(src.into());
+                conn.patterns_mut().push(src.into());
             }
             ack(conn, request_id);
         }
@@ -94,8 +94,8 @@ pub(super) fn unsubscribe(shard: &Shard, conn: &mut Conn, src: &str, request_id:
     if let Err((code, why)) = parse(src) {
         return reply_error(conn, code, request_id, why);
     }
-    if let Some(pos) = conn.patterns.iter().position(|p| &**p == src) {
-        let p = conn.patterns.swap_remove(pos);
+    if let Some(pos) = conn.patterns().iter().position(|p| &**p == src) {
+        let p = conn.patterns_mut().swap_remove(pos);
         shard.unsubscribe_pattern(conn.identity.app, &p, conn.id);
     }
     ack(conn, request_id);

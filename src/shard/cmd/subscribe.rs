@@ -32,7 +32,7 @@ pub(super) fn apply(
         return;
     }
     // Pattern subscriptions (protocol §8.3) count toward the same limit.
-    if conn.channels.len() + conn.patterns.len() >= shard.broker.limits.max_channels_per_conn {
+    if conn.channels.len() + conn.patterns().len() >= shard.broker.limits.max_channels_per_conn {
         reply_error(
             conn,
             ErrorCode::ChannelLimitExceeded,
