@@ -19,7 +19,9 @@
 //! - [`tcpfanout`]: raw loopback TCP fan-out (one pinned sender, N sockets), the floor under
 //!   "one publish reaches the last of N subscribers".
 //! - [`procstat`]: broker RSS and CPU from /proc/PID.
+//! - [`ext`]: the protocol §8 scenarios (`wildcard`, `group`, `resume`, `retain`).
 
+mod ext;
 mod pingpong;
 mod plan;
 mod procstat;
@@ -67,6 +69,9 @@ enum Cmd {
         c: Common,
         #[arg(long, default_value_t = 10_000)]
         subscribers: usize,
+        /// The channel (ringcast: `hist/fan` is a history channel under ext.sh's config).
+        #[arg(long, default_value = "fan")]
+        channel: String,
         /// Publish rates (msg/s), one step each.
         #[arg(long, value_delimiter = ',', default_value = "10,50,100,200")]
         rates: Vec<f64>,
@@ -184,6 +189,26 @@ enum Cmd {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// §8.3: many channels (one subscriber, one publisher each) next to connections holding
+    /// non-matching pattern subscriptions; `--patterns 0` is the baseline.
+    Wildcard {
+        #[command(flatten)]
+        c: Common,
+        #[command(flatten)]
+        w: ext::WildcardArgs,
+    },
+    /// §8.2: publishers on one channel, a queue group of `--members`; each publication must
+    /// reach exactly one member.
+    Group {
+        #[command(flatten)]
+        c: Common,
+        #[command(flatten)]
+        g: ext::GroupArgs,
+    },
+    /// §8.1: time to resume `--missed` messages (subscribe with `since`), closed loop.
+    Resume(ext::ResumeArgs),
+    /// §8.1: broker memory per retained message (needs --broker-pid and the REST listener).
+    Retain(ext::RetainArgs),
     /// Internal: a worker process (spec on stdin).
     #[command(hide = true)]
     Worker,
@@ -307,13 +332,24 @@ fn main() -> Result<()> {
                 out,
             })
         }
+        Cmd::Resume(a) => return ext::resume(a),
+        Cmd::Retain(a) => return ext::retain(a),
+        Cmd::Wildcard { c, w } => {
+            let plan = ext::wildcard_plan(&w, c.step_secs);
+            (c, plan)
+        }
+        Cmd::Group { c, g } => {
+            let plan = ext::group_plan(&g, c.step_secs);
+            (c, plan)
+        }
         Cmd::Fanout {
             c,
             subscribers,
+            channel,
             rates,
             churn_per_sec,
         } => {
-            let plan = Plan::fanout(subscribers, &rates, c.step_secs, churn_per_sec);
+            let plan = Plan::fanout(&channel, subscribers, &rates, c.step_secs, churn_per_sec);
             (c, plan)
         }
         Cmd::ManyChannels {
@@ -430,6 +466,7 @@ fn coordinate(c: Common, plan: Plan) -> Result<()> {
             track_last: plan.track_last,
             spin: c.spin_timer,
             batch_ms: c.batch_ms,
+            union_track: plan.union_track,
         };
         ws.push(spawn_worker(&spec, progress.clone())?);
     }
@@ -700,8 +737,9 @@ fn report(
             hold_cpu.unwrap_or(0.0)
         );
     }
+    let group = plan.union_track.then(|| ext::group_summary(rs, sent));
     let out = json!({
-        "scenario": plan.name, "target": c.target, "addr": c.addr.to_string(), "payload": c.payload,
+        "group": group, "scenario": plan.name, "target": c.target, "addr": c.addr.to_string(), "payload": c.payload,
         "workers": rs.len(), "connections": {"ok": connected, "failed": failed, "setup_secs": setup_wall,
             "per_sec": connected as f64 / setup_wall.max(1e-9), "latency": connect},
         "steps": steps,

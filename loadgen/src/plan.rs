@@ -15,10 +15,12 @@ pub struct Plan {
     pub churn_per_sec: f64,
     pub churn_channel: Option<String>,
     pub track_last: bool,
+    /// Track deliveries across receivers (queue groups; see `WorkerSpec::union_track`).
+    pub union_track: bool,
 }
 
 /// One step per rate; `rates` are totals, split over `publishers`.
-fn steps(rates: &[f64], publishers: f64, step_secs: f64) -> Vec<Step> {
+pub(crate) fn steps(rates: &[f64], publishers: f64, step_secs: f64) -> Vec<Step> {
     rates
         .iter()
         .map(|&r| Step {
@@ -30,19 +32,26 @@ fn steps(rates: &[f64], publishers: f64, step_secs: f64) -> Vec<Step> {
 
 impl Plan {
     /// One channel × `subscribers`, one publisher, one step per rate, optional churn.
-    pub fn fanout(subscribers: usize, rates: &[f64], step_secs: f64, churn_per_sec: f64) -> Plan {
+    pub fn fanout(
+        channel: &str,
+        subscribers: usize,
+        rates: &[f64],
+        step_secs: f64,
+        churn_per_sec: f64,
+    ) -> Plan {
         Plan {
             name: "fanout",
             subs: (0..subscribers)
                 .map(|i| SubSpec {
                     peer: format!("sub-{i}"),
-                    channel: Some("fan".into()),
+                    channel: Some(channel.into()),
+                    ..Default::default()
                 })
                 .collect(),
             pubs: vec![PubSpec {
                 peer: "pub-0".into(),
                 g: 0,
-                dest: Dest::Channel("fan".into()),
+                dest: Dest::Channel(channel.into()),
             }],
             steps: rates
                 .iter()
@@ -53,8 +62,9 @@ impl Plan {
                 .collect(),
             fanout: subscribers as u64,
             churn_per_sec,
-            churn_channel: Some("fan".into()),
+            churn_channel: Some(channel.into()),
             track_last: true,
+            union_track: false,
         }
     }
 
@@ -72,6 +82,7 @@ impl Plan {
                 .map(|i| SubSpec {
                     peer: format!("sub-{i}"),
                     channel: Some(format!("ch-{}", i % channels)),
+                    ..Default::default()
                 })
                 .collect(),
             pubs: (0..channels)
@@ -86,6 +97,7 @@ impl Plan {
             churn_per_sec: 0.0,
             churn_channel: None,
             track_last: false,
+            union_track: false,
         }
     }
 
@@ -97,6 +109,7 @@ impl Plan {
                 .map(|i| SubSpec {
                     peer: format!("rx-{i}"),
                     channel: None,
+                    ..Default::default()
                 })
                 .collect(),
             pubs: (0..pairs)
@@ -111,6 +124,7 @@ impl Plan {
             churn_per_sec: 0.0,
             churn_channel: None,
             track_last: false,
+            union_track: false,
         }
     }
 
@@ -122,6 +136,7 @@ impl Plan {
                 .map(|i| SubSpec {
                     peer: format!("idle-{i}"),
                     channel: Some(format!("idle-{}", i % channels.max(1))),
+                    ..Default::default()
                 })
                 .collect(),
             pubs: vec![],
@@ -130,6 +145,7 @@ impl Plan {
             churn_per_sec: 0.0,
             churn_channel: None,
             track_last: false,
+            union_track: false,
         }
     }
 
@@ -141,6 +157,7 @@ impl Plan {
                 .map(|i| SubSpec {
                     peer: format!("conn-{i}"),
                     channel: Some("setup".into()),
+                    ..Default::default()
                 })
                 .collect(),
             pubs: vec![],
@@ -149,6 +166,7 @@ impl Plan {
             churn_per_sec: 0.0,
             churn_channel: None,
             track_last: false,
+            union_track: false,
         }
     }
 }

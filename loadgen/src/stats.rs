@@ -99,6 +99,11 @@ pub struct SeqTrack {
 }
 
 impl SeqTrack {
+    /// The bitset of sequence numbers seen (bit `s % 64` of word `s / 64`).
+    pub fn words(&self) -> &[u64] {
+        &self.seen
+    }
+
     /// Records one delivery of `seq`.
     pub fn record(&mut self, seq: u64) {
         let (w, b) = ((seq / 64) as usize, seq % 64);

@@ -548,24 +548,49 @@ impl Conn {
         }
     }
 
+    /// ringcast: subscribes with `extra` JSON members spliced into the command (e.g.
+    /// `,"pattern":true`, `,"group":"g"`, `,"since":{…}`) and returns the `ack` frame. Frames
+    /// that arrive before the ack (deliveries on earlier subscriptions) stay queued for
+    /// [`Conn::recv`].
+    pub async fn subscribe_ext(&mut self, channel: &str, extra: &str) -> Result<Vec<u8>> {
+        let cmd = format!(
+            "{{\"type\":\"subscribe\",\"channel\":\"{channel}\",\"requestId\":\"s\"{extra}}}"
+        );
+        self.request(cmd.as_bytes(), b"\"requestId\":\"s\"").await
+    }
+
+    /// ringcast: writes `cmd` (one text frame) and returns the first frame carrying `tag`
+    /// (e.g. its `requestId`: an `ack`, a `pong`); an `error` is an Err. Other frames stay queued
+    /// for [`Conn::recv`].
+    pub async fn request(&mut self, cmd: &[u8], tag: &[u8]) -> Result<Vec<u8>> {
+        self.send(OP_TEXT, cmd).await?;
+        let mut held = VecDeque::new();
+        let r = loop {
+            let f = match self.next_frame().await {
+                Ok(f) => f,
+                Err(e) => break Err(e),
+            };
+            if contains(&f, tag) && !f.starts_with(b"{\"type\":\"error\"") {
+                break Ok(f);
+            }
+            if contains(&f, tag) {
+                break Err(anyhow::anyhow!(
+                    "{} refused: {}",
+                    String::from_utf8_lossy(cmd),
+                    String::from_utf8_lossy(&f)
+                ));
+            }
+            held.push_back(f);
+        };
+        held.append(&mut self.pending);
+        self.pending = held;
+        r
+    }
+
     /// Subscribes and waits for the broker to confirm.
     pub async fn subscribe(&mut self, channel: &str) -> Result<()> {
         match self.target {
-            Target::Ringcast => {
-                let cmd = format!(
-                    "{{\"type\":\"subscribe\",\"channel\":\"{channel}\",\"requestId\":\"s\"}}"
-                );
-                self.send(OP_TEXT, cmd.as_bytes()).await?;
-                loop {
-                    let f = self.next_frame().await?;
-                    if contains(&f, b"\"ack\"") {
-                        return Ok(());
-                    }
-                    if contains(&f, b"\"error\"") {
-                        bail!("subscribe refused: {}", String::from_utf8_lossy(&f));
-                    }
-                }
-            }
+            Target::Ringcast => self.subscribe_ext(channel, "").await.map(drop),
             Target::Nats => {
                 let cmd = format!("SUB {} 1\r\nPING\r\n", subject(self.target, channel));
                 self.send(OP_BINARY, cmd.as_bytes()).await?;

@@ -22,10 +22,16 @@ pub struct Step {
 }
 
 /// A receiving connection: subscribes to `channel`, or (None) only receives direct sends.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SubSpec {
     pub peer: String,
     pub channel: Option<String>,
+    /// ringcast §8.2: subscribe to `channel` as a member of this queue group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// ringcast §8.3: wildcard subscriptions made after `channel` (`"pattern":true`).
+    #[serde(default)]
+    pub patterns: Vec<String>,
 }
 
 /// Where a publisher's messages go.
@@ -74,6 +80,10 @@ pub struct WorkerSpec {
     /// them, are unchanged either way.
     #[serde(default)]
     pub batch_ms: f64,
+    /// Also track every publisher's sequence numbers across all of this worker's receivers
+    /// together (queue groups: each publication must reach exactly one member).
+    #[serde(default)]
+    pub union_track: bool,
 }
 
 /// A worker's report.
@@ -105,6 +115,12 @@ pub struct WorkerResult {
     pub last_by_seq: Vec<u64>,
     pub churn_cycles: u64,
     pub churn_failed: u64,
+    /// With `union_track`: per publisher, the sequence numbers any receiver got (a bitset)
+    /// and the deliveries per receiver.
+    #[serde(default)]
+    pub union: Vec<crate::ext::UnionDump>,
+    #[serde(default)]
+    pub per_receiver: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -120,6 +136,7 @@ struct Shared {
     receivers_lost: u64,
     churn_cycles: u64,
     churn_failed: u64,
+    union: HashMap<u32, SeqTrack>,
 }
 
 #[allow(unsafe_code)] // libc getrlimit/setrlimit: std cannot raise RLIMIT_NOFILE.
@@ -199,9 +216,15 @@ async fn work() -> Result<()> {
             let r = async {
                 let mut c = Conn::open(&ep, n, &s.peer).await?;
                 match (&s.channel, ep.target) {
-                    (Some(ch), _) => c.subscribe(ch).await?,
+                    (Some(ch), _) => match &s.group {
+                        Some(g) => drop(c.subscribe_ext(ch, &format!(",\"group\":\"{g}\"")).await?),
+                        None => c.subscribe(ch).await?,
+                    },
                     (None, Target::Ringcast) => {}
                     (None, _) => c.subscribe(&inbox(&s.peer)).await?,
+                }
+                for p in &s.patterns {
+                    c.subscribe_ext(p, ",\"pattern\":true").await?;
                 }
                 anyhow::Ok(c)
             }
@@ -253,7 +276,7 @@ async fn work() -> Result<()> {
     for (i, c) in conns.into_iter().enumerate() {
         let Some(mut c) = c else { continue };
         let sh = sh.clone();
-        let track_last = spec.track_last;
+        let (track_last, union_track) = (spec.track_last, spec.union_track);
         tokio::task::spawn_local(async move {
             loop {
                 let mut on = |b: &[u8]| {
@@ -273,6 +296,9 @@ async fn work() -> Result<()> {
                         }
                     }
                     s.tracks[i].entry(g).or_default().record(seq);
+                    if union_track {
+                        s.union.entry(g).or_default().record(seq);
+                    }
                     if track_last && g == 0 {
                         let seq = seq as usize;
                         if seq < 50_000_000 {
@@ -467,6 +493,14 @@ async fn work() -> Result<()> {
     res.last_by_seq = s.last_by_seq.clone();
     res.churn_cycles = s.churn_cycles;
     res.churn_failed = s.churn_failed;
+    if spec.union_track {
+        res.union = crate::ext::union_dump(&s.union);
+        res.per_receiver = s
+            .tracks
+            .iter()
+            .map(|m| m.values().map(|t| t.unique + t.duplicated).sum())
+            .collect();
+    }
     emit(&serde_json::json!({"ev": "result", "result": res}));
     std::process::exit(0);
 }
