@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Tables for loadgen/ext.sh: one per §8 target, each with the figure, its baseline measured
+in the same run, the ratio, the goal, PASS/FAIL and the generator command.
+
+Usage: ext_report.py RESULTS_DIR > ext.md
+Reads <name>-<run>.json (the loadgen's --out) and <name>.cmd. Each cell is the median over
+the runs, with min..max when there is more than one run.
+"""
+import glob
+import json
+import os
+import statistics
+import sys
+
+out = sys.argv[1]
+
+
+def runs(name):
+    res = []
+    for p in sorted(glob.glob(os.path.join(out, f"{name}-[0-9]*.json"))):
+        try:
+            res.append(json.load(open(p)))
+        except (OSError, ValueError):
+            pass
+    return res
+
+
+def vals(name, f):
+    xs = []
+    for d in runs(name):
+        try:
+            v = f(d)
+        except (KeyError, IndexError, TypeError, ZeroDivisionError):
+            v = None
+        if v is not None:
+            xs.append(v)
+    return xs
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def num(v):
+    if v is None:
+        return "-"
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:.2f} M"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def cell(xs):
+    m = med(xs)
+    if m is None:
+        return "-"
+    s = num(m)
+    if len(xs) > 1:
+        s += f" ({num(min(xs))}..{num(max(xs))})"
+    return s
+
+
+def cmd(name):
+    try:
+        return "`" + open(os.path.join(out, f"{name}.cmd")).read().strip().replace("target/release/", "") + "`"
+    except OSError:
+        return "-"
+
+
+def verdict(ok):
+    if ok is None:
+        return "-"
+    return "**PASS**" if ok else "**FAIL**"
+
+
+def ratio(a, b):
+    a, b = med(a), med(b)
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def table(title, rows, cmds):
+    print(f"**{title}**\n")
+    print("| figure | measured | baseline (same run) | ratio | goal | verdict |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print()
+    for c in cmds:
+        print(f"- {c}")
+    print()
+
+
+print("### Machine and run\n\n```")
+try:
+    print(open(os.path.join(out, "machine.txt")).read().strip())
+except OSError:
+    pass
+print("```\n")
+print(
+    "Medians of the runs (min..max). Broker: `taskset -c 0 ringcast --config ringcast-ext.toml "
+    "--shards 1 --rate-limit-per-sec 1000000 --rate-limit-burst 1000000 --upgrades-per-ip 0 "
+    "--pending-handshakes-per-ip 0 --rest-connections-per-ip 0 --max-outbound-bytes 4194304` "
+    "(`ringcast-ext.toml` = `tuning/ringcast-bench.toml` + `[[apps.history]]` `hist/**` size 1000, "
+    "`retain/**` size 100000, `history_max_bytes` 1 GiB), fresh for every measurement; generator "
+    "`taskset -c 1 ringcast-loadgen … --addr 127.0.0.1:18080 --broker-pid $P`.\n"
+)
+
+# a. wildcard
+if runs("wc-none"):
+    rows = []
+    steps = len(runs("wc-none")[0]["steps"])
+    for i in range(steps):
+        rate = runs("wc-none")[0]["steps"][i]["rate"]
+        base = vals("wc-none", lambda d: d["steps"][i]["deliveries_per_broker_cpu_sec"])
+        bdel = vals("wc-none", lambda d: d["steps"][i]["deliveries_per_sec"])
+        for shape in ("mixed", "residual"):
+            x = vals(f"wc-{shape}", lambda d: d["steps"][i]["deliveries_per_broker_cpu_sec"])
+            xd = vals(f"wc-{shape}", lambda d: d["steps"][i]["deliveries_per_sec"])
+            q = ratio(x, base)
+            rows.append([
+                f"{rate:,.0f} pub/s offered, 10,000 `{shape}` patterns: publishes per broker CPU-s",
+                cell(x), cell(base), num(q), "≥ 0.8×", verdict(None if q is None else q >= 0.8)])
+            q2 = ratio(xd, bdel)
+            rows.append([
+                f"{rate:,.0f} pub/s offered, 10,000 `{shape}` patterns: publishes delivered/s",
+                cell(xd), cell(bdel), num(q2), "≥ 0.8×", verdict(None if q2 is None else q2 >= 0.8)])
+    table("a. publish throughput with 10,000 non-matching pattern subscriptions (§8.3)", rows,
+          [cmd("wc-none"), cmd("wc-mixed"), cmd("wc-residual")])
+
+# b. history fan-out
+if runs("hf-fan") or runs("hf2-fan"):
+    rows = []
+    for pre in ("hf", "hf2"):
+        if not runs(f"{pre}-fan"):
+            continue
+        d0 = runs(f"{pre}-fan")[0]
+        subs = d0["steps"][0]["expected"] // max(d0["steps"][0]["sent"], 1)
+        for i, st in enumerate(d0["steps"]):
+            us = lambda d: 1e6 / d["steps"][i]["deliveries_per_broker_cpu_sec"]
+            x, b = vals(f"{pre}-hist", us), vals(f"{pre}-fan", us)
+            q = ratio(x, b)
+            rows.append([
+                f"{subs:,} subscribers × {st['rate']:,.0f} pub/s: broker CPU µs per delivery, `hist/fan` vs `fan`",
+                cell(x), cell(b), num(q), "≤ 1.15×", verdict(None if q is None else q <= 1.15)])
+            lost = lambda d: d["deliveries"]["lost"] + d["deliveries"]["duplicated"] + d["deliveries"]["reordered"]
+            rows.append([f"{subs:,} subscribers: lost + duplicated + reordered", cell(vals(f"{pre}-hist", lost)),
+                         cell(vals(f"{pre}-fan", lost)), "-", "0", verdict(med(vals(f"{pre}-hist", lost)) == 0)])
+    table("b. fan-out on a history channel: broker CPU per delivery (§8.1)", rows,
+          [cmd("hf-hist"), cmd("hf2-hist"), "baseline: the same with `--channel fan`"])
+
+# c. resume
+if runs("resume"):
+    p99 = vals("resume", lambda d: d["resume"]["p99_ms"] if d["reps"] else None)
+    lp99 = vals("resume", lambda d: d["live"]["p99_ms"] if d["reps"] else None)
+    q = ratio(p99, lp99)
+    reps = vals("resume", lambda d: d["reps"])
+    nr = vals("resume", lambda d: d["not_recovered"])
+    rows = [
+        ["resume 1,000 missed: subscribe-with-since → 1,000th replayed message, p99 ms", cell(p99),
+         cell(lp99) + " (live burst of 1,000)", num(q), "< 10 ms", verdict(None if not p99 else med(p99) < 10)],
+        ["same, p50 ms", cell(vals("resume", lambda d: d["resume"]["p50_ms"])),
+         cell(vals("resume", lambda d: d["live"]["p50_ms"])), "-", "-", "-"],
+        ["same, max ms", cell(vals("resume", lambda d: d["resume"]["max_ms"])),
+         cell(vals("resume", lambda d: d["live"]["max_ms"])), "-", "-", "-"],
+        ["repetitions per run; `recovered:false` answers", f"{cell(reps)}; {cell(nr)}", "-", "-", "0 not recovered",
+         verdict(None if not nr else max(nr) == 0)],
+    ]
+    table("c. resuming 1,000 missed messages (§8.1)", rows, [cmd("resume")])
+
+# d. retain
+if runs("retain"):
+    frame = vals("retain", lambda d: d["frame_bytes"])
+    rss = vals("retain", lambda d: d["rss_bytes_per_message"])
+    goal = med(vals("retain", lambda d: d["goal_bytes_per_message"]))
+    gauge = vals("retain", lambda d: d["history_bytes_per_message"])
+    plain = vals("retain", lambda d: d["plain_rss_bytes_per_message"])
+    rows = [
+        ["broker RSS growth per retained message, B", cell(rss), cell(plain) + " (same publications, plain channels)",
+         num(ratio(rss, frame)) + "× frame", f"≤ frame + 64 = {num(goal)} B", verdict(None if not rss or goal is None else med(rss) <= goal)],
+        ["`ringcast_history_bytes` growth per retained message, B", cell(gauge), "-",
+         num(ratio(gauge, frame)) + "× frame", f"≤ {num(goal)} B", verdict(None if not gauge or goal is None else med(gauge) <= goal)],
+        ["message frame size, B", cell(frame), "-", "-", "-", "-"],
+    ]
+    n = med(vals("retain", lambda d: d["messages"]))
+    table(f"d. memory per retained message ({num(n)} messages, 10 channels) (§8.1)", rows, [cmd("retain")])
+
+# e. group
+if runs("group"):
+    secs = lambda d: d["steps"][0]["secs"]
+    rate = vals("group", lambda d: d["group"]["delivered"] / secs(d))
+    base = vals("group-plain", lambda d: d["steps"][0]["deliveries_per_sec"])
+    offered = vals("group", lambda d: d["steps"][0]["rate"])
+    lost = vals("group", lambda d: d["group"]["lost"])
+    extra = vals("group", lambda d: d["group"]["extra_deliveries"])
+    blost = vals("group-plain", lambda d: d["deliveries"]["lost"])
+    cpu = vals("group", lambda d: d["steps"][0]["broker_cpu_secs"] / d["steps"][0]["sent"] * 1e6)
+    bcpu = vals("group-plain", lambda d: d["steps"][0]["broker_cpu_secs"] / d["steps"][0]["sent"] * 1e6)
+    mn = vals("group", lambda d: d["group"]["per_member_min"])
+    mx = vals("group", lambda d: d["group"]["per_member_max"])
+    members = med(vals("group", lambda d: d["group"]["members"]))
+    o = med(offered)
+    rows = [
+        [f"{members:,.0f} members, {o:,.0f} pub/s offered: deliveries/s (publications reaching a member)", cell(rate),
+         cell(base) + " (1 plain subscriber)", num(ratio(rate, base)), f"≥ {o:,.0f}/s", verdict(None if not rate else med(rate) >= 0.999 * o)],
+        ["publications lost (reached no member)", cell(lost), cell(blost), "-", "0", verdict(None if not lost else max(lost) == 0)],
+        ["extra deliveries (a publication at a second member)", cell(extra), "-", "-", "0", verdict(None if not extra else max(extra) == 0)],
+        ["deliveries per member, min / max", f"{cell(mn)} / {cell(mx)}", "-", "-", "even", "-"],
+        ["broker CPU µs per publication", cell(cpu), cell(bcpu), num(ratio(cpu, bcpu)), "-", "-"],
+    ]
+    table("e. a queue group of 100 members at 50,000 publications/s (§8.2)", rows, [cmd("group"), cmd("group-plain")])
