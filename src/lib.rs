@@ -30,10 +30,10 @@
 //! depends on `shard` but `main`.
 
 pub(crate) mod admission;
-pub mod history;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod history;
 pub mod metrics;
 pub(crate) mod presence;
 pub mod protocol;

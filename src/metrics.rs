@@ -397,7 +397,11 @@ impl Metrics {
             "Messages retained in the histories a shard owns (protocol section 8.1).",
         );
         for (i, s) in self.shards.iter().enumerate() {
-            w.sample_shard("ringcast_history_messages", i, s.history_messages.load(Relaxed));
+            w.sample_shard(
+                "ringcast_history_messages",
+                i,
+                s.history_messages.load(Relaxed),
+            );
         }
         w.head(
             "ringcast_history_bytes",

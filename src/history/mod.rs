@@ -214,7 +214,8 @@ impl Histories {
         let t = self.secs(now);
         if !self.channels.contains_key(&(app, channel.clone())) {
             self.epochs += 1;
-            let epoch: Arc<str> = format!("{:08x}-{}-{}", self.boot, self.shard, self.epochs).into();
+            let epoch: Arc<str> =
+                format!("{:08x}-{}-{}", self.boot, self.shard, self.epochs).into();
             self.channels.insert(
                 (app, channel.clone()),
                 ChannelHistory {
@@ -226,7 +227,10 @@ impl Histories {
                 },
             );
         }
-        let h = self.channels.get_mut(&(app, channel.clone())).expect("inserted above");
+        let h = self
+            .channels
+            .get_mut(&(app, channel.clone()))
+            .expect("inserted above");
         let mut freed = (0, 0);
         while h
             .entries
@@ -239,7 +243,9 @@ impl Histories {
         self.messages -= freed.0;
         self.bytes -= freed.1;
         self.evictions[HistoryEviction::Ttl as usize] += freed.0 as u64;
-        self.channels.get_mut(&(app, channel.clone())).expect("present")
+        self.channels
+            .get_mut(&(app, channel.clone()))
+            .expect("present")
     }
 
     /// The epoch and the offset the next publication on `channel` will get.
@@ -431,11 +437,9 @@ impl Histories {
         self.messages -= n;
         self.bytes -= b;
         self.evictions[HistoryEviction::Ttl as usize] += n as u64;
-        if let Some(cap) = crate::router::index::shrink_target(
-            self.channels.capacity(),
-            self.channels.len(),
-            64,
-        ) {
+        if let Some(cap) =
+            crate::router::index::shrink_target(self.channels.capacity(), self.channels.len(), 64)
+        {
             self.channels.shrink_to(cap);
         }
     }

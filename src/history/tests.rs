@@ -25,7 +25,11 @@ fn publish(h: &mut Histories, c: &Arc<str>, data: &str, meta: Option<&str>, now:
 fn offsets(frames: &[Bytes]) -> Vec<u64> {
     frames
         .iter()
-        .map(|f| serde_json::from_slice::<Value>(payload(f)).unwrap()["offset"].as_u64().unwrap())
+        .map(|f| {
+            serde_json::from_slice::<Value>(payload(f)).unwrap()["offset"]
+                .as_u64()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -79,7 +83,11 @@ fn offsets_are_gap_free_and_size_bounds_the_ring() {
     };
     let r = h.resume(AppId(0), &c, RULE, Some(&other), false, t);
     assert_eq!(r.recovered, Some(false));
-    assert_eq!(offsets(&r.frames), [4, 5, 6, 7, 8], "another epoch: everything");
+    assert_eq!(
+        offsets(&r.frames),
+        [4, 5, 6, 7, 8],
+        "another epoch: everything"
+    );
 }
 
 #[test]
@@ -90,7 +98,11 @@ fn metadata_is_stripped_or_kept_per_subscriber_and_listed_by_query() {
     publish(&mut h, &c, r#"{"x":[1,"}"]}"#, Some(r#"{"role":"bot"}"#), t);
     publish(&mut h, &c, "null", None, t);
     let since = Since {
-        epoch: h.resume(AppId(0), &c, RULE, None, false, t).epoch.to_string().into(),
+        epoch: h
+            .resume(AppId(0), &c, RULE, None, false, t)
+            .epoch
+            .to_string()
+            .into(),
         offset: 0,
     };
     let plain = h.resume(AppId(0), &c, RULE, Some(&since), false, t);
@@ -128,7 +140,9 @@ fn ttl_expires_and_sweep_drops_idle_records() {
     let t0 = Instant::now();
     publish(&mut h, &c, "1", None, t0);
     let later = t0 + Duration::from_secs(11);
-    let n = h.query(AppId(0), &c, RULE, None, 100, later, |_, last, items| (last, items.len()));
+    let n = h.query(AppId(0), &c, RULE, None, 100, later, |_, last, items| {
+        (last, items.len())
+    });
     assert_eq!(n, (1, 0), "the offset stays, the entry is gone");
     assert_eq!(h.evictions[HistoryEviction::Ttl as usize], 1);
     h.sweep(later, |_, _| true);

@@ -233,7 +233,10 @@ mod tests {
             json!({"type":"ack","requestId":"r","epoch":"e1","offset":5,"recovered":false})
         );
         let a = parse(&subscribe_ack("r", "e1", 0, None));
-        assert_eq!(a, json!({"type":"ack","requestId":"r","epoch":"e1","offset":0}));
+        assert_eq!(
+            a,
+            json!({"type":"ack","requestId":"r","epoch":"e1","offset":0})
+        );
         let a = parse(&publish_ack("r", 7));
         assert_eq!(a, json!({"type":"ack","requestId":"r","offset":7}));
         let list = [
