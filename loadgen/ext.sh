@@ -138,6 +138,7 @@ for r in $(seq "$RUNS"); do
   fi
   if has retain && hist_ok retain; then
     run retain "$r" retain --rest-addr 127.0.0.1:$REST_PORT --messages "$RETAIN_MSGS" --channels 10 --payload "$RETAIN_PAYLOAD"
+    run retain1 "$r" retain --rest-addr 127.0.0.1:$REST_PORT --messages "$RETAIN_MSGS" --channels 1 --payload "$RETAIN_PAYLOAD"
   fi
   if has group; then
     g=(--rates "$GROUP_RATE" --publishers 10 --step-secs "$STEP_SECS")

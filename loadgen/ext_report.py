@@ -167,27 +167,30 @@ if runs("resume"):
          cell(vals("resume", lambda d: d["live"]["p50_ms"])), "-", "-", "-"],
         ["same, max ms", cell(vals("resume", lambda d: d["resume"]["max_ms"])),
          cell(vals("resume", lambda d: d["live"]["max_ms"])), "-", "-", "-"],
-        ["repetitions per run; `recovered:false` answers", f"{cell(reps)}; {cell(nr)}", "-", "-", "0 not recovered",
+        ["repetitions per run; `recovered:false` answers", f"{med(reps):,.0f}; {cell(nr)}", "-", "-", "0 not recovered",
          verdict(None if not nr else max(nr) == 0)],
     ]
     table("c. resuming 1,000 missed messages (§8.1)", rows, [cmd("resume")])
 
 # d. retain
-if runs("retain"):
-    frame = vals("retain", lambda d: d["frame_bytes"])
-    rss = vals("retain", lambda d: d["rss_bytes_per_message"])
-    goal = med(vals("retain", lambda d: d["goal_bytes_per_message"]))
-    gauge = vals("retain", lambda d: d["history_bytes_per_message"])
-    plain = vals("retain", lambda d: d["plain_rss_bytes_per_message"])
+for name in ("retain", "retain1"):
+    if not runs(name):
+        continue
+    frame = vals(name, lambda d: d["frame_bytes"])
+    rss = vals(name, lambda d: d["rss_bytes_per_message"])
+    goal = med(vals(name, lambda d: d["goal_bytes_per_message"]))
+    gauge = vals(name, lambda d: d["history_bytes_per_message"])
+    plain = vals(name, lambda d: d["plain_rss_bytes_per_message"])
     rows = [
         ["broker RSS growth per retained message, B", cell(rss), cell(plain) + " (same publications, plain channels)",
          num(ratio(rss, frame)) + "× frame", f"≤ frame + 64 = {num(goal)} B", verdict(None if not rss or goal is None else med(rss) <= goal)],
         ["`ringcast_history_bytes` growth per retained message, B", cell(gauge), "-",
          num(ratio(gauge, frame)) + "× frame", f"≤ {num(goal)} B", verdict(None if not gauge or goal is None else med(gauge) <= goal)],
-        ["message frame size, B", cell(frame), "-", "-", "-", "-"],
+        ["message frame size (WebSocket header + payload), B", cell(frame), "-", "-", "-", "-"],
     ]
-    n = med(vals("retain", lambda d: d["messages"]))
-    table(f"d. memory per retained message ({num(n)} messages, 10 channels) (§8.1)", rows, [cmd("retain")])
+    n = med(vals(name, lambda d: d["messages"]))
+    ch = med(vals(name, lambda d: d["channels"]))
+    table(f"d. memory per retained message ({n:,.0f} messages over {ch:,.0f} channel(s)) (§8.1)", rows, [cmd(name)])
 
 # e. group
 if runs("group"):

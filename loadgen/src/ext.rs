@@ -374,7 +374,8 @@ async fn burst(
 }
 
 /// Reads `s` until `n` message frames have arrived; checks their offsets run from `first`
-/// without gap (when `first` is Some). Returns (arrival time of the last, frame bytes).
+/// without gap (when `first` is Some). Returns (arrival time of the last, bytes of the
+/// WebSocket frames: payload and header).
 async fn take_messages(s: &mut Conn, n: u64, first: Option<u64>) -> Result<(u64, u64)> {
     let (mut got, mut bytes, mut bad, mut at) = (0u64, 0u64, None, 0u64);
     while got < n {
@@ -389,7 +390,12 @@ async fn take_messages(s: &mut Conn, n: u64, first: Option<u64>) -> Result<(u64,
                 }
             }
             got += 1;
-            bytes += f.len() as u64;
+            let header = match f.len() {
+                0..=125 => 2,
+                126..=65535 => 4,
+                _ => 10,
+            };
+            bytes += (f.len() + header) as u64;
         };
         if !s.recv(&mut on).await? {
             bail!("subscriber connection ended");
@@ -650,28 +656,59 @@ pub fn retain(a: RetainArgs) -> Result<()> {
         let pid = a.c.broker_pid.context("retain needs --broker-pid")?;
         let mut p = Conn::open(&ep, 0, "retain-pub").await?;
         let mut probe = Conn::open(&ep, 1, "retain-probe").await?;
+        let unsub = |ch: &str| {
+            format!("{{\"type\":\"unsubscribe\",\"channel\":\"{ch}\",\"requestId\":\"u\"}}")
+        };
         let ack = json_of(&probe.subscribe_ext("retain/0", "").await?)?;
         if ack["epoch"].as_str().is_none() {
             bail!("retain/0 has no history (subscribe ack {ack})");
         }
+        // No subscriber while publishing: nothing queues for delivery (freed pages would
+        // stay in the RSS).
+        probe
+            .request(unsub("retain/0").as_bytes(), b"\"requestId\":\"u\"")
+            .await?;
         let per = a.messages / a.channels as u64;
-        // The probe reads as the messages come, so nothing queues for it in the broker.
-        let probe = tokio::task::spawn_local(async move {
-            tokio::time::timeout(
-                Duration::from_secs(120),
-                take_messages(&mut probe, per, None),
-            )
-            .await?
-        });
         let (plain_kib, plain_g) = retain_phase(&a, pid, &mut p, "plain").await?;
         let (kib, g) = retain_phase(&a, pid, &mut p, "retain").await?;
-        let (_, bytes) = probe.await??;
-        let frame = bytes as f64 / per as f64;
+        // The frame of the last message of retain/0, replayed; the others differ only in
+        // their offset's digits (fixed-size payload, channel names of one length each).
+        let ack = json_of(&probe.subscribe_ext("retain/0", "").await?)?;
+        let (epoch, last) = (
+            ack["epoch"].as_str().context("no epoch")?.to_string(),
+            ack["offset"].as_u64().context("no offset")?,
+        );
+        probe
+            .request(unsub("retain/0").as_bytes(), b"\"requestId\":\"u\"")
+            .await?;
+        probe
+            .subscribe_ext(
+                "retain/0",
+                &format!(
+                    ",\"since\":{{\"epoch\":\"{epoch}\",\"offset\":{}}}",
+                    last - 1
+                ),
+            )
+            .await?;
+        let (_, bytes) = tokio::time::timeout(
+            Duration::from_secs(10),
+            take_messages(&mut probe, 1, Some(last)),
+        )
+        .await??;
+        let digits = |o: u64| o.to_string().len() as u64;
+        let base = bytes - digits(last) - "retain/0".len() as u64;
+        let total: u64 = (0..a.channels)
+            .map(|k| {
+                let name = format!("retain/{k}").len() as u64;
+                (1..=per).map(|o| base + name + digits(o)).sum::<u64>()
+            })
+            .sum();
+        let frame = total as f64 / (per * a.channels as u64) as f64;
         let n = (per * a.channels as u64) as f64;
         let rss_per = kib * 1024.0 / n;
         let g_per = g.map(|g| g / n);
         println!(
-            "retain: {n} messages over {} history channels; message frame {frame:.1} B (goal: ≤ frame + 64 = {:.1} B per message)",
+            "retain: {n} messages over {} history channels; message frame {frame:.1} B (WebSocket header and payload; goal: ≤ frame + 64 = {:.1} B per message)",
             a.channels,
             frame + 64.0
         );
