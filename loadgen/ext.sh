@@ -19,7 +19,7 @@
 #      ringcast), LG (target/release/ringcast-loadgen), BROKER_CPUS (0), LOADGEN_CPUS (the
 #      other cores), BENCH_MD (BENCHMARKS.md; `none` to skip), STEP_SECS (5), WC_RATES
 #      (20000,60000), WC_PATTERNS (10000), HF_SUBS (1000), HF_RATES (200), HF2_SUBS (10),
-#      HF2_RATES (20000), RESUME_REPS (300), RETAIN_MSGS (100000), RETAIN_PAYLOAD (120),
+#      HF2_RATES (20000), RESUME_REPS (1000), RETAIN_MSGS (100000), RETAIN_PAYLOAD (120),
 #      GROUP_MEMBERS (100), GROUP_RATE (50000).
 # History scenarios need a broker with `[[apps.history]]` (src/config.rs knows
 # `history_max_bytes`); the group scenario needs queue groups. Without them those scenarios
@@ -37,7 +37,7 @@ STEP_SECS=${STEP_SECS:-5}
 WC_RATES=${WC_RATES:-20000,60000}; WC_PATTERNS=${WC_PATTERNS:-10000}
 HF_SUBS=${HF_SUBS:-1000}; HF_RATES=${HF_RATES:-200}
 HF2_SUBS=${HF2_SUBS:-10}; HF2_RATES=${HF2_RATES:-20000}
-RESUME_REPS=${RESUME_REPS:-300}
+RESUME_REPS=${RESUME_REPS:-1000}
 RETAIN_MSGS=${RETAIN_MSGS:-100000}; RETAIN_PAYLOAD=${RETAIN_PAYLOAD:-120}
 GROUP_MEMBERS=${GROUP_MEMBERS:-100}; GROUP_RATE=${GROUP_RATE:-50000}
 NCPU=$(nproc); BROKER_CPUS=${BROKER_CPUS:-0}
@@ -110,6 +110,7 @@ trap stop EXIT
 run() { # name run scenario args...  (a fresh broker; output $OUT/name-run.{json,txt})
   local name=$1 r=$2 s=$3; shift 3
   start || return 0
+  echo "$name $r $(cut -d' ' -f1 /proc/loadavg)" >> "$OUT/load.txt"
   log "$name run $r"
   local common=(--addr 127.0.0.1:$WS_PORT --broker-pid "$BPID" --max-secs 120 --out "$OUT/$name-$r.json")
   timeout 180 $LGC "$s" "${common[@]}" "$@" > "$OUT/$name-$r.txt" 2>&1 ||

@@ -101,6 +101,18 @@ try:
 except OSError:
     pass
 print("```\n")
+try:
+    loads = {}
+    for line in open(os.path.join(out, "load.txt")):
+        name, _, v = line.split()
+        loads.setdefault(name, []).append(float(v))
+    allv = sorted(v for vs in loads.values() for v in vs)
+    print(
+        f"1-minute load average before each measurement (2 cores; above 2 means other jobs competed "
+        f"for the cores): min {allv[0]:.2f}, median {statistics.median(allv):.2f}, max {allv[-1]:.2f}.\n"
+    )
+except (OSError, ValueError, IndexError):
+    pass
 print(
     "Medians of the runs (min..max). Broker: `taskset -c 0 ringcast --config ringcast-ext.toml "
     "--shards 1 --rate-limit-per-sec 1000000 --rate-limit-burst 1000000 --upgrades-per-ip 0 "
@@ -167,6 +179,9 @@ if runs("resume"):
          cell(vals("resume", lambda d: d["live"]["p50_ms"])), "-", "-", "-"],
         ["same, max ms", cell(vals("resume", lambda d: d["resume"]["max_ms"])),
          cell(vals("resume", lambda d: d["live"]["max_ms"])), "-", "-", "-"],
+        ["broker CPU per repetition, ms (from /proc, 10 ms ticks summed over all repetitions)",
+         cell(vals("resume", lambda d: d["broker_cpu_secs_resume_windows"] / d["reps"] * 1e3)),
+         cell(vals("resume", lambda d: d["broker_cpu_secs_live_windows"] / d["reps"] * 1e3)), "-", "-", "-"],
         ["repetitions per run; `recovered:false` answers", f"{med(reps):,.0f}; {cell(nr)}", "-", "-", "0 not recovered",
          verdict(None if not nr else max(nr) == 0)],
     ]

@@ -435,13 +435,19 @@ pub fn resume(a: ResumeArgs) -> Result<()> {
         let (mut live_h, mut resume_h) = (stats::new_hist(), stats::new_hist());
         let (mut seq, mut not_recovered, mut done) = (0u64, 0u64, 0usize);
         let base = a.c.broker_pid.and_then(procstat::sample);
-        let mut cpu_resume = 0.0;
+        let (mut cpu_resume, mut cpu_live) = (0.0, 0.0);
+        let cpu_now = || {
+            a.c.broker_pid
+                .and_then(procstat::sample)
+                .map(|s| s.cpu_secs)
+        };
         let step = Duration::from_secs(10);
         for rep in 0..a.reps {
             if mono_ns() > deadline {
                 break;
             }
             // (1) live burst to the subscribed subscriber.
+            let c0 = cpu_now();
             let t0 = mono_ns();
             let ack = tokio::time::timeout(
                 step,
@@ -465,6 +471,9 @@ pub fn resume(a: ResumeArgs) -> Result<()> {
             )
             .await??;
             stats::rec(&mut live_h, t1 - t0);
+            if let (Some(c0), Some(c1)) = (c0, cpu_now()) {
+                cpu_live += c1 - c0;
+            }
             // (2) away, missed burst, resume.
             s.request(
                 format!(
@@ -492,7 +501,7 @@ pub fn resume(a: ResumeArgs) -> Result<()> {
                 .as_u64()
                 .context("publish ack without offset")?;
             let since = end - a.missed;
-            let c0 = a.c.broker_pid.and_then(procstat::sample);
+            let c0 = cpu_now();
             let t0 = mono_ns();
             let sub = s
                 .subscribe_ext(
@@ -503,8 +512,8 @@ pub fn resume(a: ResumeArgs) -> Result<()> {
             let (t1, _) =
                 tokio::time::timeout(step, take_messages(&mut s, a.missed, Some(since + 1)))
                     .await??;
-            if let (Some(c0), Some(c1)) = (c0, a.c.broker_pid.and_then(procstat::sample)) {
-                cpu_resume += c1.cpu_secs - c0.cpu_secs;
+            if let (Some(c0), Some(c1)) = (c0, cpu_now()) {
+                cpu_resume += c1 - c0;
             }
             stats::rec(&mut resume_h, t1 - t0);
             if !String::from_utf8_lossy(&sub).contains("\"recovered\":true") {
@@ -534,6 +543,7 @@ pub fn resume(a: ResumeArgs) -> Result<()> {
             "scenario": "resume", "channel": a.channel, "missed": a.missed, "payload": a.c.payload,
             "reps": done, "resume": res, "live": live, "not_recovered": not_recovered,
             "broker_cpu_secs": cpu, "broker_cpu_secs_resume_windows": cpu_resume,
+            "broker_cpu_secs_live_windows": cpu_live,
         });
         if let Some(p) = &a.c.out {
             std::fs::write(p, serde_json::to_string_pretty(&out)?)?;
