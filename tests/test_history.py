@@ -1017,3 +1017,19 @@ def test_replay_larger_than_the_outbound_cap(hb):
     h = c.request({"type": "history", "channel": ch, "limit": 1000}, timeout=20)
     assert h["type"] == "ack" and [m["offset"] for m in h["messages"]] == list(range(1, 41)), (h.get("code"), h.get("offset"))
     c.ping_pong()
+
+
+def test_pattern_subscribers_get_offsets_of_history_channels(hb):
+    # §8.1 "every message frame on a history channel carries offset", whoever delivers it;
+    # §8.3 delivers it once even when an exact and a pattern subscription both match.
+    base = hchan("h/pat")
+    c = hpeer(hb, "pat-c", shard=0, permissions=SUB_ONLY)
+    m = c.request({"type": "subscribe", "channel": f"{base}/*", "pattern": True})
+    assert m == {"type": "ack", "requestId": c.last_rid}, m  # a pattern has no single epoch
+    assert sub(c, f"{base}/a")["offset"] == 0
+    p = hpeer(hb, "pat-p", shard=1)
+    pub(p, f"{base}/a", 1)
+    pub(p, f"{base}/b", 2)
+    pub(p, f"{base}/a", 3)
+    got = [(m["channel"], m["offset"], m["data"]) for m in messages(c, 0.5)]
+    assert got == [(f"{base}/a", 1, 1), (f"{base}/b", 1, 2), (f"{base}/a", 2, 3)], got
