@@ -169,6 +169,12 @@ pub struct RunArgs {
     /// disables [default: 67108864].
     #[arg(long, env = "RINGCAST_MAX_CROSS_SHARD_BYTES")]
     pub max_cross_shard_bytes: Option<usize>,
+    /// [ext] Bytes of retained history (protocol §8.1) for the whole broker, split evenly
+    /// between the shards; past its share a shard evicts the oldest entries of its largest
+    /// histories first. Each retained message counts its frame length + 64
+    /// [default: 268435456].
+    #[arg(long, env = "RINGCAST_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
     /// Development mode (no apps configured) on a non-loopback `listen` or `rest_listen`:
     /// without this flag such a start is refused, since the generated key is printed and
     /// anyone who reaches the broker can use it [default: false].
@@ -297,6 +303,7 @@ pub struct FileConfig {
     echo: Option<bool>,
     max_pings_per_sec: Option<u32>,
     max_cross_shard_bytes: Option<usize>,
+    history_max_bytes: Option<usize>,
     dev_public: Option<bool>,
     /// Tenants.
     #[serde(default)]
@@ -430,6 +437,8 @@ pub struct Limits {
     pub max_pings_per_sec: u32,
     /// Data bytes queued for one shard by others before publishes are refused (0: no bound).
     pub max_cross_shard_bytes: usize,
+    /// [ext] Retained history bytes for the whole broker (split between shards).
+    pub history_max_bytes: usize,
 }
 
 /// Everything `ringcast run` needs, resolved.
@@ -494,6 +503,7 @@ impl Settings {
             echo: pick!(echo, false),
             max_pings_per_sec: pick!(max_pings_per_sec, 100),
             max_cross_shard_bytes: pick!(max_cross_shard_bytes, 64 << 20),
+            history_max_bytes: pick!(history_max_bytes, 256 << 20),
         };
         let s = Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),

@@ -13,6 +13,8 @@
 //!   `Publication` builder and its fan-out to every shard, the mesh of lock-free queues
 //!   with eventfd wake-ups, and the per-shard subscription index.
 //! - [`presence`]: per-channel rosters kept by the channel's owner shard.
+//! - [`history`]: [ext] per-channel retained messages, epochs and offsets, kept by the
+//!   channel's owner shard (protocol §8.1).
 //! - [`shard`]: the per-core services: threads, accept, connections, the client commands
 //!   (one file each), delivery, outbound queues, the inbox and housekeeping tasks; all of
 //!   the io_uring code (and the shard's only `unsafe`) is in `shard::ring`.
@@ -31,6 +33,7 @@ pub(crate) mod admission;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod history;
 pub mod metrics;
 pub(crate) mod presence;
 pub mod protocol;

@@ -276,6 +276,7 @@ fn token(args: TokenArgs) -> Result<()> {
                     actions: default_secret_actions(),
                 }],
                 publishable_keys: vec![],
+                history: vec![],
             }]
         }
         (Some(path), None) => FileConfig::load(path)?.apps,

@@ -82,6 +82,35 @@ impl HandshakeRefusal {
     }
 }
 
+/// Why a retained history entry was dropped (label `reason` of
+/// `ringcast_history_evictions_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HistoryEviction {
+    /// The channel's history was over its `size`.
+    Size = 0,
+    /// The entry was older than its `ttl_secs`.
+    Ttl = 1,
+    /// The shard's history was over its share of `history_max_bytes`.
+    Memory = 2,
+}
+
+impl HistoryEviction {
+    const ALL: [HistoryEviction; 3] = [
+        HistoryEviction::Size,
+        HistoryEviction::Ttl,
+        HistoryEviction::Memory,
+    ];
+
+    /// The Prometheus label value.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            HistoryEviction::Size => "size",
+            HistoryEviction::Ttl => "ttl",
+            HistoryEviction::Memory => "memory",
+        }
+    }
+}
+
 /// Counters of one shard. Written only by that shard's thread.
 #[derive(Debug)]
 pub struct ShardCounters {
@@ -130,6 +159,12 @@ pub struct ShardCounters {
     pub cross_shard_refusals: AtomicU64,
     /// `io_uring_enter` submits that failed (the entries were kept and retried).
     pub io_submit_errors: AtomicU64,
+    /// Gauge: [ext] messages retained in the histories this shard owns (protocol §8.1).
+    pub history_messages: AtomicU64,
+    /// Gauge: [ext] bytes those count against `history_max_bytes` (frame length + 64 each).
+    pub history_bytes: AtomicU64,
+    /// [ext] History entries dropped, indexed by [`HistoryEviction`].
+    pub history_evictions: [AtomicU64; 3],
     /// Pre-`welcome` refusals, indexed by [`AuthFailure`].
     pub auth_failures: [AtomicU64; 4],
     /// Sockets closed at accept over a pending-handshake cap, indexed by [`HandshakeRefusal`].
@@ -169,6 +204,9 @@ impl ShardCounters {
             io_submit_errors: AtomicU64::new(0),
             auth_failures: Default::default(),
             handshakes_refused: Default::default(),
+            history_messages: AtomicU64::new(0),
+            history_bytes: AtomicU64::new(0),
+            history_evictions: Default::default(),
             app_messages: zeros(),
             app_deliveries: zeros(),
         }
@@ -352,6 +390,39 @@ impl Metrics {
         );
         for i in 0..self.shards.len() {
             w.sample_shard("ringcast_cross_shard_queue_bytes", i, queue_bytes(i));
+        }
+        w.head(
+            "ringcast_history_messages",
+            "gauge",
+            "Messages retained in the histories a shard owns (protocol section 8.1).",
+        );
+        for (i, s) in self.shards.iter().enumerate() {
+            w.sample_shard(
+                "ringcast_history_messages",
+                i,
+                s.history_messages.load(Relaxed),
+            );
+        }
+        w.head(
+            "ringcast_history_bytes",
+            "gauge",
+            "Bytes of retained history a shard owns, as counted against history_max_bytes (frame length + 64 per message).",
+        );
+        for (i, s) in self.shards.iter().enumerate() {
+            w.sample_shard("ringcast_history_bytes", i, s.history_bytes.load(Relaxed));
+        }
+        w.head(
+            "ringcast_history_evictions_total",
+            "counter",
+            "Retained history messages dropped, by reason (size: over the channel's size; ttl: older than ttl_secs; memory: over history_max_bytes).",
+        );
+        for why in HistoryEviction::ALL {
+            let v = self.sum(|s| &s.history_evictions[why as usize]);
+            let _ = writeln!(
+                w.out,
+                "ringcast_history_evictions_total{{reason=\"{}\"}} {v}",
+                why.label()
+            );
         }
         let totals: [(&str, &str, &str, u64); 22] = [
             (

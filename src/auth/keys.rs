@@ -44,6 +44,36 @@ pub struct AppConfig {
     /// Publishable keys (browser `?key=` connections).
     #[serde(default)]
     pub publishable_keys: Vec<PublishableKeyConfig>,
+    /// [ext] History rules (protocol §8.1): the first whose pattern matches a channel
+    /// applies; a channel no rule matches has no history.
+    #[serde(default)]
+    pub history: Vec<HistoryConfig>,
+}
+
+/// [ext] One `[[apps.history]]` entry (protocol §8.1).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct HistoryConfig {
+    /// Channel patterns (glob syntax) this rule covers.
+    pub channels: Vec<String>,
+    /// Messages retained per channel, 1..=[`MAX_HISTORY_SIZE`].
+    pub size: u32,
+    /// Seconds a message stays retained, 1..=[`MAX_HISTORY_TTL_SECS`].
+    pub ttl_secs: u32,
+}
+
+/// Largest `size` of a history rule.
+pub const MAX_HISTORY_SIZE: u32 = 100_000;
+/// Largest `ttl_secs` of a history rule (30 days).
+pub const MAX_HISTORY_TTL_SECS: u32 = 30 * 86_400;
+
+/// A compiled history rule: what a matching channel retains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryRule {
+    /// Messages retained.
+    pub size: u32,
+    /// Seconds each is retained.
+    pub ttl_secs: u32,
 }
 
 /// A secret key: public id + HMAC secret, with the scope it caps.
@@ -129,6 +159,7 @@ pub fn generate_dev_app() -> AppConfig {
             actions: default_secret_actions(),
         }],
         publishable_keys: Vec::new(),
+        history: Vec::new(),
     }
 }
 
@@ -136,6 +167,8 @@ pub fn generate_dev_app() -> AppConfig {
 pub(crate) struct App {
     pub(crate) name: Box<str>,
     pub(crate) max_connections: Option<u32>,
+    /// History rules in config order: (patterns, rule).
+    pub(crate) history: Vec<(Vec<Pattern>, HistoryRule)>,
 }
 
 /// Compiled secret key.
@@ -250,6 +283,16 @@ pub enum KeyTextError {
 /// its secret.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    /// An `[[apps.history]]` entry is invalid.
+    #[error("app {app:?} history entry #{index}: {why}")]
+    BadHistory {
+        /// The app's id.
+        app: String,
+        /// Position in the app's history list.
+        index: usize,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// The app list is empty.
     #[error("no apps configured")]
     NoApps,
@@ -427,9 +470,37 @@ impl KeyStore {
             if store.apps.iter().any(|a| *a.name == *cfg.id) {
                 return Err(KeyError::DuplicateApp { id: cfg.id.clone() });
             }
+            let mut history = Vec::with_capacity(cfg.history.len());
+            for (index, h) in cfg.history.iter().enumerate() {
+                let bad = |why: &'static str| KeyError::BadHistory {
+                    app: cfg.id.clone(),
+                    index,
+                    why,
+                };
+                if h.channels.is_empty() {
+                    return Err(bad("channels must not be empty"));
+                }
+                if !(1..=MAX_HISTORY_SIZE).contains(&h.size) {
+                    return Err(bad("size must be 1..=100000"));
+                }
+                if !(1..=MAX_HISTORY_TTL_SECS).contains(&h.ttl_secs) {
+                    return Err(bad("ttl_secs must be 1..=2592000"));
+                }
+                let patterns = h
+                    .channels
+                    .iter()
+                    .map(|p| Pattern::parse(p).map_err(|_| bad("a channel pattern is invalid")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let rule = HistoryRule {
+                    size: h.size,
+                    ttl_secs: h.ttl_secs,
+                };
+                history.push((patterns, rule));
+            }
             store.apps.push(App {
                 name: cfg.id.as_str().into(),
                 max_connections: cfg.max_connections,
+                history,
             });
             for (index, sk) in cfg.secret_keys.iter().enumerate() {
                 let mut key = KeyRef {
@@ -570,6 +641,7 @@ mod tests {
             max_connections: None,
             secret_keys: keys,
             publishable_keys: vec![],
+            history: vec![],
         }
     }
 

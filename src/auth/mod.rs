@@ -16,7 +16,7 @@ use std::ops::{BitAnd, BitOr};
 use std::sync::Arc;
 
 use glob::{pattern_within, Pattern};
-use keys::KeyError;
+use keys::{HistoryRule, KeyError};
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 
@@ -491,6 +491,25 @@ impl Authenticator {
             .position(|a| *a.name == *name)
             .and_then(|i| u16::try_from(i).ok())
             .map(AppId)
+    }
+
+    /// [ext] The history rule of `channel` in `app` (protocol §8.1): the first
+    /// `[[apps.history]]` entry with a pattern matching it; `None` when the channel has
+    /// no history. Apps without history rules answer with one length check.
+    pub fn history_rule(&self, app: AppId, channel: &str) -> Option<HistoryRule> {
+        let rules = &self.store.apps.get(usize::from(app.0))?.history;
+        rules
+            .iter()
+            .find(|(patterns, _)| patterns.iter().any(|p| p.matches(channel)))
+            .map(|(_, rule)| *rule)
+    }
+
+    /// [ext] True when `app` has any history rule.
+    pub fn has_history(&self, app: AppId) -> bool {
+        self.store
+            .apps
+            .get(usize::from(app.0))
+            .is_some_and(|a| !a.history.is_empty())
     }
 
     /// The app's connection cap (`None` = unlimited, or an out-of-range `AppId`).

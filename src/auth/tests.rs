@@ -60,6 +60,7 @@ fn config() -> Vec<AppConfig> {
                     allowed_origins: vec!["https://a.example".into(), "*".into()],
                 },
             ],
+            history: vec![],
         },
         AppConfig {
             id: "other".into(),
@@ -71,6 +72,7 @@ fn config() -> Vec<AppConfig> {
                 actions: vec!["publish".into()],
             }],
             publishable_keys: vec![],
+            history: vec![],
         },
     ]
 }
@@ -250,6 +252,7 @@ fn pyjwt_vector() {
             ],
         }],
         publishable_keys: vec![],
+        history: vec![],
     }])
     .expect("valid");
     let jwt = "eyJhbGciOiJIUzI1NiIsImtpZCI6InNrX2lkX3B5and0IiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6MjAwMDAwMDAwMCwibmJmIjoxMDAwLCJjaGFubmVscyI6WyJyb29tcy8qIl0sInBlcm1pc3Npb25zIjpbInN1YnNjcmliZSIsInByZXNlbmNlIl0sIm1ldGFkYXRhIjp7InBsYW4iOiJwcm8iLCJuIjpbMSwyXX0sInBlZXJNZXRhZGF0YSI6eyJuYW1lIjoiQWxpY2UifX0.9QvSI1R5TlzTRX8-gp5gypPtk2E-ofbuPiqfG0XJt9U";

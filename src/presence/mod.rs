@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crate::{
     auth::AppId,
     protocol::encode::{self, PresencePeer},
-    router::{ConnRef, ShardId, ShardMsg},
+    router::{ConnRef, HistoryAnswer, ShardId, ShardMsg},
 };
 
 #[derive(Debug)]
@@ -71,6 +71,7 @@ impl Rosters {
         metadata: Option<Bytes>,
         from: ConnRef,
         wants_presence: bool,
+        history: Option<Box<HistoryAnswer>>,
         shards: usize,
         mut send: impl FnMut(ShardId, ShardMsg),
     ) {
@@ -95,6 +96,7 @@ impl Rosters {
                 channel: channel.clone(),
                 conn: from.conn,
                 frames,
+                history,
             },
         );
         roster.shard_subs[from.shard.0 as usize] += 1;
@@ -122,6 +124,7 @@ impl Rosters {
         channel: Arc<str>,
         peer: &Arc<str>,
         from: ConnRef,
+        history: Option<Box<HistoryAnswer>>,
         mut send: impl FnMut(ShardId, ShardMsg),
     ) {
         let frames = match self.channels.get_mut(&(app, channel.clone())) {
@@ -135,6 +138,7 @@ impl Rosters {
                 channel,
                 conn: from.conn,
                 frames,
+                history,
             },
         );
     }
@@ -185,6 +189,11 @@ impl Rosters {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// True when `channel` has at least one subscribed connection (on any shard).
+    pub fn contains(&self, app: AppId, channel: &str) -> bool {
+        self.channels.contains_key(&(app, Arc::from(channel)))
     }
 
     /// Channels with at least one subscribed peer.
@@ -292,6 +301,7 @@ mod tests {
             None,
             at(0, 1),
             true,
+            None,
             2,
             &mut rec,
         );
@@ -302,6 +312,7 @@ mod tests {
             None,
             at(1, 2),
             true,
+            None,
             2,
             &mut rec,
         );
@@ -329,11 +340,12 @@ mod tests {
             None,
             at(0, 1),
             true,
+            None,
             1,
             rec,
         );
-        r.resnapshot(AppId(0), ch.clone(), &a, at(0, 1), rec);
-        r.resnapshot(AppId(0), ch.clone(), &a, at(0, 1), rec);
+        r.resnapshot(AppId(0), ch.clone(), &a, at(0, 1), None, rec);
+        r.resnapshot(AppId(0), ch.clone(), &a, at(0, 1), None, rec);
         // Same receiver, same roster: the very same bytes (shared, not re-encoded).
         let first = snaps.borrow()[1][0].as_ptr();
         assert_eq!(first, snaps.borrow()[2][0].as_ptr());
@@ -344,10 +356,11 @@ mod tests {
             None,
             at(0, 2),
             true,
+            None,
             1,
             rec,
         );
-        r.resnapshot(AppId(0), ch.clone(), &a, at(0, 1), rec);
+        r.resnapshot(AppId(0), ch.clone(), &a, at(0, 1), None, rec);
         let snaps = snaps.into_inner();
         let last = snaps.last().unwrap();
         assert_ne!(last[0].as_ptr(), first);
@@ -369,6 +382,7 @@ mod tests {
                 Some(meta.clone()),
                 at(0, i),
                 false,
+                None,
                 1,
                 |_, _| {},
             );
@@ -379,6 +393,7 @@ mod tests {
             ch.clone(),
             &Arc::from("m000"),
             at(0, 999),
+            None,
             |_, m| {
                 if let ShardMsg::PresenceSnapshot { frames: f, .. } = m {
                     frames = f

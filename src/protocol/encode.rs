@@ -22,6 +22,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::ErrorCode;
 
+pub mod history;
+
 /// WebSocket opcode: text frame.
 pub(crate) const OP_TEXT: u8 = 0x1;
 /// WebSocket opcode: connection close.

@@ -59,11 +59,27 @@ pub enum ErrorCode {
     BackendError,
     /// Bug or unexpected condition in the server.
     InternalError,
+    /// [ext] `since` or `history` on a channel without history (§8.1).
+    HistoryNotEnabled,
+    /// [ext] A second subscription to a channel with a different `group` (§8.2).
+    SubscriptionConflict,
+    /// [ext] A `group` name that is not 1–64 chars of `A-Z a-z 0-9 _ . -` (§8.2).
+    InvalidGroup,
+    /// [ext] A request's deadline passed before its final reply (§8.4).
+    RequestTimeout,
+    /// [ext] The responder went away before its final reply (§8.4).
+    ResponderGone,
+    /// [ext] No such in-flight request (§8.4).
+    RequestNotFound,
+    /// [ext] Too many in-flight requests on this connection (§8.4).
+    TooManyRequests,
+    /// [ext] A well-formed command with invalid extension fields (§8).
+    InvalidRequest,
 }
 
 impl ErrorCode {
-    /// Every code, in protocol.md §6 order.
-    pub const ALL: [ErrorCode; 13] = [
+    /// Every code, in protocol.md §6 then §8 order.
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::MalformedMessage,
         ErrorCode::UnknownType,
         ErrorCode::InvalidChannel,
@@ -77,6 +93,14 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::BackendError,
         ErrorCode::InternalError,
+        ErrorCode::HistoryNotEnabled,
+        ErrorCode::SubscriptionConflict,
+        ErrorCode::InvalidGroup,
+        ErrorCode::RequestTimeout,
+        ErrorCode::ResponderGone,
+        ErrorCode::RequestNotFound,
+        ErrorCode::TooManyRequests,
+        ErrorCode::InvalidRequest,
     ];
 
     /// The wire string, e.g. `"malformed_message"`. Contains only `[a-z_]`, so it
@@ -96,6 +120,14 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BackendError => "backend_error",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::HistoryNotEnabled => "history_not_enabled",
+            ErrorCode::SubscriptionConflict => "subscription_conflict",
+            ErrorCode::InvalidGroup => "invalid_group",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::ResponderGone => "responder_gone",
+            ErrorCode::RequestNotFound => "request_not_found",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::InvalidRequest => "invalid_request",
         }
     }
 
@@ -266,6 +298,14 @@ mod tests {
             "rate_limited",
             "backend_error",
             "internal_error",
+            "history_not_enabled",
+            "subscription_conflict",
+            "invalid_group",
+            "request_timeout",
+            "responder_gone",
+            "request_not_found",
+            "too_many_requests",
+            "invalid_request",
         ];
         for (code, s) in ErrorCode::ALL.iter().zip(wire) {
             assert_eq!(code.as_str(), s);

@@ -90,6 +90,8 @@ pub enum ClientMsg<'a> {
         request_id: Option<&'a str>,
         /// `includeSenderMetadata`, default `false`.
         include_sender_metadata: bool,
+        /// [ext] `since` (protocol.md §8.1): resume after this epoch and offset.
+        since: Option<Since<'a>>,
     },
     /// `{"type":"unsubscribe","channel":..}`
     Unsubscribe {
@@ -133,6 +135,18 @@ pub enum ClientMsg<'a> {
         /// Optional request id.
         request_id: Option<&'a str>,
     },
+    /// [ext] `{"type":"history","channel":..,"requestId":..,"sinceOffset"?:N,"limit"?:L}`
+    /// (protocol.md §8.1). `requestId` is required; `limit` is 1..=1000 (default 100).
+    History {
+        /// Channel name (unvalidated).
+        channel: &'a str,
+        /// The request id the answer carries.
+        request_id: &'a str,
+        /// List the messages after this offset; `None`: the oldest retained first.
+        since_offset: Option<u64>,
+        /// At most this many messages.
+        limit: u16,
+    },
     /// `{"type":"ping"}`
     Ping {
         /// Optional request id.
@@ -151,6 +165,7 @@ impl ClientMsg<'_> {
             | ClientMsg::SubscribePattern { request_id, .. }
             | ClientMsg::UnsubscribePattern { request_id, .. }
             | ClientMsg::Ping { request_id } => request_id,
+            ClientMsg::History { request_id, .. } => Some(request_id),
         }
     }
 
@@ -162,9 +177,26 @@ impl ClientMsg<'_> {
             ClientMsg::Publish { .. } => "publish",
             ClientMsg::Send { .. } => "send",
             ClientMsg::Ping { .. } => "ping",
+            ClientMsg::History { .. } => "history",
         }
     }
 }
+
+/// [ext] A subscribe's `since` (protocol.md §8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since<'a> {
+    /// The epoch the client last saw (1..=64 bytes).
+    pub epoch: &'a str,
+    /// The last offset it saw.
+    pub offset: u64,
+}
+
+/// Longest `since.epoch` accepted (protocol.md §8.1: epochs are at most 64 characters).
+pub const MAX_EPOCH_LEN: usize = 64;
+/// Largest `limit` of a `history` command.
+pub const MAX_HISTORY_LIMIT: u16 = 1000;
+/// `limit` of a `history` command without one.
+pub const DEFAULT_HISTORY_LIMIT: u16 = 100;
 
 /// Why a frame was rejected; maps 1:1 onto an `error` frame
 /// (`encode::error(e.code, e.request_id.as_deref(), Some(e.message))`).
@@ -267,6 +299,7 @@ fn parse_with<'a>(
     let malformed = |msg| Err(ParseError::new(ErrorCode::MalformedMessage, None, msg));
     scratch.clear();
     scratch.extend_from_slice(frame);
+    let mut exact_numbers = true;
     if simd_json::fill_tape(scratch.as_mut_slice(), buffers, tape).is_err() {
         // Slow path: simd-json refuses some valid JSON (integers beyond i64/u64).
         // Validate strictly ourselves; if valid, let simd-json build the envelope
@@ -279,12 +312,15 @@ fn parse_with<'a>(
         fallback.clear();
         fallback.extend_from_slice(frame);
         neutralize_numbers(fallback);
+        exact_numbers = false;
         tape.0.clear();
         if simd_json::fill_tape(fallback.as_mut_slice(), buffers, tape).is_err() {
             return malformed("invalid JSON");
         }
     }
-    interpret(&tape.0, frame, keys)
+    // On the fallback path every number reads as 0: extension fields that are numbers
+    // (`since.offset`, `sinceOffset`, `limit`) are refused there rather than misread.
+    interpret(&tape.0, frame, keys, exact_numbers)
 }
 
 /// Indices (into the tape) of the members we care about, plus the member ordinal of
@@ -298,6 +334,9 @@ struct Fields {
     to: Option<usize>,
     include_meta: Option<usize>,
     pattern: Option<usize>,
+    since: Option<usize>,
+    since_offset: Option<usize>,
+    limit: Option<usize>,
     data: Option<usize>,
     data_ordinal: usize,
 }
@@ -314,6 +353,7 @@ fn interpret<'a>(
     nodes: &[Node<'a>],
     frame: &'a [u8],
     keys: &mut Vec<usize>,
+    exact_numbers: bool,
 ) -> Result<ClientMsg<'a>, ParseError> {
     use ErrorCode::*;
 
@@ -345,6 +385,9 @@ fn interpret<'a>(
             "to" => f.to = Some(vi),
             "includeSenderMetadata" => f.include_meta = Some(vi),
             "pattern" => f.pattern = Some(vi),
+            "since" => f.since = Some(vi),
+            "sinceOffset" => f.since_offset = Some(vi),
+            "limit" => f.limit = Some(vi),
             "data" => {
                 f.data = Some(vi);
                 f.data_ordinal = ordinal;
@@ -399,6 +442,14 @@ fn interpret<'a>(
         Some(_) => Err(fail(MalformedMessage, "pattern must be a boolean")),
     };
 
+    // [ext] A non-negative integer (`since.offset`, `sinceOffset`, `limit`).
+    let uint = |i: usize| match nodes.get(i) {
+        Some(Node::Static(StaticNode::U64(n))) if exact_numbers => Some(*n),
+        Some(Node::Static(StaticNode::I64(n))) if exact_numbers => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    let invalid = |msg| Err(fail(InvalidRequest, msg));
+
     match ty {
         "subscribe" => {
             let include_sender_metadata = match f.include_meta.map(|i| nodes.get(i)) {
@@ -415,7 +466,37 @@ fn interpret<'a>(
             let Some(channel) = str_at(f.channel) else {
                 return Err(fail(InvalidChannel, "missing or non-string channel"));
             };
+            // [ext] `since`: {"epoch": string of 1..=64 bytes, "offset": integer >= 0}.
+            let since = match f.since {
+                None => None,
+                Some(i) => {
+                    const BAD: &str =
+                        "since must be {\"epoch\": string, \"offset\": non-negative integer}";
+                    let Some(&Node::Object { len: 2, .. }) = nodes.get(i) else {
+                        return invalid(BAD);
+                    };
+                    let (mut epoch, mut offset) = (None, None);
+                    for k in [i + 1, i + 3] {
+                        match (nodes.get(k), nodes.get(k + 1)) {
+                            (Some(Node::String("epoch")), Some(Node::String(e)))
+                                if !e.is_empty() && e.len() <= MAX_EPOCH_LEN =>
+                            {
+                                epoch = Some(*e)
+                            }
+                            (Some(Node::String("offset")), _) => offset = uint(k + 1),
+                            _ => return invalid(BAD),
+                        }
+                    }
+                    match (epoch, offset) {
+                        (Some(epoch), Some(offset)) => Some(Since { epoch, offset }),
+                        _ => return invalid(BAD),
+                    }
+                }
+            };
             if pattern {
+                if since.is_some() {
+                    return invalid("since cannot be used with pattern");
+                }
                 return Ok(ClientMsg::SubscribePattern {
                     channel,
                     request_id,
@@ -426,6 +507,7 @@ fn interpret<'a>(
                 channel,
                 request_id,
                 include_sender_metadata,
+                since,
             })
         }
         "unsubscribe" => {
@@ -467,6 +549,34 @@ fn interpret<'a>(
             })
         }
         "ping" => Ok(ClientMsg::Ping { request_id }),
+        "history" => {
+            let Some(channel) = str_at(f.channel) else {
+                return Err(fail(InvalidChannel, "missing or non-string channel"));
+            };
+            let Some(request_id) = request_id else {
+                return invalid("history needs a requestId");
+            };
+            let since_offset = match f.since_offset {
+                None => None,
+                Some(i) => match uint(i) {
+                    Some(n) => Some(n),
+                    None => return invalid("sinceOffset must be a non-negative integer"),
+                },
+            };
+            let limit = match f.limit {
+                None => DEFAULT_HISTORY_LIMIT,
+                Some(i) => match uint(i) {
+                    Some(n) if (1..=u64::from(MAX_HISTORY_LIMIT)).contains(&n) => n as u16,
+                    _ => return invalid("limit must be an integer from 1 to 1000"),
+                },
+            };
+            Ok(ClientMsg::History {
+                channel,
+                request_id,
+                since_offset,
+                limit,
+            })
+        }
         _ => Err(fail(UnknownType, "unknown message type")),
     }
 }

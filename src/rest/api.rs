@@ -34,14 +34,17 @@ use serde_json::{json, value::RawValue, Value};
 
 use super::MAX_BODY;
 use crate::{
-    auth::{jwt, jwt::MintError, Actions, MintRequest, SecretKeyRef},
+    auth::{jwt, jwt::MintError, keys::HistoryRule, Actions, MintRequest, SecretKeyRef},
     clock::unix_now,
     protocol::{
-        parse::{is_valid_data, validate_channel, MAX_DEPTH},
+        parse::{is_valid_data, validate_channel, DEFAULT_HISTORY_LIMIT, MAX_DEPTH},
         scan::exceeds_depth,
         ErrorCode,
     },
-    router::{fanout, mesh::Source, owner_of, Publication, ShardId, ShardMsg},
+    router::{
+        fanout, mesh::Source, owner_of, HistoryPublish, HistoryQuery, Publication, PublishAnswer,
+        QueryAnswer, ShardId, ShardMsg,
+    },
     shard::Broker,
 };
 
@@ -139,6 +142,8 @@ pub(crate) enum Route<'a> {
     Publish(&'a str),
     /// `GET /v1/channels/{channel}/peers`
     Peers(&'a str),
+    /// [ext] `GET /v1/channels/{channel}/history?since=N&limit=L` (protocol §8.1)
+    History(&'a str),
     /// `POST /v1/tokens`
     Tokens,
     /// `DELETE /v1/peers/{peerId}`
@@ -169,6 +174,7 @@ pub(crate) fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Api
         match action {
             "publish" => (Route::Publish(ch), "POST"),
             "peers" => (Route::Peers(ch), "GET"),
+            "history" => (Route::History(ch), "GET"),
             _ => return Err(not_found()),
         }
     } else {
@@ -346,6 +352,7 @@ impl Api {
         match route {
             Route::Publish(ch) => self.publish(&key, ch, &head.headers, body).await,
             Route::Peers(ch) => self.peers(&key, ch).await,
+            Route::History(ch) => self.history(&key, ch, head.uri.query()).await,
             Route::Tokens => self.tokens(&key, &head.headers, body).await,
             Route::Kick(peer) => self.kick(&key, peer).await,
             Route::Usage => Ok(self.usage(&key)),
@@ -481,6 +488,11 @@ impl Api {
             Some(_) => return Err(ApiError::bad_request("peerMetadata must be an object")),
         };
         let data = data.get().as_bytes();
+        if let Some(rule) = self.shared.auth.history_rule(key.app, &channel) {
+            return self
+                .publish_history(key, &channel, rule, &from, data, meta)
+                .await;
+        }
         // Built once (only if every shard has room) and handed to every shard; each is
         // woken after this poll of the connection (`rest::pay_wakes`), once per batch.
         let published = fanout::publish(
@@ -516,6 +528,129 @@ impl Api {
         let answer = serde_json::to_vec(&Published { channel: &channel })
             .map_err(|_| ApiError::unavailable("the answer could not be encoded"))?;
         Ok(json_response(StatusCode::OK, Bytes::from(answer)))
+    }
+
+    /// [ext] Publish on a history channel (protocol §8.1): the channel's owner shard
+    /// numbers, retains and fans out the publication, and answers its offset.
+    async fn publish_history(
+        &self,
+        key: &SecretKeyRef,
+        channel: &str,
+        rule: HistoryRule,
+        from: &str,
+        data: &[u8],
+        meta: Option<String>,
+    ) -> Result<Resp, ApiError> {
+        let busy =
+            || ApiError::unavailable("the broker is busy (a shard's queue is full); retry later");
+        let mesh = &self.shared.mesh;
+        let owner = owner_of(key.app, channel, mesh.shards());
+        if !mesh.has_room(owner) {
+            return Err(busy());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        mesh.push(
+            Source::External,
+            owner,
+            ShardMsg::HistoryPublish(Box::new(HistoryPublish {
+                app: key.app,
+                channel: Arc::from(channel),
+                rule,
+                from: Arc::from(from),
+                data: Bytes::copy_from_slice(data),
+                metadata: meta.map(Bytes::from),
+                origin: None,
+                answer: PublishAnswer::Rest(tx),
+            })),
+        );
+        let offset = match tokio::time::timeout(SHARD_REPLY_TIMEOUT, rx).await {
+            Ok(Ok(Ok(offset))) => offset,
+            Ok(Ok(Err(fanout::Busy))) => return Err(busy()),
+            _ => {
+                return Err(ApiError::unavailable(
+                    "the channel's shard did not answer in time",
+                ))
+            }
+        };
+        if let Some(c) = self
+            .shared
+            .metrics
+            .rest
+            .app_publishes
+            .get(key.app.0 as usize)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(ok_json(json!({"channel": channel, "offset": offset})))
+    }
+
+    /// [ext] `GET /v1/channels/{channel}/history?since=N&limit=L` (protocol §8.1).
+    async fn history(
+        &self,
+        key: &SecretKeyRef,
+        raw_channel: &str,
+        query: Option<&str>,
+    ) -> Result<Resp, ApiError> {
+        let channel = channel_param(raw_channel)?;
+        if !key.actions.contains(Actions::SUBSCRIBE) {
+            return Err(forbidden_action("subscribe"));
+        }
+        if !key.scope.allows(&channel) {
+            return Err(forbidden_channel());
+        }
+        let (mut since, mut limit) = (None, DEFAULT_HISTORY_LIMIT);
+        for (k, v) in query
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+        {
+            let number = |what: &str| {
+                v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("{what} must be a non-negative integer"))
+                })
+            };
+            match k {
+                "since" => since = Some(number("since")?),
+                "limit" => match number("limit")? {
+                    n @ 1..=1000 => limit = n as u16,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "limit must be an integer from 1 to 1000",
+                        ))
+                    }
+                },
+                _ => {} // unknown parameters are ignored, like unknown JSON fields
+            }
+        }
+        let Some(rule) = self.shared.auth.history_rule(key.app, &channel) else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "history_not_enabled",
+                "this channel has no history",
+            ));
+        };
+        let mesh = &self.shared.mesh;
+        let owner = owner_of(key.app, &channel, mesh.shards());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        mesh.push(
+            Source::External,
+            owner,
+            ShardMsg::HistoryQuery(Box::new(HistoryQuery {
+                app: key.app,
+                channel: Arc::from(&*channel),
+                rule,
+                since_offset: since,
+                limit,
+                answer: QueryAnswer::Rest(tx),
+            })),
+        );
+        match tokio::time::timeout(SHARD_REPLY_TIMEOUT, rx).await {
+            Ok(Ok(body)) => Ok(json_response(StatusCode::OK, Bytes::from(body))),
+            _ => Err(ApiError::unavailable(
+                "the channel's shard did not answer in time",
+            )),
+        }
     }
 
     async fn tokens(

@@ -46,6 +46,11 @@ pub struct Sub<H> {
     pub include_meta: bool,
     /// Presence delivery state.
     pub presence: PresenceState,
+    /// [ext] A subscribe to a history channel waiting for its owner's answer (protocol
+    /// §8.1): live publications are not delivered to it until then, because the owner's
+    /// answer replays every one it sequenced before answering, and every later one
+    /// arrives behind the answer.
+    pub awaiting: bool,
     /// Handle to deliver frames (the connection's outbound queue).
     pub handle: H,
 }
@@ -168,6 +173,7 @@ mod tests {
             peer: Arc::from("p"),
             include_meta: false,
             presence: PresenceState::Pending,
+            awaiting: false,
             handle: (),
         }
     }

@@ -15,9 +15,12 @@
 //! - **Direct sends** consult the shard's replica of the peer directory (which shards hold
 //!   a connection of a peer), kept current by `PeerUp`/`PeerDown` broadcasts.
 //!
-//! Seams for later issues: history/resume assigns per-channel offsets at the owner shard
-//! (publications would go through the owner first); queue groups add a group key to
-//! [`index::Sub`] and pick one member per group at the owner.
+//! - [ext] **History channels** (protocol §8.1) are sequenced by the channel's owner
+//!   too: a publication goes to the owner first ([`ShardMsg::HistoryPublish`]), which
+//!   gives it its offset, retains it and fans it out to every shard, itself included,
+//!   through the FIFO queues; a subscribe's answer (ack, snapshot, replay) leaves the owner
+//!   through the same queues, so the replay and the live stream meet with no gap and no
+//!   duplicate.
 
 pub mod fanout;
 pub mod index;
@@ -29,7 +32,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::{auth::AppId, protocol::encode};
+use crate::{
+    auth::{keys::HistoryRule, AppId},
+    history::Since,
+    protocol::encode,
+};
 
 /// Index of a shard (a pinned thread with its own runtime).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,6 +110,118 @@ impl Publication {
     }
 }
 
+impl Publication {
+    /// [ext] A publication on a history channel: the same frames with `"offset"`
+    /// (`protocol::encode::history::message`), built by the channel's owner.
+    pub fn sequenced(
+        app: AppId,
+        channel: &str,
+        from: &str,
+        offset: u64,
+        data: &[u8],
+        metadata: Option<&[u8]>,
+        origin: Option<ConnRef>,
+    ) -> Publication {
+        use encode::history::message;
+        Publication {
+            app,
+            channel: Arc::from(channel),
+            origin,
+            frame: message(channel, from, offset, data, None),
+            frame_with_meta: metadata.map(|m| message(channel, from, offset, data, Some(m))),
+        }
+    }
+}
+
+/// [ext] A subscribe to a history channel, as the channel's owner needs it to answer.
+#[derive(Debug)]
+pub struct HistoryJoin {
+    /// The channel's history rule.
+    pub rule: HistoryRule,
+    /// Resume position, if the subscribe had `since`.
+    pub since: Option<Since>,
+    /// The subscribe's requestId: the owner encodes the ack (it carries the epoch and
+    /// offset only the owner knows).
+    pub request_id: Option<Box<str>>,
+    /// `includeSenderMetadata`: which replayed frames to build.
+    pub include_meta: bool,
+}
+
+/// [ext] The owner's answer to a [`HistoryJoin`], sent to the subscriber's shard with the
+/// presence snapshot: the ack, then (after the snapshot) the replay.
+#[derive(Debug)]
+pub struct HistoryAnswer {
+    /// The subscribe's `ack` (with `epoch`, `offset`, `recovered`), if it had a requestId.
+    pub ack: Option<Bytes>,
+    /// The replayed `message` frames, in offset order.
+    pub replay: Vec<Bytes>,
+}
+
+/// [ext] A publication on a history channel, on its way to the channel's owner.
+#[derive(Debug)]
+pub struct HistoryPublish {
+    /// Tenant.
+    pub app: AppId,
+    /// Channel.
+    pub channel: Arc<str>,
+    /// Its history rule.
+    pub rule: HistoryRule,
+    /// The publisher's peer id (or the REST body's `from`).
+    pub from: Arc<str>,
+    /// `data`, raw JSON.
+    pub data: Bytes,
+    /// The publisher's metadata, compact JSON.
+    pub metadata: Option<Bytes>,
+    /// The publishing connection (not delivered back to it); `None` for REST.
+    pub origin: Option<ConnRef>,
+    /// Where the outcome goes.
+    pub answer: PublishAnswer,
+}
+
+/// [ext] Where the owner reports a history publication's outcome.
+#[derive(Debug)]
+pub enum PublishAnswer {
+    /// To the publishing connection (`origin`): an ack with the offset when it had a
+    /// requestId, `rate_limited` when the fan-out was refused.
+    Conn {
+        /// The publish's requestId.
+        request_id: Option<Box<str>>,
+    },
+    /// To the REST thread: the offset, or busy.
+    Rest(Reply<Result<u64, fanout::Busy>>),
+}
+
+/// [ext] A `history` query, on its way to the channel's owner.
+#[derive(Debug)]
+pub struct HistoryQuery {
+    /// Tenant.
+    pub app: AppId,
+    /// Channel.
+    pub channel: Arc<str>,
+    /// Its history rule.
+    pub rule: HistoryRule,
+    /// List the messages after this offset (else the oldest first).
+    pub since_offset: Option<u64>,
+    /// At most this many.
+    pub limit: u16,
+    /// Where the answer goes.
+    pub answer: QueryAnswer,
+}
+
+/// [ext] Where the owner sends a history query's answer.
+#[derive(Debug)]
+pub enum QueryAnswer {
+    /// A WebSocket `history` command: an `ack` frame to this connection.
+    Conn {
+        /// The asking connection.
+        conn: ConnRef,
+        /// Its requestId.
+        request_id: Box<str>,
+    },
+    /// REST: the JSON body.
+    Rest(Reply<Vec<u8>>),
+}
+
 /// One direct message, encoded once.
 #[derive(Debug)]
 pub struct Direct {
@@ -137,6 +256,8 @@ pub enum ShardMsg {
         from: ConnRef,
         /// Whether the connection may receive presence (the snapshot is skipped otherwise).
         wants_presence: bool,
+        /// [ext] Set for a history channel: the owner answers with the ack and replay.
+        history: Option<Box<HistoryJoin>>,
     },
     /// To the channel owner: an already subscribed connection subscribed again and wants a
     /// fresh roster snapshot.
@@ -149,6 +270,8 @@ pub enum ShardMsg {
         peer: Arc<str>,
         /// Where the snapshot goes.
         from: ConnRef,
+        /// [ext] Set for a history channel: the owner answers with the ack and replay.
+        history: Option<Box<HistoryJoin>>,
     },
     /// To the channel owner: a connection unsubscribed or went away.
     PresenceLeave {
@@ -172,6 +295,9 @@ pub enum ShardMsg {
         /// The encoded `presence` frames: several when the roster is large (see
         /// `presence::SNAPSHOT_FRAME_BUDGET`), none when the connection may not see presence.
         frames: Vec<Bytes>,
+        /// [ext] For a history channel: the ack (sent before the snapshot) and the replay
+        /// (after it); the subscription receives live publications from then on.
+        history: Option<Box<HistoryAnswer>>,
     },
     /// From the owner: a peer joined or left the channel.
     PresenceEvent {
@@ -182,6 +308,17 @@ pub enum ShardMsg {
         /// The peer concerned (its own connections are not told about themselves).
         peer: Arc<str>,
         /// The encoded `presence` frame.
+        frame: Bytes,
+    },
+    /// [ext] To a history channel's owner: sequence, retain and fan out a publication.
+    HistoryPublish(Box<HistoryPublish>),
+    /// [ext] To a history channel's owner: list retained messages.
+    HistoryQuery(Box<HistoryQuery>),
+    /// One frame for one local connection (an ack or error answered by another shard).
+    ConnFrame {
+        /// The connection.
+        conn: ConnId,
+        /// The frame.
         frame: Bytes,
     },
     /// Graceful shutdown: stop accepting, send `going_away`, close every connection 1001.
@@ -242,6 +379,10 @@ impl ShardMsg {
                 p.frame.len() + p.frame_with_meta.as_ref().map_or(0, |f| f.len())
             }
             ShardMsg::Direct(d) => d.frame.len(),
+            ShardMsg::HistoryPublish(h) => h.data.len(),
+            ShardMsg::PresenceSnapshot {
+                history: Some(h), ..
+            } => h.replay.iter().map(|f| f.len()).sum(),
             _ => 0,
         }
     }

@@ -39,7 +39,9 @@ impl Shard {
                 return;
             };
             for sub in subs.iter() {
+                // `awaiting`: one flag test per subscriber, the only cost history adds here.
                 if Some(sub.conn) != skip
+                    && !sub.awaiting
                     && sub.handle.send(p.frame_for(sub.include_meta)) == Delivery::Queued
                 {
                     n += 1;
@@ -62,7 +64,7 @@ impl Shard {
                 }
             };
             if let Some(subs) = st.index.get(p.app, &p.channel) {
-                for sub in subs.iter() {
+                for sub in subs.iter().filter(|s| !s.awaiting) {
                     deliver(sub.conn, &sub.handle, sub.include_meta);
                 }
             }

@@ -1,4 +1,5 @@
-//! Periodic per-shard sweep: server pings, idle drops, and close deadlines.
+//! Periodic per-shard sweep: server pings, idle drops, close deadlines, and (once a
+//! second) expired history entries.
 //!
 //! One timer per shard (not per connection). The tick is a quarter of the shortest of the
 //! ping interval, idle timeout and close timeout, clamped to 10 ms..1 s: at the defaults
@@ -28,11 +29,17 @@ pub(crate) async fn run(shard: Rc<Shard>) {
     let ping = encode::ws_ping_empty();
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_history_sweep = Instant::now();
     loop {
         interval.tick().await;
         let now = Instant::now();
         prune_expiries(&shard);
         shard.shrink_tables();
+        // [ext] History TTL, once a second (reads expire entries on their own too).
+        if now.duration_since(last_history_sweep) >= std::time::Duration::from_secs(1) {
+            last_history_sweep = now;
+            shard.sweep_histories();
+        }
         shard.ring.retry(&shard);
         let st = shard.state.borrow();
         for e in st.conns.values() {

@@ -8,7 +8,7 @@ use std::{rc::Rc, sync::atomic::Ordering};
 use super::{
     outbound::{CloseState, Delivery, SLOT_BYTES},
     ring::eventfd::EventFd,
-    Shard,
+    Shard, State,
 };
 use crate::{
     protocol::{close, encode},
@@ -58,9 +58,11 @@ impl Shard {
                 metadata,
                 from,
                 wants_presence,
+                history,
             } => {
                 let shards = self.shards();
                 let mut st = self.state.borrow_mut();
+                let answer = history.map(|h| self.history_answer(&mut st, app, &channel, &h));
                 st.rosters.join(
                     app,
                     channel,
@@ -68,6 +70,7 @@ impl Shard {
                     metadata,
                     from,
                     wants_presence,
+                    answer,
                     shards,
                     |s, m| self.route(s, m),
                 );
@@ -122,25 +125,47 @@ impl Shard {
                 channel,
                 conn,
                 frames,
+                history,
             } => {
                 let mut st = self.state.borrow_mut();
-                if let Some(sub) = st
-                    .index
-                    .get_mut(app, &channel)
-                    .and_then(|c| c.get_mut(conn))
-                {
-                    if sub.presence != PresenceState::NoPermission {
-                        sub.presence = PresenceState::Ready;
-                        // Counted against the cap, with room for one snapshot at a time
-                        // (`ConnHandle::send_snapshot`).
-                        let total = frames.iter().map(|f| f.len() + SLOT_BYTES).sum();
-                        for (i, f) in frames.iter().enumerate() {
-                            let owed = if i == 0 { total } else { 0 };
-                            if sub.handle.send_snapshot(f, owed) != Delivery::Queued {
-                                break;
-                            }
+                let State { index, conns, .. } = &mut *st;
+                let Some(sub) = index.get_mut(app, &channel).and_then(|c| c.get_mut(conn)) else {
+                    // Unsubscribed or gone meanwhile: a subscribe with a requestId still
+                    // gets its ack.
+                    if let (Some(h), Some(e)) = (history, conns.get(&conn)) {
+                        if let Some(ack) = &h.ack {
+                            e.handle.send(ack);
                         }
                     }
+                    return;
+                };
+                // [ext] History channel: the ack first (protocol §8.1: ack, snapshot,
+                // replay, live).
+                if let Some(ack) = history.as_ref().and_then(|h| h.ack.as_ref()) {
+                    sub.handle.send(ack);
+                }
+                let frames = if sub.presence != PresenceState::NoPermission {
+                    sub.presence = PresenceState::Ready;
+                    &frames[..]
+                } else {
+                    &[]
+                };
+                let replay = history.as_ref().map_or(&[][..], |h| &h.replay[..]);
+                // Counted against the cap, with room for one snapshot (and replay) at a
+                // time (`ConnHandle::send_snapshot`).
+                let total = frames
+                    .iter()
+                    .chain(replay)
+                    .map(|f| f.len() + SLOT_BYTES)
+                    .sum();
+                for (i, f) in frames.iter().chain(replay).enumerate() {
+                    let owed = if i == 0 { total } else { 0 };
+                    if sub.handle.send_snapshot(f, owed) != Delivery::Queued {
+                        break;
+                    }
+                }
+                if history.is_some() {
+                    sub.awaiting = false;
                 }
             }
             ShardMsg::PresenceResnapshot {
@@ -148,10 +173,12 @@ impl Shard {
                 channel,
                 peer,
                 from,
+                history,
             } => {
                 let mut st = self.state.borrow_mut();
+                let answer = history.map(|h| self.history_answer(&mut st, app, &channel, &h));
                 st.rosters
-                    .resnapshot(app, channel, &peer, from, |s, m| self.route(s, m));
+                    .resnapshot(app, channel, &peer, from, answer, |s, m| self.route(s, m));
             }
             ShardMsg::PresenceEvent {
                 app,
@@ -170,6 +197,13 @@ impl Shard {
                             sub.handle.send(&frame);
                         }
                     }
+                }
+            }
+            ShardMsg::HistoryPublish(m) => self.sequence(*m),
+            ShardMsg::HistoryQuery(q) => self.answer_query(*q),
+            ShardMsg::ConnFrame { conn, frame } => {
+                if let Some(e) = self.state.borrow().conns.get(&conn) {
+                    e.handle.send(&frame);
                 }
             }
             ShardMsg::Shutdown { retry_after_ms } => {

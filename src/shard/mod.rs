@@ -29,6 +29,7 @@ pub mod conn;
 pub(crate) mod deliver;
 pub(crate) mod handle;
 pub mod handshake;
+pub(crate) mod history;
 pub(crate) mod housekeeping;
 pub(crate) mod inbox;
 pub(crate) mod outbound;
@@ -57,6 +58,7 @@ use crate::{
     admission::UpgradeThrottle,
     auth::{AppId, Authenticator},
     config::Limits,
+    history::Histories,
     metrics::{Metrics, ShardCounters},
     presence::Rosters,
     protocol::parse::Parser,
@@ -64,7 +66,7 @@ use crate::{
         index::{shrink_target, Index, PresenceState, Sub},
         mesh::{Mesh, Source},
         patterns::{Member, PatternIndex, TrieError},
-        ConnId, ConnRef, ShardId, ShardMsg,
+        ConnId, ConnRef, HistoryJoin, ShardId, ShardMsg,
     },
 };
 use handle::{ConnHandle, TxQueue};
@@ -139,6 +141,8 @@ pub(crate) struct State {
     pub(crate) patterns: PatternIndex<Rc<ConnHandle>>,
     /// Presence rosters of the channels this shard owns.
     pub(crate) rosters: Rosters,
+    /// [ext] Histories of the history channels this shard owns (protocol §8.1).
+    pub(crate) histories: Histories,
     /// `local_peers[app]`: peer → this shard's connections of it.
     pub(crate) local_peers: Vec<HashMap<Arc<str>, Vec<ConnId>, RandomState>>,
     /// `directory[app]`: peer → bit set of OTHER shards holding a connection of it.
@@ -191,6 +195,7 @@ impl Shard {
                 index: Index::new(apps),
                 patterns: PatternIndex::new(apps),
                 rosters: Rosters::default(),
+                histories: Histories::new(id.0, l.history_max_bytes / broker.mesh.shards().max(1)),
                 local_peers: (0..apps).map(|_| HashMap::default()).collect(),
                 directory: (0..apps).map(|_| HashMap::default()).collect(),
             }),
@@ -372,13 +377,15 @@ impl Shard {
 
     /// Adds a new subscription of `sub.conn` to `channel` and tells the channel's owner,
     /// which answers with the roster snapshot (if the connection may see presence) and
-    /// announces the peer. `metadata` is the peer's public metadata.
+    /// announces the peer. `metadata` is the peer's public metadata. [ext] `history` is set
+    /// for a history channel: the owner's answer then carries the ack and the replay.
     pub(crate) fn subscribe(
         &self,
         app: AppId,
         channel: Arc<str>,
         sub: Sub<Rc<ConnHandle>>,
         metadata: Option<Bytes>,
+        history: Option<Box<HistoryJoin>>,
     ) {
         let (conn, peer) = (sub.conn, sub.peer.clone());
         let wants_presence = sub.presence != PresenceState::NoPermission;
@@ -394,6 +401,7 @@ impl Shard {
                 metadata,
                 from: self.conn_ref(conn),
                 wants_presence,
+                history,
             },
         );
     }
@@ -401,6 +409,8 @@ impl Shard {
     /// Changes an existing subscription's `includeSenderMetadata`, and asks the channel's
     /// owner for a fresh roster snapshot (protocol §5: SDKs re-subscribe to reconcile their
     /// roster) unless one is already on its way, which then answers this one too.
+    /// [ext] On a history channel (`history` set) the owner is always asked, since only it
+    /// can answer the ack; with `since`, live publications wait for its replay.
     pub(crate) fn resubscribe(
         &self,
         app: AppId,
@@ -408,8 +418,9 @@ impl Shard {
         conn: ConnId,
         peer: &Arc<str>,
         include_meta: bool,
+        history: Option<Box<HistoryJoin>>,
     ) {
-        let mut refresh = false;
+        let mut refresh = history.is_some();
         if let Some(sub) = self
             .state
             .borrow_mut()
@@ -422,6 +433,9 @@ impl Shard {
                 sub.presence = PresenceState::Refreshing;
                 refresh = true;
             }
+            if history.as_ref().is_some_and(|h| h.since.is_some()) {
+                sub.awaiting = true;
+            }
         }
         if refresh {
             self.route(
@@ -431,6 +445,7 @@ impl Shard {
                     channel,
                     peer: peer.clone(),
                     from: self.conn_ref(conn),
+                    history,
                 },
             );
         }

@@ -34,7 +34,8 @@ fn parses_every_type() {
         ClientMsg::Subscribe {
             channel: "room-1",
             request_id: None,
-            include_sender_metadata: false
+            include_sender_metadata: false,
+            since: None
         }
     );
     assert_eq!(
@@ -45,7 +46,8 @@ fn parses_every_type() {
         ClientMsg::Subscribe {
             channel: "a",
             request_id: Some("r1"),
-            include_sender_metadata: true
+            include_sender_metadata: true,
+            since: None
         }
     );
     assert_eq!(
@@ -53,7 +55,8 @@ fn parses_every_type() {
         ClientMsg::Subscribe {
             channel: "a",
             request_id: None,
-            include_sender_metadata: false
+            include_sender_metadata: false,
+            since: None
         }
     );
     assert_eq!(
@@ -851,7 +854,8 @@ fn pattern_extension() {
         ClientMsg::Subscribe {
             channel: "x/*",
             request_id: None,
-            include_sender_metadata: false
+            include_sender_metadata: false,
+            since: None
         }
     );
     assert_eq!(
@@ -885,4 +889,86 @@ fn pattern_extension() {
         parse(r#"{"type":"publish","channel":"c","data":1,"pattern":7}"#).unwrap(),
         ClientMsg::Publish { .. }
     ));
+}
+
+#[test]
+fn since_and_history_extension_fields() {
+    assert_eq!(
+        parse(r#"{"type":"subscribe","channel":"a","since":{"offset":7,"epoch":"e1"}}"#).unwrap(),
+        ClientMsg::Subscribe {
+            channel: "a",
+            request_id: None,
+            include_sender_metadata: false,
+            since: Some(Since {
+                epoch: "e1",
+                offset: 7
+            })
+        }
+    );
+    for bad in [
+        r#""x""#,
+        r#"{}"#,
+        r#"{"epoch":"e"}"#,
+        r#"{"epoch":"e","offset":-1}"#,
+        r#"{"epoch":"e","offset":1.5}"#,
+        r#"{"epoch":"e","offset":"1"}"#,
+        r#"{"epoch":"","offset":1}"#,
+        r#"{"epoch":1,"offset":1}"#,
+        r#"{"epoch":"e","offset":1,"x":1}"#,
+        r#"{"epoch":"e","offset":99999999999999999999999}"#,
+    ] {
+        let e = parse(&format!(
+            r#"{{"type":"subscribe","channel":"a","requestId":"r","since":{bad}}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest, "{bad}");
+        assert_eq!(e.request_id.as_deref(), Some("r"));
+    }
+    let long = "e".repeat(65);
+    let e = parse(&format!(
+        r#"{{"type":"subscribe","channel":"a","since":{{"epoch":"{long}","offset":1}}}}"#
+    ))
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest);
+    let e = parse(
+        r#"{"type":"subscribe","channel":"a","pattern":true,"since":{"epoch":"e","offset":1}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest);
+
+    assert_eq!(
+        parse(r#"{"type":"history","channel":"h","requestId":"r"}"#).unwrap(),
+        ClientMsg::History {
+            channel: "h",
+            request_id: "r",
+            since_offset: None,
+            limit: 100
+        }
+    );
+    assert_eq!(
+        parse(r#"{"type":"history","channel":"h","requestId":"r","sinceOffset":0,"limit":1000}"#)
+            .unwrap(),
+        ClientMsg::History {
+            channel: "h",
+            request_id: "r",
+            since_offset: Some(0),
+            limit: 1000
+        }
+    );
+    for bad in [
+        r#""limit":0"#,
+        r#""limit":1001"#,
+        r#""limit":"5""#,
+        r#""limit":2.0"#,
+        r#""sinceOffset":-1"#,
+        r#""sinceOffset":null"#,
+    ] {
+        let e = parse(&format!(
+            r#"{{"type":"history","channel":"h","requestId":"r",{bad}}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest, "{bad}");
+    }
+    let e = parse(r#"{"type":"history","channel":"h"}"#).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest);
 }

@@ -12,6 +12,7 @@
 //! one connection's message closes that connection with 1011 and leaves the shard and its
 //! other connections running.
 
+mod history;
 mod pattern;
 mod ping;
 mod publish;
@@ -86,7 +87,21 @@ fn dispatch(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             channel,
             request_id,
             include_sender_metadata,
-        } => subscribe::apply(shard, conn, channel, include_sender_metadata, request_id),
+            since,
+        } => subscribe::apply(
+            shard,
+            conn,
+            channel,
+            include_sender_metadata,
+            since,
+            request_id,
+        ),
+        ClientMsg::History {
+            channel,
+            request_id,
+            since_offset,
+            limit,
+        } => history::apply(shard, conn, channel, request_id, since_offset, limit),
         ClientMsg::Unsubscribe {
             channel,
             request_id,
@@ -178,12 +193,17 @@ fn ack(conn: &Conn, request_id: Option<&str>) {
 /// `max_cross_shard_bytes`: nothing was delivered anywhere; the client may retry.
 fn refuse_overloaded(shard: &Shard, conn: &Conn, request_id: Option<&str>) {
     ShardCounters::add(&shard.counters().cross_shard_refusals, 1);
-    reply_error(
-        conn,
+    conn.handle.send(&refused_frame(request_id));
+}
+
+/// The `rate_limited` error of a publication or direct message refused because a shard's
+/// queue is full (also sent by a history channel's owner, `shard/history.rs`).
+pub(crate) fn refused_frame(request_id: Option<&str>) -> bytes::Bytes {
+    encode::error(
         ErrorCode::RateLimited,
         request_id,
-        "the broker is busy (a shard's queue is full); retry later",
-    );
+        Some("the broker is busy (a shard's queue is full); retry later"),
+    )
 }
 
 /// Counts one accepted publication or direct message, overall and for the app's usage.

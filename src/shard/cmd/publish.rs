@@ -2,11 +2,21 @@
 //! ([`fanout::publish`]): this shard's subscribers get it at once, every other shard gets
 //! the same `Arc` through the mesh. Refused with `rate_limited` (nothing sent anywhere)
 //! when a destination shard's queue is over `max_cross_shard_bytes`.
+//!
+//! [ext] On a history channel (protocol §8.1) the publication goes to the channel's owner
+//! shard instead (`ShardMsg::HistoryPublish`), which numbers it, retains it and fans it
+//! out; the owner also answers the ack (with the offset) or the refusal.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use super::{ack, authorize, count_message, refuse_overloaded, reply_error};
 use crate::{
     auth::Actions,
-    router::{fanout, mesh::Source, Publication},
+    router::{
+        fanout, mesh::Source, owner_of, HistoryPublish, Publication, PublishAnswer, ShardMsg,
+    },
     shard::{conn::Conn, Shard},
 };
 
@@ -29,6 +39,28 @@ pub(super) fn apply(
     }
     let id = &conn.identity;
     let mesh = &shard.broker.mesh;
+    if let Some(rule) = shard.broker.auth.history_rule(id.app, channel) {
+        let owner = owner_of(id.app, channel, shard.shards());
+        if owner != shard.id && !mesh.has_room(owner) {
+            return refuse_overloaded(shard, conn, request_id);
+        }
+        // One copy of `data` per publication: it travels to the owner, which encodes it.
+        let msg = HistoryPublish {
+            app: id.app,
+            channel: Arc::from(channel),
+            rule,
+            from: id.peer_id.clone(),
+            data: Bytes::copy_from_slice(data),
+            metadata: id.peer_metadata_json.clone(),
+            origin: Some(shard.conn_ref(conn.id)),
+            answer: PublishAnswer::Conn {
+                request_id: request_id.map(Into::into),
+            },
+        };
+        count_message(shard, id.app, |c| &c.publications);
+        shard.route(owner, ShardMsg::HistoryPublish(Box::new(msg)));
+        return;
+    }
     // Encoded once per publication (twice when the publisher has metadata: with and
     // without `fromMetadata`); every subscriber on every shard gets these bytes.
     let published = fanout::publish(

@@ -2,14 +2,23 @@
 //! channel's owner shard, which sends the roster snapshot and announces the peer. A
 //! subscribe to a channel the connection already has only changes
 //! `includeSenderMetadata` and asks for a fresh snapshot.
+//!
+//! [ext] On a history channel (protocol §8.1) the owner also answers the ack (it alone
+//! knows the epoch and the last offset) and, with `since`, the replay; the subscription
+//! takes no live publication until that answer arrives (`Sub::awaiting`). `since` on a
+//! channel without history is `history_not_enabled`.
 
 use std::sync::Arc;
 
 use super::{ack, authorize, reply_error};
 use crate::{
     auth::Actions,
-    protocol::ErrorCode,
-    router::index::{PresenceState, Sub},
+    history::Since as Resume,
+    protocol::{parse::Since, ErrorCode},
+    router::{
+        index::{PresenceState, Sub},
+        HistoryJoin,
+    },
     shard::{conn::Conn, Shard},
 };
 
@@ -18,6 +27,7 @@ pub(super) fn apply(
     conn: &mut Conn,
     channel: &str,
     include_sender_metadata: bool,
+    since: Option<Since<'_>>,
     request_id: Option<&str>,
 ) {
     if let Err((code, why)) = authorize(conn, channel, Actions::SUBSCRIBE) {
@@ -25,10 +35,41 @@ pub(super) fn apply(
         return;
     }
     let id = &conn.identity;
+    let rule = shard.broker.auth.history_rule(id.app, channel);
+    if since.is_some() && rule.is_none() {
+        reply_error(
+            conn,
+            ErrorCode::HistoryNotEnabled,
+            request_id,
+            "this channel has no history",
+        );
+        return;
+    }
+    let history = rule.map(|rule| {
+        Box::new(HistoryJoin {
+            rule,
+            since: since.map(|s| Resume {
+                epoch: s.epoch.into(),
+                offset: s.offset,
+            }),
+            request_id: request_id.map(Into::into),
+            include_meta: include_sender_metadata,
+        })
+    });
     let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
     if let Some(ch) = existing {
-        shard.resubscribe(id.app, ch, conn.id, &id.peer_id, include_sender_metadata);
-        ack(conn, request_id);
+        let answered_by_owner = history.is_some();
+        shard.resubscribe(
+            id.app,
+            ch,
+            conn.id,
+            &id.peer_id,
+            include_sender_metadata,
+            history,
+        );
+        if !answered_by_owner {
+            ack(conn, request_id);
+        }
         return;
     }
     // Pattern subscriptions (protocol §8.3) count toward the same limit.
@@ -43,6 +84,7 @@ pub(super) fn apply(
     }
     let ch: Arc<str> = Arc::from(channel);
     let wants = id.actions.contains(Actions::PRESENCE);
+    let answered_by_owner = history.is_some();
     let sub = Sub {
         conn: conn.id,
         peer: id.peer_id.clone(),
@@ -52,9 +94,18 @@ pub(super) fn apply(
         } else {
             PresenceState::NoPermission
         },
+        awaiting: answered_by_owner,
         handle: conn.handle.clone(),
     };
-    shard.subscribe(id.app, ch.clone(), sub, id.peer_metadata_json.clone());
+    shard.subscribe(
+        id.app,
+        ch.clone(),
+        sub,
+        id.peer_metadata_json.clone(),
+        history,
+    );
     conn.channels.push(ch);
-    ack(conn, request_id);
+    if !answered_by_owner {
+        ack(conn, request_id);
+    }
 }

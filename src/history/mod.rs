@@ -1,0 +1,462 @@
+//! [ext] Channel history (protocol.md §8.1), kept by each channel's owner shard
+//! ([`crate::router::owner_of`]), the same shard that sequences its presence.
+//!
+//! A history channel's publications all pass through its owner, which numbers them
+//! (gap-free offsets within an epoch), retains their payloads here and then fans each one
+//! out to every shard (itself included) through the FIFO queues. That one sequencer is
+//! what makes every subscriber on every shard see offset order, and what makes resume
+//! exact: the owner answers a subscribe at a point of its sequence (offset K), the replay
+//! holds offsets up to K, and every live publication after K travels behind that answer
+//! in the same queue (`docs/design.md`, "History and resume").
+//!
+//! # Memory
+//! A retained message is its JSON payload in one exact-size allocation plus a 32-byte
+//! [`Entry`] in the channel's ring (`VecDeque`); it is counted as payload length +
+//! [`ENTRY_OVERHEAD`] against the shard's share of `history_max_bytes`. Past that share
+//! the oldest entries of the largest histories go first, down to 15/16 of the share, so
+//! the O(channels) search for the largest runs once per 1/16 of the share at most.
+//!
+//! Pure data structure: no sockets, no runtime; the shard calls it and sends what it
+//! returns.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Instant,
+};
+
+use ahash::RandomState;
+use bytes::Bytes;
+
+use crate::{
+    auth::{keys::HistoryRule, AppId},
+    metrics::HistoryEviction,
+    protocol::encode::history::{self as enc, Item, MessageLayout},
+};
+
+/// What each retained message counts beyond its payload length: the [`Entry`] (32 B), its
+/// share of the ring's spare capacity and the allocator's rounding of the payload.
+pub const ENTRY_OVERHEAD: usize = 64;
+
+/// One retained message.
+#[derive(Debug)]
+struct Entry {
+    /// The `message` payload (JSON, no WebSocket header), with `fromMetadata` when the
+    /// publisher had metadata (see `protocol::encode::history` for the layout).
+    json: Box<[u8]>,
+    /// When it was published, in seconds since the store was created.
+    at: u32,
+    /// Where `data` starts in `json`.
+    data_at: u32,
+    /// Where `,"fromMetadata":` starts in `json`; 0 when there is none.
+    meta_at: u32,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        self.json.len() + ENTRY_OVERHEAD
+    }
+
+    /// The `message` frame for a subscriber, with or without `fromMetadata`. Copies the
+    /// payload once into a new frame (retained payloads are stored without a WebSocket
+    /// header and with metadata, to keep a retained message at payload + 64 B).
+    fn frame(&self, include_meta: bool) -> Bytes {
+        match (self.meta_at as usize, include_meta) {
+            (0, _) | (_, true) => enc::text_parts(&self.json, b""),
+            (m, false) => enc::text_parts(&self.json[..m], b"}"),
+        }
+    }
+
+    /// The parts the `history` answer lists.
+    fn item(&self, offset: u64, from: (usize, usize)) -> Item<'_> {
+        let data_end = match self.meta_at as usize {
+            0 => self.json.len() - 1,
+            m => m,
+        };
+        Item {
+            offset,
+            from: &self.json[from.0..from.1],
+            data: &self.json[self.data_at as usize..data_end],
+            meta: match self.meta_at as usize {
+                0 => None,
+                m => Some(&self.json[m + enc::MSG_META.len()..self.json.len() - 1]),
+            },
+        }
+    }
+}
+
+/// The history of one channel.
+#[derive(Debug)]
+struct ChannelHistory {
+    /// Changes whenever this record is created afresh.
+    epoch: Arc<str>,
+    /// The last offset given out (0: none yet).
+    last: u64,
+    /// Size and TTL.
+    rule: HistoryRule,
+    /// Retained messages: `entries[i]` has offset `first() + i`.
+    entries: VecDeque<Entry>,
+    /// Sum of the entries' costs.
+    bytes: usize,
+}
+
+impl ChannelHistory {
+    /// Offset of the oldest retained entry (`last + 1` when none is).
+    fn first(&self) -> u64 {
+        self.last + 1 - self.entries.len() as u64
+    }
+
+    fn pop_front(&mut self) -> usize {
+        match self.entries.pop_front() {
+            Some(e) => {
+                let c = e.cost();
+                self.bytes -= c;
+                c
+            }
+            None => 0,
+        }
+    }
+
+    /// Index in `entries` of the first entry after `offset`.
+    fn index_after(&self, offset: u64) -> usize {
+        (offset.saturating_add(1).saturating_sub(self.first()) as usize).min(self.entries.len())
+    }
+}
+
+/// What a subscribe to a history channel is answered with.
+#[derive(Debug)]
+pub struct Resume {
+    /// The channel's epoch.
+    pub epoch: Arc<str>,
+    /// The last offset published (0 if none): the ack's `offset`, and the point after
+    /// which live messages follow the replay.
+    pub last: u64,
+    /// `recovered`, when the subscribe had `since`.
+    pub recovered: Option<bool>,
+    /// The replayed `message` frames, in offset order.
+    pub frames: Vec<Bytes>,
+}
+
+/// A resume position: `since` of a subscribe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Since {
+    /// The epoch the client saw.
+    pub epoch: Box<str>,
+    /// The last offset it saw.
+    pub offset: u64,
+}
+
+/// The histories of every channel this shard owns.
+#[derive(Debug)]
+pub struct Histories {
+    channels: HashMap<(AppId, Arc<str>), ChannelHistory, RandomState>,
+    /// Sum of every channel's `bytes`.
+    bytes: usize,
+    /// Retained messages, all channels.
+    messages: usize,
+    /// This shard's share of `history_max_bytes`.
+    max_bytes: usize,
+    /// Random per process: epochs differ across restarts.
+    boot: u32,
+    shard: u16,
+    /// Epochs created so far by this store.
+    epochs: u64,
+    started: Instant,
+    /// Entries dropped, indexed by [`HistoryEviction`] (cumulative).
+    pub evictions: [u64; 3],
+}
+
+impl Histories {
+    /// An empty store for shard `shard` allowed `max_bytes`.
+    pub fn new(shard: u16, max_bytes: usize) -> Histories {
+        Histories {
+            channels: HashMap::default(),
+            bytes: 0,
+            messages: 0,
+            max_bytes,
+            boot: rand::random(),
+            shard,
+            epochs: 0,
+            started: Instant::now(),
+            evictions: [0; 3],
+        }
+    }
+
+    /// Seconds since the store was created at `now`.
+    fn secs(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.started).as_secs() as u32
+    }
+
+    /// Retained messages, all channels.
+    pub fn messages(&self) -> usize {
+        self.messages
+    }
+
+    /// Bytes counted against the shard's share.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Channels with a history record.
+    pub fn channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// The record of `channel`, created (with a new epoch) if there is none, with the
+    /// entries that outlived their TTL dropped.
+    fn record(
+        &mut self,
+        app: AppId,
+        channel: &Arc<str>,
+        rule: HistoryRule,
+        now: Instant,
+    ) -> &mut ChannelHistory {
+        let t = self.secs(now);
+        if !self.channels.contains_key(&(app, channel.clone())) {
+            self.epochs += 1;
+            let epoch: Arc<str> =
+                format!("{:08x}-{}-{}", self.boot, self.shard, self.epochs).into();
+            self.channels.insert(
+                (app, channel.clone()),
+                ChannelHistory {
+                    epoch,
+                    last: 0,
+                    rule,
+                    entries: VecDeque::new(),
+                    bytes: 0,
+                },
+            );
+        }
+        let h = self
+            .channels
+            .get_mut(&(app, channel.clone()))
+            .expect("inserted above");
+        let mut freed = (0, 0);
+        while h
+            .entries
+            .front()
+            .is_some_and(|e| t.saturating_sub(e.at) >= h.rule.ttl_secs)
+        {
+            freed.0 += 1;
+            freed.1 += h.pop_front();
+        }
+        self.messages -= freed.0;
+        self.bytes -= freed.1;
+        self.evictions[HistoryEviction::Ttl as usize] += freed.0 as u64;
+        self.channels
+            .get_mut(&(app, channel.clone()))
+            .expect("present")
+    }
+
+    /// The epoch and the offset the next publication on `channel` will get.
+    pub fn next(
+        &mut self,
+        app: AppId,
+        channel: &Arc<str>,
+        rule: HistoryRule,
+        now: Instant,
+    ) -> (Arc<str>, u64) {
+        let h = self.record(app, channel, rule, now);
+        (h.epoch.clone(), h.last + 1)
+    }
+
+    /// Retains the publication that got offset `offset` from [`Histories::next`] just
+    /// before: `frame` is its `message` frame with `fromMetadata` if the publisher had
+    /// metadata (`has_meta`), from `protocol::encode::history::message`.
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+    pub fn push(
+        &mut self,
+        app: AppId,
+        channel: &Arc<str>,
+        from: &str,
+        offset: u64,
+        frame: &[u8],
+        meta_len: Option<usize>,
+        now: Instant,
+    ) {
+        let at = self.secs(now);
+        let Some(h) = self.channels.get_mut(&(app, channel.clone())) else {
+            return; // `next` created it; nothing in between removes it
+        };
+        debug_assert_eq!(offset, h.last + 1);
+        h.last = offset;
+        let json: Box<[u8]> = enc::payload(frame).into();
+        let layout = MessageLayout::of(channel, from, offset);
+        let meta_at = meta_len.map_or(0, |m| json.len() - 1 - m - enc::MSG_META.len());
+        let e = Entry {
+            at,
+            data_at: layout.data_at as u32,
+            meta_at: meta_at as u32,
+            json,
+        };
+        let cost = e.cost();
+        h.entries.push_back(e);
+        h.bytes += cost;
+        self.bytes += cost;
+        self.messages += 1;
+        let mut freed = (0, 0);
+        while h.entries.len() > h.rule.size as usize {
+            freed.0 += 1;
+            freed.1 += h.pop_front();
+        }
+        self.messages -= freed.0;
+        self.bytes -= freed.1;
+        self.evictions[HistoryEviction::Size as usize] += freed.0 as u64;
+        if self.bytes > self.max_bytes {
+            self.shed();
+        }
+    }
+
+    /// Over the share: drops the oldest entries of the largest histories until the shard
+    /// is at 15/16 of its share.
+    fn shed(&mut self) {
+        let low = self.max_bytes - self.max_bytes / 16;
+        while self.bytes > low {
+            // The largest and the runner-up: the largest sheds down to the runner-up's
+            // size (or to the low mark) before the next search.
+            let (mut top, mut second) = (None, 0usize);
+            let mut top_bytes = 0usize;
+            for (k, h) in &self.channels {
+                if h.bytes > top_bytes {
+                    second = top_bytes;
+                    top_bytes = h.bytes;
+                    top = Some(k.clone());
+                } else if h.bytes > second {
+                    second = h.bytes;
+                }
+            }
+            let Some(key) = top else { break };
+            let h = self.channels.get_mut(&key).expect("found above");
+            let mut freed = (0, 0);
+            while self.bytes - freed.1 > low && (h.bytes > second || second == 0) {
+                let c = h.pop_front();
+                if c == 0 {
+                    break;
+                }
+                freed.0 += 1;
+                freed.1 += c;
+            }
+            self.messages -= freed.0;
+            self.bytes -= freed.1;
+            self.evictions[HistoryEviction::Memory as usize] += freed.0 as u64;
+            if freed.0 == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Answers a subscribe: the epoch and last offset, and with `since` whether the gap
+    /// was recovered and the frames to replay (protocol §8.1).
+    pub fn resume(
+        &mut self,
+        app: AppId,
+        channel: &Arc<str>,
+        rule: HistoryRule,
+        since: Option<&Since>,
+        include_meta: bool,
+        now: Instant,
+    ) -> Resume {
+        let h = self.record(app, channel, rule, now);
+        let Some(since) = since else {
+            return Resume {
+                epoch: h.epoch.clone(),
+                last: h.last,
+                recovered: None,
+                frames: Vec::new(),
+            };
+        };
+        let same_epoch = *since.epoch == *h.epoch;
+        let (recovered, from) = if !same_epoch {
+            (false, 0)
+        } else if since.offset > h.last {
+            (false, h.last)
+        } else {
+            (since.offset + 1 >= h.first(), since.offset)
+        };
+        let frames = h
+            .entries
+            .range(h.index_after(from)..)
+            .map(|e| e.frame(include_meta))
+            .collect();
+        Resume {
+            epoch: h.epoch.clone(),
+            last: h.last,
+            recovered: Some(recovered),
+            frames,
+        }
+    }
+
+    /// Answers a `history` query: `f(epoch, last offset, items)` with up to `limit`
+    /// retained messages in offset order, the oldest first, or the ones after
+    /// `since_offset`.
+    #[allow(clippy::too_many_arguments)] // one call site each for WebSocket and REST
+    pub fn query<R>(
+        &mut self,
+        app: AppId,
+        channel: &Arc<str>,
+        rule: HistoryRule,
+        since_offset: Option<u64>,
+        limit: usize,
+        now: Instant,
+        f: impl FnOnce(&str, u64, &[Item<'_>]) -> R,
+    ) -> R {
+        let h = self.record(app, channel, rule, now);
+        let start = since_offset.map_or(0, |s| h.index_after(s));
+        let first = h.first();
+        let chan_json = crate::protocol::encode::json_str_len(channel);
+        let items: Vec<Item<'_>> = h
+            .entries
+            .range(start..)
+            .take(limit)
+            .enumerate()
+            .map(|(i, e)| {
+                let offset = first + (start + i) as u64;
+                let from_at = MessageLayout::with_from_len(chan_json, 0, offset).from.0;
+                e.item(offset, (from_at, from_end(&e.json, from_at)))
+            })
+            .collect();
+        f(&h.epoch, h.last, &items)
+    }
+
+    /// Drops expired entries everywhere, and the records left with no entry whose channel
+    /// has no subscriber (`subscribed(app, channel)`). Called about once a second.
+    pub fn sweep(&mut self, now: Instant, subscribed: impl Fn(AppId, &str) -> bool) {
+        let t = self.secs(now);
+        let (mut n, mut b) = (0, 0);
+        self.channels.retain(|(app, ch), h| {
+            while h
+                .entries
+                .front()
+                .is_some_and(|e| t.saturating_sub(e.at) >= h.rule.ttl_secs)
+            {
+                n += 1;
+                b += h.pop_front();
+            }
+            !h.entries.is_empty() || subscribed(*app, ch)
+        });
+        self.messages -= n;
+        self.bytes -= b;
+        self.evictions[HistoryEviction::Ttl as usize] += n as u64;
+        if let Some(cap) =
+            crate::router::index::shrink_target(self.channels.capacity(), self.channels.len(), 64)
+        {
+            self.channels.shrink_to(cap);
+        }
+    }
+}
+
+/// End of the `from` JSON string that starts at `at` (its closing quote, included).
+fn from_end(json: &[u8], at: usize) -> usize {
+    let mut i = at + 1;
+    while i < json.len() {
+        match json[i] {
+            b'\\' => i += 2,
+            b'"' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    json.len()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,200 @@
+//! [ext] The owner's half of history channels (protocol §8.1): sequencing publications,
+//! answering subscribes (ack, replay) and `history` queries, and the once-a-second sweep.
+//! The store itself is `crate::history`; this file connects it to the mesh.
+//!
+//! Ordering: the owner fans a sequenced publication out to every other shard through the
+//! mesh and to itself through its local queue, never by delivering it on the spot. So
+//! everything the owner says about a channel (publications, subscribe answers, presence)
+//! reaches every shard, the owner included, in the owner's order, which is what the
+//! `awaiting` gate of a resuming subscription relies on.
+
+use std::{sync::atomic::Ordering, sync::Arc, time::Instant};
+
+use super::{cmd::refused_frame, Shard, State};
+use crate::{
+    auth::AppId,
+    history::Histories,
+    protocol::encode::history as enc,
+    router::{
+        fanout, mesh::Source, HistoryAnswer, HistoryJoin, HistoryPublish, HistoryQuery,
+        Publication, PublishAnswer, QueryAnswer, ShardMsg,
+    },
+};
+
+impl Shard {
+    /// Answers a subscribe to a history channel this shard owns: the ack (if it had a
+    /// requestId) and, with `since`, the replay. Called while handling the subscribe's
+    /// presence notice, so the answer leaves in the channel's order.
+    pub(crate) fn history_answer(
+        &self,
+        st: &mut State,
+        app: AppId,
+        channel: &Arc<str>,
+        join: &HistoryJoin,
+    ) -> Box<HistoryAnswer> {
+        let r = st.histories.resume(
+            app,
+            channel,
+            join.rule,
+            join.since.as_ref(),
+            join.include_meta,
+            Instant::now(),
+        );
+        self.history_gauges(&st.histories);
+        Box::new(HistoryAnswer {
+            ack: join
+                .request_id
+                .as_deref()
+                .map(|rid| enc::subscribe_ack(rid, &r.epoch, r.last, r.recovered)),
+            replay: r.frames,
+        })
+    }
+
+    /// Sequences one publication on a history channel this shard owns: gives it the next
+    /// offset, retains it, and fans it out (all or nothing, like any publication).
+    pub(crate) fn sequence(&self, m: HistoryPublish) {
+        let HistoryPublish {
+            app,
+            channel,
+            rule,
+            from,
+            data,
+            metadata,
+            origin,
+            answer,
+        } = m;
+        let mesh = &self.broker.mesh;
+        let mut offset = 0;
+        let published = fanout::publish(
+            mesh,
+            Source::Shard(self.id),
+            || {
+                let now = Instant::now();
+                let mut st = self.state.borrow_mut();
+                offset = st.histories.next(app, &channel, rule, now).1;
+                let p = Publication::sequenced(
+                    app,
+                    &channel,
+                    &from,
+                    offset,
+                    &data,
+                    metadata.as_deref(),
+                    origin,
+                );
+                let kept = p.frame_with_meta.as_ref().unwrap_or(&p.frame);
+                let meta_len = metadata.as_ref().map(|m| m.len());
+                st.histories
+                    .push(app, &channel, &from, offset, kept, meta_len, now);
+                self.history_gauges(&st.histories);
+                p
+            },
+            // Not delivered on the spot: through the local queue, behind whatever this
+            // shard already queued for itself about the channel (module docs).
+            |p| self.route(self.id, ShardMsg::Publish(p.clone())),
+            |s| mesh.wake(s),
+        );
+        match (answer, published) {
+            (PublishAnswer::Rest(reply), r) => {
+                let _ = reply.send(r.map(|()| offset)); // the REST request may have timed out
+            }
+            (PublishAnswer::Conn { request_id }, r) => {
+                let Some(o) = origin else { return };
+                let frame = match r {
+                    Ok(()) => match request_id {
+                        Some(rid) => enc::publish_ack(&rid, offset),
+                        None => return,
+                    },
+                    Err(fanout::Busy) => {
+                        crate::metrics::ShardCounters::add(
+                            &self.counters().cross_shard_refusals,
+                            1,
+                        );
+                        refused_frame(request_id.as_deref())
+                    }
+                };
+                self.route(
+                    o.shard,
+                    ShardMsg::ConnFrame {
+                        conn: o.conn,
+                        frame,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Answers a `history` query about a channel this shard owns.
+    pub(crate) fn answer_query(&self, q: HistoryQuery) {
+        let HistoryQuery {
+            app,
+            channel,
+            rule,
+            since_offset,
+            limit,
+            answer,
+        } = q;
+        let mut st = self.state.borrow_mut();
+        let now = Instant::now();
+        let limit = usize::from(limit);
+        match answer {
+            QueryAnswer::Conn { conn, request_id } => {
+                let frame = st.histories.query(
+                    app,
+                    &channel,
+                    rule,
+                    since_offset,
+                    limit,
+                    now,
+                    |epoch, last, items| enc::history_ack(&request_id, epoch, last, items),
+                );
+                self.history_gauges(&st.histories);
+                drop(st);
+                self.route(
+                    conn.shard,
+                    ShardMsg::ConnFrame {
+                        conn: conn.conn,
+                        frame,
+                    },
+                );
+            }
+            QueryAnswer::Rest(reply) => {
+                let body = st.histories.query(
+                    app,
+                    &channel,
+                    rule,
+                    since_offset,
+                    limit,
+                    now,
+                    |epoch, last, items| enc::history_body(&channel, epoch, last, items),
+                );
+                self.history_gauges(&st.histories);
+                let _ = reply.send(body); // the REST request may have timed out
+            }
+        }
+    }
+
+    /// Drops expired history entries and the records of channels with neither entries
+    /// nor subscribers. Called by the housekeeping tick.
+    pub(crate) fn sweep_histories(&self) {
+        let mut st = self.state.borrow_mut();
+        let State {
+            histories, rosters, ..
+        } = &mut *st;
+        if histories.channels() == 0 {
+            return;
+        }
+        histories.sweep(Instant::now(), |app, ch| rosters.contains(app, ch));
+        self.history_gauges(histories);
+    }
+
+    /// Publishes the store's gauges and eviction counts to `/metrics`.
+    pub(crate) fn history_gauges(&self, h: &Histories) {
+        let c = self.counters();
+        c.history_messages
+            .store(h.messages() as u64, Ordering::Relaxed);
+        c.history_bytes.store(h.bytes() as u64, Ordering::Relaxed);
+        for (slot, n) in c.history_evictions.iter().zip(h.evictions) {
+            slot.store(n, Ordering::Relaxed);
+        }
+    }
+}
