@@ -755,7 +755,7 @@ def test_history_command(hb):
     ch = hchan("h/cmd")
     p = hpeer(hb, "cmd-p", shard=0, peerMetadata={"role": "bot"})
     plainp = hpeer(hb, "cmd-plain", shard=1)
-    c = hpeer(hb, "cmd-c", shard=1)
+    c = hpeer(hb, "cmd-c", shard=1, permissions=SUB_ONLY)
     # A history channel nobody used yet: nothing retained.
     h = hist(c, hchan("h/unused"))
     assert h["type"] == "ack" and h["offset"] == 0 and h["messages"] == [], h
