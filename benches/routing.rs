@@ -76,6 +76,7 @@ fn fanout_step(c: &mut Criterion) {
                     peer: peer.clone(),
                     include_meta: false,
                     presence: PresenceState::Ready,
+                    grouped: false,
                     handle: Rc::new(RefCell::new(VecDeque::with_capacity(64))),
                 },
             );

@@ -59,11 +59,18 @@ pub enum ErrorCode {
     BackendError,
     /// Bug or unexpected condition in the server.
     InternalError,
+    /// [ext] `group` not a string of 1–64 chars of `A-Z a-z 0-9 _ . -` (protocol §8.2).
+    InvalidGroup,
+    /// [ext] A subscribe that would give the connection a second, different subscription
+    /// to the channel (another group, a group over a plain one or the reverse).
+    SubscriptionConflict,
+    /// [ext] Fields that may not go together (e.g. `group` with `pattern:true`).
+    InvalidRequest,
 }
 
 impl ErrorCode {
     /// Every code, in protocol.md §6 order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::MalformedMessage,
         ErrorCode::UnknownType,
         ErrorCode::InvalidChannel,
@@ -77,6 +84,9 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::BackendError,
         ErrorCode::InternalError,
+        ErrorCode::InvalidGroup,
+        ErrorCode::SubscriptionConflict,
+        ErrorCode::InvalidRequest,
     ];
 
     /// The wire string, e.g. `"malformed_message"`. Contains only `[a-z_]`, so it
@@ -96,6 +106,9 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BackendError => "backend_error",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::InvalidGroup => "invalid_group",
+            ErrorCode::SubscriptionConflict => "subscription_conflict",
+            ErrorCode::InvalidRequest => "invalid_request",
         }
     }
 
@@ -266,6 +279,9 @@ mod tests {
             "rate_limited",
             "backend_error",
             "internal_error",
+            "invalid_group",
+            "subscription_conflict",
+            "invalid_request",
         ];
         for (code, s) in ErrorCode::ALL.iter().zip(wire) {
             assert_eq!(code.as_str(), s);

@@ -42,6 +42,8 @@
 //! | subscribe: `includeSenderMetadata` present and not `true`/`false` (`null` too) | `malformed_message` |
 //! | [ext] subscribe/unsubscribe: `pattern` present and not `true`/`false` (`null` too) | `malformed_message` |
 //! | subscribe/unsubscribe/publish: `channel` missing or not a string | `invalid_channel` |
+//! | [ext] subscribe: `group` present (any value) with `pattern:true` | `invalid_request` |
+//! | [ext] subscribe: `group` not a string of 1–64 chars of `A-Z a-z 0-9 _ . -` ([`valid_group`]) | `invalid_group` |
 //! | send: `to` missing or not a string | `invalid_peer_id` |
 //! | publish/send: `data` missing (`null` is valid data) | `missing_data` |
 //!
@@ -126,6 +128,18 @@ pub enum ClientMsg<'a> {
         /// `includeSenderMetadata`, default `false`.
         include_sender_metadata: bool,
     },
+    /// [ext] `{"type":"subscribe","channel":..,"group":..,"includeSenderMetadata"?:bool}`
+    /// (protocol.md §8.2): join queue group `group` of the channel.
+    SubscribeGroup {
+        /// Channel name (unvalidated).
+        channel: &'a str,
+        /// Optional request id.
+        request_id: Option<&'a str>,
+        /// `includeSenderMetadata`, default `false`.
+        include_sender_metadata: bool,
+        /// The group name (validated: [`valid_group`]).
+        group: &'a str,
+    },
     /// [ext] `{"type":"unsubscribe","channel":..,"pattern":true}` (protocol.md §8.3).
     UnsubscribePattern {
         /// The pattern's source text (unvalidated).
@@ -149,6 +163,7 @@ impl ClientMsg<'_> {
             | ClientMsg::Publish { request_id, .. }
             | ClientMsg::Send { request_id, .. }
             | ClientMsg::SubscribePattern { request_id, .. }
+            | ClientMsg::SubscribeGroup { request_id, .. }
             | ClientMsg::UnsubscribePattern { request_id, .. }
             | ClientMsg::Ping { request_id } => request_id,
         }
@@ -157,7 +172,9 @@ impl ClientMsg<'_> {
     /// The wire `type` string of this command.
     pub fn type_str(&self) -> &'static str {
         match self {
-            ClientMsg::Subscribe { .. } | ClientMsg::SubscribePattern { .. } => "subscribe",
+            ClientMsg::Subscribe { .. }
+            | ClientMsg::SubscribePattern { .. }
+            | ClientMsg::SubscribeGroup { .. } => "subscribe",
             ClientMsg::Unsubscribe { .. } | ClientMsg::UnsubscribePattern { .. } => "unsubscribe",
             ClientMsg::Publish { .. } => "publish",
             ClientMsg::Send { .. } => "send",
@@ -298,6 +315,7 @@ struct Fields {
     to: Option<usize>,
     include_meta: Option<usize>,
     pattern: Option<usize>,
+    group: Option<usize>,
     data: Option<usize>,
     data_ordinal: usize,
 }
@@ -345,6 +363,7 @@ fn interpret<'a>(
             "to" => f.to = Some(vi),
             "includeSenderMetadata" => f.include_meta = Some(vi),
             "pattern" => f.pattern = Some(vi),
+            "group" => f.group = Some(vi),
             "data" => {
                 f.data = Some(vi);
                 f.data_ordinal = ordinal;
@@ -415,6 +434,29 @@ fn interpret<'a>(
             let Some(channel) = str_at(f.channel) else {
                 return Err(fail(InvalidChannel, "missing or non-string channel"));
             };
+            if let Some(gi) = f.group {
+                // [ext] Queue groups (protocol §8.2).
+                if pattern {
+                    return Err(fail(InvalidRequest, "group cannot be used with pattern"));
+                }
+                // TODO(history): `since` together with `group` is `invalid_request`
+                // (protocol §8.2): reject the combination here once `since` is parsed.
+                let Some(Node::String(group)) = nodes.get(gi) else {
+                    return Err(fail(InvalidGroup, "group must be a string"));
+                };
+                if !valid_group(group) {
+                    return Err(fail(
+                        InvalidGroup,
+                        "group must be 1-64 characters of A-Z a-z 0-9 _ . -",
+                    ));
+                }
+                return Ok(ClientMsg::SubscribeGroup {
+                    channel,
+                    request_id,
+                    include_sender_metadata,
+                    group,
+                });
+            }
             if pattern {
                 return Ok(ClientMsg::SubscribePattern {
                     channel,
@@ -534,6 +576,19 @@ pub fn validate_channel(name: &str) -> Result<(), ErrorCode> {
         return Err(ErrorCode::ChannelReserved);
     }
     Ok(())
+}
+
+/// Maximum length of a queue group name (protocol.md §8.2).
+pub const MAX_GROUP_LEN: usize = 64;
+
+/// [ext] True for a valid queue group name (protocol.md §8.2): 1–64 characters of
+/// `A-Z a-z 0-9 _ . -`.
+pub fn valid_group(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_GROUP_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Validates a peerId (protocol.md §1): 1–128 bytes, each printable ASCII

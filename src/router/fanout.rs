@@ -30,7 +30,7 @@ pub fn publish(
     mesh: &Mesh,
     from: Source,
     build: impl FnOnce() -> Publication,
-    deliver_local: impl FnOnce(&Publication),
+    deliver_local: impl FnOnce(&Arc<Publication>),
     mut wake: impl FnMut(ShardId),
 ) -> Result<(), Busy> {
     let local = match from {

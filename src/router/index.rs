@@ -46,6 +46,10 @@ pub struct Sub<H> {
     pub include_meta: bool,
     /// Presence delivery state.
     pub presence: PresenceState,
+    /// [ext] A queue-group member (protocol §8.2): plain fan-out skips it (the channel's
+    /// owner picks one member per group instead); presence treats it like any subscriber.
+    /// Sits in what was padding: `Sub` keeps its size.
+    pub grouped: bool,
     /// Handle to deliver frames (the connection's outbound queue).
     pub handle: H,
 }
@@ -69,6 +73,10 @@ impl<H> ChannelSubs<H> {
     /// True when no local connection is subscribed.
     pub fn is_empty(&self) -> bool {
         self.subs.is_empty()
+    }
+    /// The subscription of `conn`, if any.
+    pub(crate) fn get(&self, conn: ConnId) -> Option<&Sub<H>> {
+        self.subs.get(*self.pos.get(&conn)? as usize)
     }
     /// The subscription of `conn`, if any.
     pub(crate) fn get_mut(&mut self, conn: ConnId) -> Option<&mut Sub<H>> {
@@ -168,6 +176,7 @@ mod tests {
             peer: Arc::from("p"),
             include_meta: false,
             presence: PresenceState::Pending,
+            grouped: false,
             handle: (),
         }
     }

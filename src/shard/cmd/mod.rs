@@ -12,6 +12,7 @@
 //! one connection's message closes that connection with 1011 and leaves the shard and its
 //! other connections running.
 
+mod group;
 mod pattern;
 mod ping;
 mod publish;
@@ -96,6 +97,19 @@ fn dispatch(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             request_id,
             include_sender_metadata,
         } => pattern::subscribe(shard, conn, channel, include_sender_metadata, request_id),
+        ClientMsg::SubscribeGroup {
+            channel,
+            request_id,
+            include_sender_metadata,
+            group,
+        } => group::subscribe(
+            shard,
+            conn,
+            channel,
+            include_sender_metadata,
+            group,
+            request_id,
+        ),
         ClientMsg::UnsubscribePattern {
             channel,
             request_id,

@@ -27,6 +27,15 @@ pub(super) fn apply(
     let id = &conn.identity;
     let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
     if let Some(ch) = existing {
+        if shard.group_of(conn.id, channel).is_some() {
+            // [ext] A queue-group member (protocol §8.2): one subscription per channel.
+            return reply_error(
+                conn,
+                ErrorCode::SubscriptionConflict,
+                request_id,
+                "the connection is in a queue group on this channel",
+            );
+        }
         shard.resubscribe(id.app, ch, conn.id, &id.peer_id, include_sender_metadata);
         ack(conn, request_id);
         return;
@@ -52,6 +61,7 @@ pub(super) fn apply(
         } else {
             PresenceState::NoPermission
         },
+        grouped: false,
         handle: conn.handle.clone(),
     };
     shard.subscribe(id.app, ch.clone(), sub, id.peer_metadata_json.clone());

@@ -1,0 +1,73 @@
+//! [ext] `subscribe` with `"group"` (protocol.md §8.2): joins a queue group of a channel.
+//! The subscription goes into the index like a plain one (presence: snapshot, joined/left)
+//! but flagged `grouped`, and the membership is recorded and sent to the channel's owner
+//! ([`Shard::join_group`]), which picks one member per group for each publication.
+//!
+//! A connection holds at most one subscription per channel: a group subscribe to a channel
+//! it already has plainly, or in another group, answers `subscription_conflict` and
+//! changes nothing. The same group again is an idempotent re-subscribe (new
+//! `includeSenderMetadata`, fresh presence snapshot), like a plain one. `unsubscribe`
+//! leaves the group ([`Shard::unsubscribe`]), and so does a disconnect.
+
+use std::sync::Arc;
+
+use super::{ack, authorize, reply_error};
+use crate::{
+    auth::Actions,
+    protocol::ErrorCode,
+    router::index::{PresenceState, Sub},
+    shard::{conn::Conn, Shard},
+};
+
+pub(super) fn subscribe(
+    shard: &Shard,
+    conn: &mut Conn,
+    channel: &str,
+    include_sender_metadata: bool,
+    group: &str,
+    request_id: Option<&str>,
+) {
+    if let Err((code, why)) = authorize(conn, channel, Actions::SUBSCRIBE) {
+        return reply_error(conn, code, request_id, why);
+    }
+    let id = &conn.identity;
+    let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
+    if let Some(ch) = existing {
+        if shard.group_of(conn.id, channel).as_deref() != Some(group) {
+            return reply_error(
+                conn,
+                ErrorCode::SubscriptionConflict,
+                request_id,
+                "the connection already has a different subscription to this channel",
+            );
+        }
+        shard.resubscribe(id.app, ch, conn.id, &id.peer_id, include_sender_metadata);
+        return ack(conn, request_id);
+    }
+    if conn.channels.len() + conn.patterns().len() >= shard.broker.limits.max_channels_per_conn {
+        return reply_error(
+            conn,
+            ErrorCode::ChannelLimitExceeded,
+            request_id,
+            "too many channels on this connection",
+        );
+    }
+    let ch: Arc<str> = Arc::from(channel);
+    let wants = id.actions.contains(Actions::PRESENCE);
+    let sub = Sub {
+        conn: conn.id,
+        peer: id.peer_id.clone(),
+        include_meta: include_sender_metadata,
+        presence: if wants {
+            PresenceState::Pending
+        } else {
+            PresenceState::NoPermission
+        },
+        grouped: true,
+        handle: conn.handle.clone(),
+    };
+    shard.join_group(id.app, ch.clone(), Arc::from(group), conn.id);
+    shard.subscribe(id.app, ch.clone(), sub, id.peer_metadata_json.clone());
+    conn.channels.push(ch);
+    ack(conn, request_id);
+}
