@@ -42,12 +42,15 @@ use crate::{
 /// normal path.
 pub(crate) const MAX_PICKS: u8 = 16;
 
+/// (channel, group) of one membership.
+type Membership = (Arc<str>, Arc<str>);
+
 /// The group memberships of this shard's connections: connection → (channel, group)
 /// pairs. Only connections that joined a group have an entry (at most
 /// `max_channels_per_conn` pairs each, scanned linearly).
 #[derive(Debug, Default)]
 pub(crate) struct Memberships {
-    by_conn: HashMap<ConnId, Vec<(Arc<str>, Arc<str>)>, RandomState>,
+    by_conn: HashMap<ConnId, Vec<Membership>, RandomState>,
     len: usize,
 }
 
