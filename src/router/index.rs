@@ -181,6 +181,13 @@ mod tests {
         }
     }
 
+    /// The `grouped` flag (queue groups) sits in what was padding: fan-out walks `Sub`s, so
+    /// growing them costs cache lines per publication.
+    #[test]
+    fn sub_stays_five_words() {
+        assert_eq!(std::mem::size_of::<Sub<std::rc::Rc<()>>>(), 40);
+    }
+
     proptest! {
         /// Any sequence of subscribe/unsubscribe agrees with a plain map-of-sets model.
         #[test]
