@@ -352,11 +352,13 @@ def _leave_mid_stream(gb, n_members, leavers, per_pub):
 
 def test_members_leaving_mid_stream_lose_nothing_while_one_stays(gb):
     missing, counted, shares = _leave_mid_stream(gb, n_members=12, leavers=9, per_pub=2500)
+    print(f"\n9 of 12 members left mid-stream: missing {missing}, counted {counted}, shares {shares}")
     assert missing == 0 and counted == 0, (missing, counted, shares)
 
 
 def test_all_members_leaving_mid_stream_counts_exactly_the_missing(gb):
     missing, counted, shares = _leave_mid_stream(gb, n_members=6, leavers=6, per_pub=2500)
+    print(f"\nall 6 members left mid-stream: missing {missing}, counted {counted}, shares {shares}")
     assert missing > 0, shares
     assert missing == counted, (missing, counted, shares)
 
