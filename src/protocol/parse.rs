@@ -42,6 +42,8 @@
 //! | subscribe: `includeSenderMetadata` present and not `true`/`false` (`null` too) | `malformed_message` |
 //! | [ext] subscribe/unsubscribe: `pattern` present and not `true`/`false` (`null` too) | `malformed_message` |
 //! | subscribe/unsubscribe/publish: `channel` missing or not a string | `invalid_channel` |
+//! | [ext] subscribe: `group` present (any value) with `pattern:true` | `invalid_request` |
+//! | [ext] subscribe: `group` not a string of 1–64 chars of `A-Z a-z 0-9 _ . -` ([`valid_group`]) | `invalid_group` |
 //! | send: `to` missing or not a string | `invalid_peer_id` |
 //! | publish/send: `data` missing (`null` is valid data) | `missing_data` |
 //!
@@ -128,6 +130,18 @@ pub enum ClientMsg<'a> {
         /// `includeSenderMetadata`, default `false`.
         include_sender_metadata: bool,
     },
+    /// [ext] `{"type":"subscribe","channel":..,"group":..,"includeSenderMetadata"?:bool}`
+    /// (protocol.md §8.2): join queue group `group` of the channel.
+    SubscribeGroup {
+        /// Channel name (unvalidated).
+        channel: &'a str,
+        /// Optional request id.
+        request_id: Option<&'a str>,
+        /// `includeSenderMetadata`, default `false`.
+        include_sender_metadata: bool,
+        /// The group name (validated: [`valid_group`]).
+        group: &'a str,
+    },
     /// [ext] `{"type":"unsubscribe","channel":..,"pattern":true}` (protocol.md §8.3).
     UnsubscribePattern {
         /// The pattern's source text (unvalidated).
@@ -147,6 +161,34 @@ pub enum ClientMsg<'a> {
         /// At most this many messages.
         limit: u16,
     },
+    /// [ext] `{"type":"request","to":..,"requestId":..,"data":..,"timeoutMs"?:T}`
+    /// (protocol.md §8.4). `requestId` is required.
+    Request {
+        /// Target peerId (unvalidated).
+        to: &'a str,
+        /// The request's id, which its replies and errors carry.
+        request_id: &'a str,
+        /// Raw JSON bytes of `data`.
+        data: &'a [u8],
+        /// `timeoutMs`, when given (range checked by the command against the config).
+        timeout_ms: Option<u64>,
+    },
+    /// [ext] `{"type":"reply","replyTo":..,"data":..,"final"?:bool,"requestId"?:..}`.
+    Reply {
+        /// The `replyTo` of the request being answered (≤ 128 bytes).
+        reply_to: &'a str,
+        /// Raw JSON bytes of `data`.
+        data: &'a [u8],
+        /// `final`, default true.
+        last: bool,
+        /// Optional request id of this reply (answered by `ack` or `request_not_found`).
+        request_id: Option<&'a str>,
+    },
+    /// [ext] `{"type":"cancel","requestId":..}`: the requester cancels its request.
+    Cancel {
+        /// The id of the request to cancel (also the id the `ack` carries).
+        request_id: &'a str,
+    },
     /// `{"type":"ping"}`
     Ping {
         /// Optional request id.
@@ -163,21 +205,30 @@ impl ClientMsg<'_> {
             | ClientMsg::Publish { request_id, .. }
             | ClientMsg::Send { request_id, .. }
             | ClientMsg::SubscribePattern { request_id, .. }
+            | ClientMsg::SubscribeGroup { request_id, .. }
             | ClientMsg::UnsubscribePattern { request_id, .. }
             | ClientMsg::Ping { request_id } => request_id,
-            ClientMsg::History { request_id, .. } => Some(request_id),
+            ClientMsg::History { request_id, .. }
+            | ClientMsg::Request { request_id, .. }
+            | ClientMsg::Cancel { request_id } => Some(request_id),
+            ClientMsg::Reply { request_id, .. } => request_id,
         }
     }
 
     /// The wire `type` string of this command.
     pub fn type_str(&self) -> &'static str {
         match self {
-            ClientMsg::Subscribe { .. } | ClientMsg::SubscribePattern { .. } => "subscribe",
+            ClientMsg::Subscribe { .. }
+            | ClientMsg::SubscribePattern { .. }
+            | ClientMsg::SubscribeGroup { .. } => "subscribe",
             ClientMsg::Unsubscribe { .. } | ClientMsg::UnsubscribePattern { .. } => "unsubscribe",
             ClientMsg::Publish { .. } => "publish",
             ClientMsg::Send { .. } => "send",
             ClientMsg::Ping { .. } => "ping",
             ClientMsg::History { .. } => "history",
+            ClientMsg::Request { .. } => "request",
+            ClientMsg::Reply { .. } => "reply",
+            ClientMsg::Cancel { .. } => "cancel",
         }
     }
 }
@@ -337,6 +388,10 @@ struct Fields {
     since: Option<usize>,
     since_offset: Option<usize>,
     limit: Option<usize>,
+    timeout_ms: Option<usize>,
+    reply_to: Option<usize>,
+    last: Option<usize>,
+    group: Option<usize>,
     data: Option<usize>,
     data_ordinal: usize,
 }
@@ -388,6 +443,10 @@ fn interpret<'a>(
             "since" => f.since = Some(vi),
             "sinceOffset" => f.since_offset = Some(vi),
             "limit" => f.limit = Some(vi),
+            "timeoutMs" => f.timeout_ms = Some(vi),
+            "replyTo" => f.reply_to = Some(vi),
+            "final" => f.last = Some(vi),
+            "group" => f.group = Some(vi),
             "data" => {
                 f.data = Some(vi);
                 f.data_ordinal = ordinal;
@@ -493,6 +552,30 @@ fn interpret<'a>(
                     }
                 }
             };
+            if let Some(gi) = f.group {
+                // [ext] Queue groups (protocol §8.2).
+                if pattern {
+                    return Err(fail(InvalidRequest, "group cannot be used with pattern"));
+                }
+                if since.is_some() {
+                    return Err(fail(InvalidRequest, "since cannot be used with group"));
+                }
+                let Some(Node::String(group)) = nodes.get(gi) else {
+                    return Err(fail(InvalidGroup, "group must be a string"));
+                };
+                if !valid_group(group) {
+                    return Err(fail(
+                        InvalidGroup,
+                        "group must be 1-64 characters of A-Z a-z 0-9 _ . -",
+                    ));
+                }
+                return Ok(ClientMsg::SubscribeGroup {
+                    channel,
+                    request_id,
+                    include_sender_metadata,
+                    group,
+                });
+            }
             if pattern {
                 if since.is_some() {
                     return invalid("since cannot be used with pattern");
@@ -549,6 +632,50 @@ fn interpret<'a>(
             })
         }
         "ping" => Ok(ClientMsg::Ping { request_id }),
+        "request" => {
+            let Some(to) = str_at(f.to) else {
+                return Err(fail(InvalidPeerId, "missing or non-string to"));
+            };
+            let Some(request_id) = request_id else {
+                return invalid("request needs a requestId");
+            };
+            let data = data_span(&f)?;
+            let timeout_ms = match f.timeout_ms {
+                None => None,
+                Some(i) => match uint(i) {
+                    Some(n) => Some(n),
+                    None => return invalid("timeoutMs must be a positive integer"),
+                },
+            };
+            Ok(ClientMsg::Request {
+                to,
+                request_id,
+                data,
+                timeout_ms,
+            })
+        }
+        "reply" => {
+            let reply_to = match str_at(f.reply_to) {
+                Some(x) if !x.is_empty() && x.len() <= MAX_REQUEST_ID_CHARS => x,
+                _ => return invalid("replyTo must be the string a request carried"),
+            };
+            let last = match f.last.map(|i| nodes.get(i)) {
+                None => true,
+                Some(Some(Node::Static(StaticNode::Bool(b)))) => *b,
+                Some(_) => return invalid("final must be a boolean"),
+            };
+            let data = data_span(&f)?;
+            Ok(ClientMsg::Reply {
+                reply_to,
+                data,
+                last,
+                request_id,
+            })
+        }
+        "cancel" => match request_id {
+            Some(request_id) => Ok(ClientMsg::Cancel { request_id }),
+            None => invalid("cancel needs the requestId of the request"),
+        },
         "history" => {
             let Some(channel) = str_at(f.channel) else {
                 return Err(fail(InvalidChannel, "missing or non-string channel"));
@@ -644,6 +771,19 @@ pub fn validate_channel(name: &str) -> Result<(), ErrorCode> {
         return Err(ErrorCode::ChannelReserved);
     }
     Ok(())
+}
+
+/// Maximum length of a queue group name (protocol.md §8.2).
+pub const MAX_GROUP_LEN: usize = 64;
+
+/// [ext] True for a valid queue group name (protocol.md §8.2): 1–64 characters of
+/// `A-Z a-z 0-9 _ . -`.
+pub fn valid_group(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_GROUP_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Validates a peerId (protocol.md §1): 1–128 bytes, each printable ASCII

@@ -201,9 +201,13 @@ impl Shard {
             }
             ShardMsg::HistoryPublish(m) => self.sequence(*m),
             ShardMsg::HistoryQuery(q) => self.answer_query(*q),
-            ShardMsg::ConnFrame { conn, frame } => {
+            ShardMsg::ConnFrame { conn, frame, large } => {
                 if let Some(e) = self.state.borrow().conns.get(&conn) {
-                    e.handle.send(&frame);
+                    if large {
+                        e.handle.send_snapshot(&frame, frame.len() + SLOT_BYTES);
+                    } else {
+                        e.handle.send(&frame);
+                    }
                 }
             }
             ShardMsg::Shutdown { retry_after_ms } => {
@@ -225,6 +229,10 @@ impl Shard {
                 }
                 let _ = reply.send((st.conns.len() as u64, frames, bytes));
             }
+            m @ (ShardMsg::GroupJoin { .. }
+            | ShardMsg::GroupLeave { .. }
+            | ShardMsg::GroupDeliver { .. }
+            | ShardMsg::GroupBounce { .. }) => self.handle_group_msg(m),
             ShardMsg::PeerUp { app, peer, shard } => {
                 let mut st = self.state.borrow_mut();
                 *st.directory[app.0 as usize].entry(peer).or_insert(0) |= 1u128 << shard.0;
@@ -238,7 +246,18 @@ impl Shard {
                         dir.remove(&peer);
                     }
                 }
+                drop(st);
+                self.peer_maybe_gone(app, &peer);
             }
+            ShardMsg::Reply(m) => self.on_reply(*m),
+            ShardMsg::ResponderFrame {
+                conn,
+                of,
+                n,
+                frame,
+                release,
+            } => self.on_responder_frame(conn, of, n, frame, release),
+            ShardMsg::ResponderGone { n, conn } => self.on_responder_gone(n, conn),
         }
     }
 }

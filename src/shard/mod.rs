@@ -27,6 +27,7 @@
 pub(crate) mod cmd;
 pub mod conn;
 pub(crate) mod deliver;
+pub(crate) mod groups;
 pub(crate) mod handle;
 pub mod handshake;
 pub(crate) mod history;
@@ -35,6 +36,7 @@ pub(crate) mod inbox;
 pub(crate) mod outbound;
 pub(crate) mod pending;
 pub mod rate_limit;
+pub(crate) mod rpc;
 // The shard's io_uring code, and the only place in the shard with `unsafe`.
 #[allow(unsafe_code)]
 pub(crate) mod ring;
@@ -68,6 +70,7 @@ use crate::{
         patterns::{Member, PatternIndex, TrieError},
         ConnId, ConnRef, HistoryJoin, ShardId, ShardMsg,
     },
+    rpc::Requests,
 };
 use handle::{ConnHandle, TxQueue};
 
@@ -143,10 +146,17 @@ pub(crate) struct State {
     pub(crate) rosters: Rosters,
     /// [ext] Histories of the history channels this shard owns (protocol §8.1).
     pub(crate) histories: Histories,
+    /// [ext] Requests whose requester is on this shard, and those this shard's connections
+    /// took as responders (protocol §8.4).
+    pub(crate) requests: Requests,
     /// `local_peers[app]`: peer → this shard's connections of it.
     pub(crate) local_peers: Vec<HashMap<Arc<str>, Vec<ConnId>, RandomState>>,
     /// `directory[app]`: peer → bit set of OTHER shards holding a connection of it.
     pub(crate) directory: Vec<HashMap<Arc<str>, u128, RandomState>>,
+    /// [ext] Queue groups (protocol §8.2) of the channels this shard owns ([`groups`]).
+    pub(crate) groups: crate::router::groups::GroupTable,
+    /// [ext] Which group each local connection joined on which channel ([`groups`]).
+    pub(crate) memberships: groups::Memberships,
 }
 
 /// One shard. Lives in an `Rc` on its own thread.
@@ -170,6 +180,8 @@ pub(crate) struct Shard {
         RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(Instant, ConnId)>>>,
     /// The expiry task's waker, woken when a new earliest deadline arrives.
     pub(crate) expiry_waker: RefCell<Option<std::task::Waker>>,
+    /// [ext] The request-deadline task's waker ([`rpc::deadlines`]).
+    pub(crate) request_waker: RefCell<Option<std::task::Waker>>,
     /// Accepted sockets not yet upgraded or refused, in total and per source key.
     pub(crate) pending: RefCell<pending::Pending>,
     /// Messages this shard sent to itself, handled in order by [`Shard::pump_local`].
@@ -195,15 +207,19 @@ impl Shard {
                 index: Index::new(apps),
                 patterns: PatternIndex::new(apps),
                 rosters: Rosters::default(),
+                requests: Requests::new(id),
                 histories: Histories::new(id.0, l.history_max_bytes / broker.mesh.shards().max(1)),
                 local_peers: (0..apps).map(|_| HashMap::default()).collect(),
                 directory: (0..apps).map(|_| HashMap::default()).collect(),
+                groups: Default::default(),
+                memberships: Default::default(),
             }),
             parser: RefCell::new(Parser::new()),
             ring,
             tx: Rc::default(),
             expiries: RefCell::default(),
             expiry_waker: RefCell::new(None),
+            request_waker: RefCell::new(None),
             pending: RefCell::default(),
             local: RefCell::new(VecDeque::new()),
             next_conn: Cell::new(1),
@@ -349,6 +365,7 @@ impl Shard {
         for p in patterns {
             self.unsubscribe_pattern(entry.app, p, id);
         }
+        self.requests_of_gone_conn(id);
         let last = {
             let mut st = self.state.borrow_mut();
             let map = &mut st.local_peers[entry.app.0 as usize];
@@ -371,6 +388,7 @@ impl Shard {
                 peer: peer.clone(),
                 shard: self.id,
             });
+            self.peer_maybe_gone(app, &peer);
         }
         self.pump_local();
     }
@@ -459,12 +477,11 @@ impl Shard {
         conn: ConnId,
         peer: &Arc<str>,
     ) -> bool {
-        let removed = self
-            .state
-            .borrow_mut()
-            .index
-            .remove(app, channel, conn)
-            .is_some();
+        let removed = self.state.borrow_mut().index.remove(app, channel, conn);
+        if removed.as_ref().is_some_and(|s| s.grouped) {
+            self.leave_group(app, channel, conn); // [ext] protocol §8.2
+        }
+        let removed = removed.is_some();
         if removed {
             self.counters()
                 .subscriptions
