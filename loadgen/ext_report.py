@@ -123,24 +123,35 @@ print(
 )
 
 # a. wildcard
+def overloaded(d, i):
+    st = d["steps"][i]
+    return st["delivered"] < 0.99 * st["expected"]
+
+
 if runs("wc-none"):
     rows = []
+    cap = lambda d: d["deliveries"]["unique"] / d["broker"]["cpu_secs_with_grace"]
+    base_cap = vals("wc-none", cap)
+    for shape in ("mixed", "residual"):
+        x = vals(f"wc-{shape}", cap)
+        q = ratio(x, base_cap)
+        rows.append([
+            f"10,000 `{shape}` patterns, whole run: publications delivered per broker CPU-s (the core's capacity)",
+            cell(x), cell(base_cap), num(q), "≥ 0.8×", verdict(None if q is None else q >= 0.8)])
     steps = len(runs("wc-none")[0]["steps"])
-    for i in range(steps):
-        rate = runs("wc-none")[0]["steps"][i]["rate"]
-        base = vals("wc-none", lambda d: d["steps"][i]["deliveries_per_broker_cpu_sec"])
-        bdel = vals("wc-none", lambda d: d["steps"][i]["deliveries_per_sec"])
-        for shape in ("mixed", "residual"):
-            x = vals(f"wc-{shape}", lambda d: d["steps"][i]["deliveries_per_broker_cpu_sec"])
+    for shape in ("mixed", "residual"):
+        for i in range(steps):
+            rate = runs("wc-none")[0]["steps"][i]["rate"]
+            f = lambda d: None if overloaded(d, i) else d["steps"][i]["deliveries_per_broker_cpu_sec"]
+            x, b = vals(f"wc-{shape}", f), vals("wc-none", f)
+            over = sum(overloaded(d, i) for d in runs(f"wc-{shape}"))
+            m = cell(x) + (f"; overloaded in {over} of {len(runs(f'wc-{shape}'))} runs" if over else "")
+            rows.append([f"`{shape}`, {rate:,.0f} pub/s offered: publishes per broker CPU-s in the step",
+                         m, cell(b), num(ratio(x, b)), "-", "-"])
             xd = vals(f"wc-{shape}", lambda d: d["steps"][i]["deliveries_per_sec"])
-            q = ratio(x, base)
-            rows.append([
-                f"{rate:,.0f} pub/s offered, 10,000 `{shape}` patterns: publishes per broker CPU-s",
-                cell(x), cell(base), num(q), "≥ 0.8×", verdict(None if q is None else q >= 0.8)])
-            q2 = ratio(xd, bdel)
-            rows.append([
-                f"{rate:,.0f} pub/s offered, 10,000 `{shape}` patterns: publishes delivered/s",
-                cell(xd), cell(bdel), num(q2), "≥ 0.8×", verdict(None if q2 is None else q2 >= 0.8)])
+            bd = vals("wc-none", lambda d: d["steps"][i]["deliveries_per_sec"])
+            rows.append([f"`{shape}`, {rate:,.0f} pub/s offered: delivered in the step, per s",
+                         cell(xd), cell(bd), num(ratio(xd, bd)), "-", "-"])
     table("a. publish throughput with 10,000 non-matching pattern subscriptions (§8.3)", rows,
           [cmd("wc-none"), cmd("wc-mixed"), cmd("wc-residual")])
 
