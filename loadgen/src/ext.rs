@@ -748,3 +748,56 @@ pub fn retain(a: RetainArgs) -> Result<()> {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A glob over `/`-separated segments: `*` one segment, `**` one or more, `x*` in a
+    /// segment any run of non-`/` characters (enough for the shapes above).
+    fn glob(p: &[&str], c: &[&str]) -> bool {
+        fn seg(p: &str, c: &str) -> bool {
+            match p.split_once('*') {
+                None => p == c,
+                Some((a, b)) => c.len() >= a.len() + b.len() && c.starts_with(a) && c.ends_with(b),
+            }
+        }
+        match (p.first(), c.first()) {
+            (None, None) => true,
+            (Some(&"**"), Some(_)) => (1..=c.len()).any(|k| glob(&p[1..], &c[k..])),
+            (Some(s), Some(x)) => seg(s, x) && glob(&p[1..], &c[1..]),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn patterns_never_match_the_published_channels() {
+        for shape in [Shape::Mixed, Shape::Residual] {
+            for i in 0..400 {
+                let p = pattern(shape, i, 100);
+                let ps: Vec<&str> = p.split('/').collect();
+                for j in 0..100 {
+                    let c = format!("pat/ch-{j}");
+                    let cs: Vec<&str> = c.split('/').collect();
+                    assert!(!glob(&ps, &cs), "{p} matches {c}");
+                }
+            }
+        }
+        // The matcher itself does match what it should.
+        assert!(glob(&["pat", "*"], &["pat", "ch-1"]));
+        assert!(glob(&["**"], &["pat", "ch-1"]));
+        assert!(glob(&["pat", "ch-*"], &["pat", "ch-1"]));
+    }
+
+    #[test]
+    fn frame_fields_and_metrics_parse() {
+        let f =
+            br#"{"type":"message","channel":"hist/x","from":"p","offset":42,"data":{"offset":7}}"#;
+        assert_eq!(num_field(f, "offset"), Some(42));
+        assert!(is_message(f));
+        let m = "# TYPE ringcast_history_bytes gauge\nringcast_history_bytes{shard=\"0\"} 100\n\
+                 ringcast_history_bytes{shard=\"1\"} 23\nringcast_history_bytes_other 5\n";
+        assert_eq!(metric(m, "ringcast_history_bytes"), Some(123.0));
+        assert_eq!(metric(m, "ringcast_nothing"), None);
+    }
+}
