@@ -18,13 +18,13 @@
 # Env: RUNS (3), SCENARIOS ("wildcard history resume retain group"), BROKER (target/release/
 #      ringcast), LG (target/release/ringcast-loadgen), BROKER_CPUS (0), LOADGEN_CPUS (the
 #      other cores), BENCH_MD (BENCHMARKS.md; `none` to skip), STEP_SECS (5), WC_RATES
-#      (20000,60000), WC_PATTERNS (10000), HF_SUBS (1000), HF_RATES (200), HF2_SUBS (10),
-#      HF2_RATES (20000), RESUME_REPS (1000), RETAIN_MSGS (100000), RETAIN_PAYLOAD (120),
+#      (20000,60000), WC_PATTERNS (10000), HF_SUBS (1000), HF_RATES (50), HF2_SUBS (10),
+#      HF2_RATES (20000), HF_PAIRS (2), RESUME_REPS (1000), RETAIN_MSGS (100000), RETAIN_PAYLOAD (120),
 #      GROUP_MEMBERS (100), GROUP_RATE (50000).
 # History scenarios need a broker with `[[apps.history]]` (src/config.rs knows
 # `history_max_bytes`); the group scenario needs queue groups. Without them those scenarios
 # are skipped (history) or report what the broker did (group: every member gets everything).
-# Every generator call is bounded by `timeout` and --max-secs. ~8 minutes with RUNS=3.
+# Every generator call is bounded by `timeout` and --max-secs. ~10 minutes with RUNS=3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -35,8 +35,8 @@ RUNS=${RUNS:-3}
 SCENARIOS=${SCENARIOS:-wildcard history resume retain group}
 STEP_SECS=${STEP_SECS:-5}
 WC_RATES=${WC_RATES:-20000,60000}; WC_PATTERNS=${WC_PATTERNS:-10000}
-HF_SUBS=${HF_SUBS:-1000}; HF_RATES=${HF_RATES:-200}
-HF2_SUBS=${HF2_SUBS:-10}; HF2_RATES=${HF2_RATES:-20000}
+HF_SUBS=${HF_SUBS:-1000}; HF_RATES=${HF_RATES:-50}
+HF2_SUBS=${HF2_SUBS:-10}; HF2_RATES=${HF2_RATES:-20000}; HF_PAIRS=${HF_PAIRS:-2}
 RESUME_REPS=${RESUME_REPS:-1000}
 RETAIN_MSGS=${RETAIN_MSGS:-100000}; RETAIN_PAYLOAD=${RETAIN_PAYLOAD:-120}
 GROUP_MEMBERS=${GROUP_MEMBERS:-100}; GROUP_RATE=${GROUP_RATE:-50000}
@@ -129,9 +129,14 @@ for r in $(seq "$RUNS"); do
     run wc-residual "$r" wildcard --patterns "$WC_PATTERNS" --shape residual "${wc[@]}"
   fi
   if has history && hist_ok history; then
-    for ch in fan hist/fan; do
-      run "hf-${ch%%/*}" "$r" fanout --channel "$ch" --subscribers "$HF_SUBS" --rates "$HF_RATES" --step-secs "$STEP_SECS"
-      run "hf2-${ch%%/*}" "$r" fanout --channel "$ch" --subscribers "$HF2_SUBS" --rates "$HF2_RATES" --step-secs "$STEP_SECS"
+    # HF_PAIRS plain/history pairs per run (CPU per delivery moves with the machine's load).
+    for k in $(seq "$HF_PAIRS"); do
+      for ch in fan hist/fan; do
+        run "hf-${ch%%/*}" "$r$k" fanout --channel "$ch" --subscribers "$HF_SUBS" --rates "$HF_RATES" --step-secs "$STEP_SECS"
+      done
+      for ch in fan hist/fan; do
+        run "hf2-${ch%%/*}" "$r$k" fanout --channel "$ch" --subscribers "$HF2_SUBS" --rates "$HF2_RATES" --step-secs "$STEP_SECS"
+      done
     done
   fi
   if has resume && hist_ok resume; then
