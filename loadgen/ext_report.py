@@ -63,6 +63,17 @@ def cell(xs):
     return s
 
 
+def rcell(xs):
+    """A ratio cell: three decimals, so that a verdict at the goal's edge reads as it was made."""
+    if not xs:
+        return "-"
+    m = med(xs)
+    s = f"{m:.3f}"
+    if len(xs) > 1:
+        s += f" ({min(xs):.3f}..{max(xs):.3f})"
+    return s
+
+
 def cmd(name):
     try:
         return "`" + open(os.path.join(out, f"{name}.cmd")).read().strip().replace("target/release/", "") + "`"
@@ -157,7 +168,7 @@ if runs("wc-none"):
         q = paired(f"wc-{shape}", "wc-none", cap)
         rows.append([
             f"10,000 `{shape}` patterns, whole run: publications delivered per broker CPU-s (the core's capacity)",
-            cell(x), cell(base_cap), cell(q), "≥ 0.8×", verdict(None if not q else med(q) >= 0.8)])
+            cell(x), cell(base_cap), rcell(q), "≥ 0.8×", verdict(None if not q else med(q) >= 0.8)])
     steps = len(runs("wc-none")[0]["steps"])
     for shape in ("mixed", "residual"):
         for i in range(steps):
@@ -200,7 +211,7 @@ if runs("hf-fan") or runs("hf2-fan"):
             rows.append([
                 f"{subs:,} subscribers × {st['rate']:,.0f} pub/s: broker CPU µs per delivery, `hist/fan` vs `fan` "
                 f"({len(q)} of {n} pairs where the generator kept up in both)",
-                cell(x), cell(b), cell(q), "≤ 1.15×", verdict(None if not q else med(q) <= 1.15)])
+                cell(x), cell(b), rcell(q), "≤ 1.15×", verdict(None if not q else med(q) <= 1.15)])
             lost = lambda d: d["deliveries"]["lost"] + d["deliveries"]["duplicated"] + d["deliveries"]["reordered"]
             rows.append([f"{subs:,} subscribers: lost + duplicated + reordered", cell(vals(f"{pre}-hist", lost)),
                          cell(vals(f"{pre}-fan", lost)), "-", "0", verdict(med(vals(f"{pre}-hist", lost)) == 0)])
@@ -272,6 +283,6 @@ if runs("group"):
         ["publications lost (reached no member)", cell(lost), cell(blost), "-", "0", verdict(None if not lost else max(lost) == 0)],
         ["extra deliveries (a publication at a second member)", cell(extra), "-", "-", "0", verdict(None if not extra else max(extra) == 0)],
         ["deliveries per member, min / max", f"{cell(mn)} / {cell(mx)}", "-", "-", "even", "-"],
-        ["broker CPU µs per publication", cell(cpu), cell(bcpu), cell(paired("group", "group-plain", cpu_f)), "-", "-"],
+        ["broker CPU µs per publication", cell(cpu), cell(bcpu), rcell(paired("group", "group-plain", cpu_f)), "-", "-"],
     ]
     table("e. a queue group of 100 members at 50,000 publications/s (§8.2)", rows, [cmd("group"), cmd("group-plain")])
