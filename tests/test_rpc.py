@@ -18,9 +18,9 @@ Decisions of the broker where the spec is silent (src/shard/cmd/{request,reply,c
 src/shard/rpc.rs) are pinned here too: the order of the request checks, `replyTo` that is
 missing, empty, non-string or longer than 128 chars is `invalid_request` (a well-formed but
 unknown one is `request_not_found`), a reply to a request is accepted only from a connection of
-the target peer, `cancel` is per connection. Two strict xfails pin what is wrong or doubtful with a
-request to one's own peer (cancel frames reach the requesting connection; no responder_gone when
-the peer's only other connection leaves)."""
+the target peer, `cancel` is per connection. A request to one's own peer never sends the
+requesting connection a `cancel`, and fails with responder_gone when the peer's only other
+connection leaves."""
 
 from __future__ import annotations
 
@@ -217,8 +217,6 @@ def test_request_to_own_peer_skips_the_sending_connection(broker):
     expect_error(me0, "peer_not_found", "S2")
 
 
-@pytest.mark.xfail(strict=True, reason="broker bug: a connection asking its own peer gets `cancel` frames "
-                   "(taken / cancelled / timeout) for its own request, which it never received")
 def test_request_to_own_peer_sends_no_cancel_to_the_requester(broker):
     me = uniq("self-c")
     me0 = peer(broker, me, shard=0)
@@ -793,8 +791,6 @@ def test_admin_kick_fails_and_cancels_requests(broker):
     wait_in_flight(broker, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="doubt: a connection asking its own peer whose only other connection "
-                   "leaves before taking it waits for the deadline instead of getting responder_gone")
 def test_request_to_own_peer_fails_when_the_other_connection_leaves(broker):
     me = uniq("self-g")
     me0 = peer(broker, me, shard=0)
