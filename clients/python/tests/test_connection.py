@@ -72,7 +72,7 @@ async def test_expiry_with_token_callable_reconnects(connect):
 
 
 async def test_expiry_with_fixed_token_is_final(connect):
-    c = await connect(None, token=helpers.mint("short-fixed", exp_in=1.2))
+    c = await connect(None, token=helpers.mint("short-fixed", exp_in=2))
     with pytest.raises(ringcast.TokenExpired):
         await asyncio.wait_for(c.wait_closed(), 5)
 
