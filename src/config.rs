@@ -175,6 +175,14 @@ pub struct RunArgs {
     /// [default: 268435456].
     #[arg(long, env = "RINGCAST_HISTORY_MAX_BYTES")]
     pub history_max_bytes: Option<usize>,
+    /// [ext] Largest `timeoutMs` of a `request` (protocol §8.4); more is `invalid_request`
+    /// [default: 300000].
+    #[arg(long, env = "RINGCAST_REQUEST_MAX_TIMEOUT_MS")]
+    pub request_max_timeout_ms: Option<u64>,
+    /// [ext] Requests in flight per connection; one more is `too_many_requests`
+    /// [default: 100].
+    #[arg(long, env = "RINGCAST_MAX_REQUESTS_IN_FLIGHT")]
+    pub max_requests_in_flight: Option<usize>,
     /// Development mode (no apps configured) on a non-loopback `listen` or `rest_listen`:
     /// without this flag such a start is refused, since the generated key is printed and
     /// anyone who reaches the broker can use it [default: false].
@@ -304,6 +312,8 @@ pub struct FileConfig {
     max_pings_per_sec: Option<u32>,
     max_cross_shard_bytes: Option<usize>,
     history_max_bytes: Option<usize>,
+    request_max_timeout_ms: Option<u64>,
+    max_requests_in_flight: Option<usize>,
     dev_public: Option<bool>,
     /// Tenants.
     #[serde(default)]
@@ -439,6 +449,10 @@ pub struct Limits {
     pub max_cross_shard_bytes: usize,
     /// [ext] Retained history bytes for the whole broker (split between shards).
     pub history_max_bytes: usize,
+    /// [ext] Largest `timeoutMs` of a request.
+    pub request_max_timeout: Duration,
+    /// [ext] Requests in flight per connection.
+    pub max_requests_in_flight: usize,
 }
 
 /// Everything `ringcast run` needs, resolved.
@@ -504,6 +518,8 @@ impl Settings {
             max_pings_per_sec: pick!(max_pings_per_sec, 100),
             max_cross_shard_bytes: pick!(max_cross_shard_bytes, 64 << 20),
             history_max_bytes: pick!(history_max_bytes, 256 << 20),
+            request_max_timeout: Duration::from_millis(pick!(request_max_timeout_ms, 300_000)),
+            max_requests_in_flight: pick!(max_requests_in_flight, 100),
         };
         let s = Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),

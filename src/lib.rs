@@ -15,6 +15,7 @@
 //! - [`presence`]: per-channel rosters kept by the channel's owner shard.
 //! - [`history`]: [ext] per-channel retained messages, epochs and offsets, kept by the
 //!   channel's owner shard (protocol §8.1).
+//! - [`rpc`]: [ext] requests in flight, kept by the requester's shard (protocol §8.4).
 //! - [`shard`]: the per-core services: threads, accept, connections, the client commands
 //!   (one file each), delivery, outbound queues, the inbox and housekeeping tasks; all of
 //!   the io_uring code (and the shard's only `unsafe`) is in `shard::ring`.
@@ -39,4 +40,5 @@ pub(crate) mod presence;
 pub mod protocol;
 pub mod rest;
 pub mod router;
+pub mod rpc;
 pub mod shard;

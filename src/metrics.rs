@@ -139,6 +139,12 @@ pub struct ShardCounters {
     pub publications: AtomicU64,
     /// Direct messages accepted from this shard's connections.
     pub directs: AtomicU64,
+    /// Gauge: [ext] requests in flight whose requester is on this shard (protocol §8.4).
+    pub requests_in_flight: AtomicU64,
+    /// [ext] Requests accepted from this shard's connections.
+    pub requests: AtomicU64,
+    /// [ext] Requests that reached their deadline.
+    pub request_timeouts: AtomicU64,
     /// `message` frames queued to this shard's subscribers (one per subscriber reached).
     pub deliveries: AtomicU64,
     /// Connections closed with 4008 (outbound queue over its cap).
@@ -192,6 +198,9 @@ impl ShardCounters {
             bytes_out: AtomicU64::new(0),
             publications: AtomicU64::new(0),
             directs: AtomicU64::new(0),
+            requests_in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            request_timeouts: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             slow_consumer_closes: AtomicU64::new(0),
             rate_limit_closes: AtomicU64::new(0),
@@ -424,7 +433,25 @@ impl Metrics {
                 why.label()
             );
         }
-        let totals: [(&str, &str, &str, u64); 22] = [
+        let totals: [(&str, &str, &str, u64); 25] = [
+            (
+                "ringcast_requests_in_flight",
+                "gauge",
+                "Requests (protocol section 8.4) waiting for their final reply.",
+                self.sum(|s| &s.requests_in_flight),
+            ),
+            (
+                "ringcast_requests_total",
+                "counter",
+                "Requests accepted from WebSocket clients.",
+                self.sum(|s| &s.requests),
+            ),
+            (
+                "ringcast_request_timeouts_total",
+                "counter",
+                "Requests that reached their deadline without a final reply.",
+                self.sum(|s| &s.request_timeouts),
+            ),
             (
                 "ringcast_subscriptions",
                 "gauge",

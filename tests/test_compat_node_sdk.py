@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DEFAULT_CONFIG, PK_ANY, Broker, decode_unverified, mint
+from helpers import PK_ANY, Broker, decode_unverified, mint
+from test_history import CONFIG as HISTORY_CONFIG  # the standard apps plus an app with history
+from test_history import HKEY, HSECRET
 
 COMPAT_DIR = Path(__file__).resolve().parent / "compat"
 SCRIPT = COMPAT_DIR / "sdk_check.mjs"
@@ -43,6 +45,17 @@ REQUIRED_CHECKS = [
     "alice sees bob leave",
     "publishable key connects with ?key=",
     "publishable key: welcome.expiresAt is null",
+    # protocol.md 8.1 (history): the SDK on a history channel, a raw client on the wire
+    "history: SDK subscribe to a history channel acked",
+    "history: raw subscribe ack carries epoch and offset",
+    "history: raw publish ack carries offset",
+    "history: SDK message callback sees channel/from/data unchanged",
+    "history: SDK publish on a history channel acked",
+    "history: message carries offset on the wire",
+    "plain channel: subscribe ack is exactly the Metered ack",
+    "plain channel frames carry no extension field",
+    "plain channel: publish ack is exactly the Metered ack",
+    "plain channel: SDK message intact",
 ]
 
 
@@ -81,7 +94,7 @@ def test_js_sdk_pubsub_presence_direct(sdk_installed: None) -> None:
     ice = [{"urls": "stun:127.0.0.1:3478"}]
     channel = f"room-{uuid.uuid4().hex[:8]}"
     exp_in = 3600
-    broker = Broker(DEFAULT_CONFIG)
+    broker = Broker(HISTORY_CONFIG)
     try:
         alice = mint("alice", exp_in=exp_in, peerMetadata=alice_meta, metadata={"iceServers": ice})
         # The token's exp, read back so the check can compare welcome.expiresAt exactly.
@@ -102,6 +115,14 @@ def test_js_sdk_pubsub_presence_direct(sdk_installed: None) -> None:
             # Node sends no Origin header).
             "apiKey": PK_ANY,
             "publicChannel": f"public/{uuid.uuid4().hex[:8]}",
+            "history": {
+                "channel": f"h/js-{uuid.uuid4().hex[:8]}",
+                "plainChannel": f"p/js-{uuid.uuid4().hex[:8]}",
+                "tokens": {
+                    "carol": mint("carol", key_id=HKEY, secret=HSECRET),
+                    "raw": mint("raw-js", key_id=HKEY, secret=HSECRET),
+                },
+            },
         }
         env = dict(os.environ, RINGCAST_COMPAT=json.dumps(cfg), SDK_CHECK_HARD_LIMIT_MS="60000")
         started = time.monotonic()

@@ -511,3 +511,159 @@ def test_python_sdk_token_expiry_reconnects_with_fresh_token_and_resubscribes(
             await watcher.close()
 
     _run(scenario, 30)
+
+
+# --------------------------------------------------------------------------------------------
+# Extensions (protocol.md §8): what the SDK sees on a history channel, and proof that a plain
+# client sees exactly the Metered frames on a channel without extensions.
+# --------------------------------------------------------------------------------------------
+
+from test_history import CONFIG as HISTORY_CONFIG  # noqa: E402
+from test_history import HKEY, HSECRET  # noqa: E402
+
+# The Metered shapes of protocol.md §4 (required keys, allowed keys), for a plain client.
+METERED_SHAPES = {
+    "welcome": ({"type", "peerId", "expiresAt", "serverTime", "maxMessageSize"}, {"metadata"}),
+    "ack": ({"type", "requestId"}, set()),
+    "error": ({"type", "code"}, {"requestId", "message"}),
+    "message": ({"type", "channel", "from", "data"}, {"fromMetadata"}),
+    "direct": ({"type", "from", "data"}, {"fromMetadata"}),
+    "presence": ({"type", "channel", "joined", "left"}, set()),
+    "going_away": ({"type", "retryAfterMs"}, set()),
+    "pong": ({"type"}, set()),
+}
+
+
+def assert_metered_shape(frame: dict) -> None:
+    required, optional = METERED_SHAPES[frame["type"]]
+    keys = set(frame)
+    assert required <= keys and keys <= required | optional, f"not a Metered {frame['type']} frame: {frame}"
+
+
+def _hmint(peer: str, **claims: Any) -> str:
+    return mint(peer, key_id=HKEY, secret=HSECRET, **claims)
+
+
+@pytest.mark.timeout(60)
+def test_python_sdk_on_a_history_channel() -> None:
+    # The SDK subscribes to and publishes on a history channel (acks carry epoch/offset,
+    # messages carry offset on the wire); its callbacks see channel/from/data unchanged.
+    import json
+
+    from websockets.asyncio.client import connect as ws_connect
+
+    from helpers import rest_request
+
+    b = Broker(HISTORY_CONFIG)
+    ch = f"h/sdk-{uuid.uuid4().hex[:8]}"
+
+    async def raw_next(raw: Any, t: str) -> dict:
+        while True:
+            m = json.loads(await asyncio.wait_for(raw.recv(), STEP))
+            if m["type"] == t:
+                return m
+            assert m["type"] == "presence", m
+
+    async def scenario() -> None:
+        client = _client(b, _hmint("sdk-hist"))
+        rec = Recorder("sdk-hist", client)
+        try:
+            await asyncio.wait_for(client.connect(), STEP)
+            await asyncio.wait_for(client.subscribe(ch, _sub_opts(True)), STEP)  # ack has epoch/offset
+            await rec.wait_for(Presence, lambda p: p.channel == ch)
+            async with ws_connect(b.url(token=_hmint("raw-hist", peerMetadata={"r": 1})), open_timeout=STEP) as raw:
+                assert json.loads(await raw.recv())["type"] == "welcome"
+                await raw.send(json.dumps({"type": "subscribe", "channel": ch, "requestId": "s1"}))
+                ack = await raw_next(raw, "ack")
+                assert ack["offset"] == 0 and isinstance(ack["epoch"], str), ack
+                await rec.wait_for(Presence, lambda p: any(j.peer_id == "raw-hist" for j in p.joined))
+                payload = {"x": [1, "two", None], "nested": {"ok": True}}
+                await raw.send(json.dumps({"type": "publish", "channel": ch, "data": payload, "requestId": "p1"}))
+                assert await raw_next(raw, "ack") == {"type": "ack", "requestId": "p1", "offset": 1}
+                m = await rec.wait_for(Message, lambda m: m.sender_peer_id == "raw-hist")
+                assert m == Message(channel=ch, sender_peer_id="raw-hist", data=payload, sender_metadata={"r": 1}), m
+                # The SDK publishes on the history channel: its publish() resolves on the
+                # ack (which carries offset); the raw subscriber sees the offset on the wire.
+                await asyncio.wait_for(client.publish(ch, "from-sdk"), STEP)
+                wire = await raw_next(raw, "message")
+                assert wire == {"type": "message", "channel": ch, "from": "sdk-hist", "data": "from-sdk", "offset": 2}, wire
+                r = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: rest_request(b, "POST", f"/v1/channels/{ch.replace('/', '%2F')}/publish",
+                                               {"data": 3, "from": "backend"}, auth=(HKEY, HSECRET)))
+                assert r.status == 200 and r.json == {"channel": ch, "offset": 3}, r
+                m = await rec.wait_for(Message, lambda m: m.sender_peer_id == "backend")
+                assert (m.channel, m.data, m.sender_metadata) == (ch, 3, None), m
+                assert (await raw_next(raw, "message"))["offset"] == 3
+                # Re-subscribing (as the SDK does after a reconnect) is still just an ack.
+                await asyncio.wait_for(client.subscribe(ch), STEP)
+            assert rec.all(ServerError) == [] and rec.all(Disconnected) == []
+            assert [x.data for x in rec.all(Message)] == [payload, 3]
+        finally:
+            await client.close()
+
+    try:
+        _run(scenario, 40)
+    finally:
+        b.stop()
+
+
+@pytest.mark.timeout(60)
+def test_plain_client_sees_only_metered_frames_where_extensions_are_configured() -> None:
+    # A broker with history configured: a raw client on a plain channel of the history app
+    # (and on a history-shaped name in an app without history) gets exactly the frames of
+    # protocol.md §1-7, byte for byte where the encoder is fixed.
+    import json
+
+    from helpers import KEY_ID, SECRET, rest_request
+
+    b = Broker(HISTORY_CONFIG)
+    try:
+        for key, ch in (
+            ((HKEY, HSECRET), f"p/plain-{uuid.uuid4().hex[:8]}"),  # history app, plain channel
+            ((KEY_ID, SECRET), f"h/other-app-{uuid.uuid4().hex[:8]}"),  # app without history
+        ):
+            tok = mint("plain-a", key_id=key[0], secret=key[1], peerMetadata={"n": 1})
+            other_tok = mint("plain-b", key_id=key[0], secret=key[1])
+            a = b.raw(tok, shard=0)
+            c = b.raw(other_tok, shard=1)
+            frames: list[dict] = []
+
+            def recv(ws: Any) -> str:
+                t = ws.recv_text()
+                frames.append(json.loads(t))
+                return t
+
+            recv(a), recv(c)  # welcomes
+            a.send_json({"type": "subscribe", "channel": ch, "requestId": "s1", "includeSenderMetadata": True})
+            assert recv(a) == '{"type":"ack","requestId":"s1"}'
+            recv(a)  # snapshot
+            c.send_json({"type": "subscribe", "channel": ch, "requestId": "s2"})
+            assert recv(c) == '{"type":"ack","requestId":"s2"}'
+            recv(c), recv(a)  # snapshot listing a; a sees c join
+            c.send_text(f'{{"type":"publish","channel":"{ch}","data":{{"k":1}},"requestId":"p1"}}')
+            assert recv(c) == '{"type":"ack","requestId":"p1"}'
+            assert recv(a) == f'{{"type":"message","channel":"{ch}","from":"plain-b","data":{{"k":1}}}}'
+            a.send_text(f'{{"type":"publish","channel":"{ch}","data":[1]}}')
+            assert recv(c) == f'{{"type":"message","channel":"{ch}","from":"plain-a","data":[1]}}'
+            r = rest_request(b, "POST", f"/v1/channels/{ch.replace('/', '%2F')}/publish", {"data": 2, "from": "system"}, auth=key)
+            assert r.status == 200 and r.json == {"channel": ch}, r
+            assert recv(a) == f'{{"type":"message","channel":"{ch}","from":"system","data":2}}'
+            assert recv(c) == f'{{"type":"message","channel":"{ch}","from":"system","data":2}}'
+            c.send_json({"type": "send", "to": "plain-a", "data": "hi", "requestId": "d1"})
+            assert recv(c) == '{"type":"ack","requestId":"d1"}'
+            recv(a)  # direct
+            a.send_json({"type": "ping"})
+            assert recv(a) == '{"type":"pong"}'
+            a.send_json({"type": "subscribe", "channel": "_system/x", "requestId": "e1"})
+            recv(a)  # error
+            c.send_json({"type": "unsubscribe", "channel": ch, "requestId": "u1"})
+            assert recv(c) == '{"type":"ack","requestId":"u1"}'
+            recv(a)  # presence left
+            for f in frames:
+                assert_metered_shape(f)
+                assert "offset" not in f and "epoch" not in f and "recovered" not in f, f
+            assert [f["type"] for f in frames].count("message") == 4
+            a.close()
+            c.close()
+    finally:
+        b.stop()

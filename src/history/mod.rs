@@ -38,13 +38,19 @@ use crate::{
 /// share of the ring's spare capacity and the allocator's rounding of the payload.
 pub const ENTRY_OVERHEAD: usize = 64;
 
+/// Resolution of the retention clock: `at` is rounded up to it and "now" down, so a
+/// message expires between `ttl_secs` and `ttl_secs` + 2 ticks after it was published
+/// (a `u32` of ticks lasts 497 days).
+pub const TICK_MS: u64 = 10;
+
 /// One retained message.
 #[derive(Debug)]
 struct Entry {
     /// The `message` payload (JSON, no WebSocket header), with `fromMetadata` when the
     /// publisher had metadata (see `protocol::encode::history` for the layout).
     json: Box<[u8]>,
-    /// When it was published, in seconds since the store was created.
+    /// When it was published, in [`TICK_MS`] ticks since the store was created, rounded
+    /// up (so that it never expires early).
     at: u32,
     /// Where `data` starts in `json`.
     data_at: u32,
@@ -182,9 +188,14 @@ impl Histories {
         }
     }
 
-    /// Seconds since the store was created at `now`.
-    fn secs(&self, now: Instant) -> u32 {
-        now.saturating_duration_since(self.started).as_secs() as u32
+    /// Ticks since the store was created at `now`, rounded down.
+    fn ticks(&self, now: Instant) -> u32 {
+        (now.saturating_duration_since(self.started).as_millis() as u64 / TICK_MS) as u32
+    }
+
+    /// Ticks since the store was created at `now`, rounded up.
+    fn ticks_up(&self, now: Instant) -> u32 {
+        (now.saturating_duration_since(self.started).as_millis() as u64).div_ceil(TICK_MS) as u32
     }
 
     /// Retained messages, all channels.
@@ -211,7 +222,7 @@ impl Histories {
         rule: HistoryRule,
         now: Instant,
     ) -> &mut ChannelHistory {
-        let t = self.secs(now);
+        let t = self.ticks(now);
         if !self.channels.contains_key(&(app, channel.clone())) {
             self.epochs += 1;
             let epoch: Arc<str> =
@@ -232,11 +243,7 @@ impl Histories {
             .get_mut(&(app, channel.clone()))
             .expect("inserted above");
         let mut freed = (0, 0);
-        while h
-            .entries
-            .front()
-            .is_some_and(|e| t.saturating_sub(e.at) >= h.rule.ttl_secs)
-        {
+        while h.entries.front().is_some_and(|e| expired(t, e.at, h.rule)) {
             freed.0 += 1;
             freed.1 += h.pop_front();
         }
@@ -274,7 +281,7 @@ impl Histories {
         meta_len: Option<usize>,
         now: Instant,
     ) {
-        let at = self.secs(now);
+        let at = self.ticks_up(now);
         let Some(h) = self.channels.get_mut(&(app, channel.clone())) else {
             return; // `next` created it; nothing in between removes it
         };
@@ -421,14 +428,10 @@ impl Histories {
     /// Drops expired entries everywhere, and the records left with no entry whose channel
     /// has no subscriber (`subscribed(app, channel)`). Called about once a second.
     pub fn sweep(&mut self, now: Instant, subscribed: impl Fn(AppId, &str) -> bool) {
-        let t = self.secs(now);
+        let t = self.ticks(now);
         let (mut n, mut b) = (0, 0);
         self.channels.retain(|(app, ch), h| {
-            while h
-                .entries
-                .front()
-                .is_some_and(|e| t.saturating_sub(e.at) >= h.rule.ttl_secs)
-            {
+            while h.entries.front().is_some_and(|e| expired(t, e.at, h.rule)) {
                 n += 1;
                 b += h.pop_front();
             }
@@ -443,6 +446,11 @@ impl Histories {
             self.channels.shrink_to(cap);
         }
     }
+}
+
+/// True when an entry published at tick `at` is past its TTL at tick `now`.
+fn expired(now: u32, at: u32, rule: HistoryRule) -> bool {
+    u64::from(now.saturating_sub(at)) * TICK_MS >= u64::from(rule.ttl_secs) * 1000
 }
 
 /// End of the `from` JSON string that starts at `at` (its closing quote, included).

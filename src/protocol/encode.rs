@@ -23,6 +23,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::ErrorCode;
 
 pub mod history;
+pub mod rpc;
 
 /// WebSocket opcode: text frame.
 pub(crate) const OP_TEXT: u8 = 0x1;

@@ -147,6 +147,34 @@ pub enum ClientMsg<'a> {
         /// At most this many messages.
         limit: u16,
     },
+    /// [ext] `{"type":"request","to":..,"requestId":..,"data":..,"timeoutMs"?:T}`
+    /// (protocol.md §8.4). `requestId` is required.
+    Request {
+        /// Target peerId (unvalidated).
+        to: &'a str,
+        /// The request's id, which its replies and errors carry.
+        request_id: &'a str,
+        /// Raw JSON bytes of `data`.
+        data: &'a [u8],
+        /// `timeoutMs`, when given (range checked by the command against the config).
+        timeout_ms: Option<u64>,
+    },
+    /// [ext] `{"type":"reply","replyTo":..,"data":..,"final"?:bool,"requestId"?:..}`.
+    Reply {
+        /// The `replyTo` of the request being answered (≤ 128 bytes).
+        reply_to: &'a str,
+        /// Raw JSON bytes of `data`.
+        data: &'a [u8],
+        /// `final`, default true.
+        last: bool,
+        /// Optional request id of this reply (answered by `ack` or `request_not_found`).
+        request_id: Option<&'a str>,
+    },
+    /// [ext] `{"type":"cancel","requestId":..}`: the requester cancels its request.
+    Cancel {
+        /// The id of the request to cancel (also the id the `ack` carries).
+        request_id: &'a str,
+    },
     /// `{"type":"ping"}`
     Ping {
         /// Optional request id.
@@ -165,7 +193,10 @@ impl ClientMsg<'_> {
             | ClientMsg::SubscribePattern { request_id, .. }
             | ClientMsg::UnsubscribePattern { request_id, .. }
             | ClientMsg::Ping { request_id } => request_id,
-            ClientMsg::History { request_id, .. } => Some(request_id),
+            ClientMsg::History { request_id, .. }
+            | ClientMsg::Request { request_id, .. }
+            | ClientMsg::Cancel { request_id } => Some(request_id),
+            ClientMsg::Reply { request_id, .. } => request_id,
         }
     }
 
@@ -178,6 +209,9 @@ impl ClientMsg<'_> {
             ClientMsg::Send { .. } => "send",
             ClientMsg::Ping { .. } => "ping",
             ClientMsg::History { .. } => "history",
+            ClientMsg::Request { .. } => "request",
+            ClientMsg::Reply { .. } => "reply",
+            ClientMsg::Cancel { .. } => "cancel",
         }
     }
 }
@@ -337,6 +371,9 @@ struct Fields {
     since: Option<usize>,
     since_offset: Option<usize>,
     limit: Option<usize>,
+    timeout_ms: Option<usize>,
+    reply_to: Option<usize>,
+    last: Option<usize>,
     data: Option<usize>,
     data_ordinal: usize,
 }
@@ -388,6 +425,9 @@ fn interpret<'a>(
             "since" => f.since = Some(vi),
             "sinceOffset" => f.since_offset = Some(vi),
             "limit" => f.limit = Some(vi),
+            "timeoutMs" => f.timeout_ms = Some(vi),
+            "replyTo" => f.reply_to = Some(vi),
+            "final" => f.last = Some(vi),
             "data" => {
                 f.data = Some(vi);
                 f.data_ordinal = ordinal;
@@ -549,6 +589,50 @@ fn interpret<'a>(
             })
         }
         "ping" => Ok(ClientMsg::Ping { request_id }),
+        "request" => {
+            let Some(to) = str_at(f.to) else {
+                return Err(fail(InvalidPeerId, "missing or non-string to"));
+            };
+            let Some(request_id) = request_id else {
+                return invalid("request needs a requestId");
+            };
+            let data = data_span(&f)?;
+            let timeout_ms = match f.timeout_ms {
+                None => None,
+                Some(i) => match uint(i) {
+                    Some(n) => Some(n),
+                    None => return invalid("timeoutMs must be a positive integer"),
+                },
+            };
+            Ok(ClientMsg::Request {
+                to,
+                request_id,
+                data,
+                timeout_ms,
+            })
+        }
+        "reply" => {
+            let reply_to = match str_at(f.reply_to) {
+                Some(x) if !x.is_empty() && x.len() <= MAX_REQUEST_ID_CHARS => x,
+                _ => return invalid("replyTo must be the string a request carried"),
+            };
+            let last = match f.last.map(|i| nodes.get(i)) {
+                None => true,
+                Some(Some(Node::Static(StaticNode::Bool(b)))) => *b,
+                Some(_) => return invalid("final must be a boolean"),
+            };
+            let data = data_span(&f)?;
+            Ok(ClientMsg::Reply {
+                reply_to,
+                data,
+                last,
+                request_id,
+            })
+        }
+        "cancel" => match request_id {
+            Some(request_id) => Ok(ClientMsg::Cancel { request_id }),
+            None => invalid("cancel needs the requestId of the request"),
+        },
         "history" => {
             let Some(channel) = str_at(f.channel) else {
                 return Err(fail(InvalidChannel, "missing or non-string channel"));

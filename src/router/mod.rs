@@ -222,6 +222,25 @@ pub enum QueryAnswer {
     Rest(Reply<Vec<u8>>),
 }
 
+/// [ext] A responder's reply on its way to the requester's shard.
+#[derive(Debug)]
+pub struct ReplyMsg {
+    /// The request there (from `replyTo`).
+    pub n: u64,
+    /// The responder's tenant.
+    pub app: AppId,
+    /// The responder's peer id (a reply is accepted only from the target peer).
+    pub peer: Arc<str>,
+    /// The responder connection.
+    pub from: ConnRef,
+    /// `data`, raw JSON.
+    pub data: Bytes,
+    /// `final`.
+    pub last: bool,
+    /// The reply's own requestId (answered with `ack` or `request_not_found`).
+    pub request_id: Option<Box<str>>,
+}
+
 /// One direct message, encoded once.
 #[derive(Debug)]
 pub struct Direct {
@@ -314,12 +333,39 @@ pub enum ShardMsg {
     HistoryPublish(Box<HistoryPublish>),
     /// [ext] To a history channel's owner: list retained messages.
     HistoryQuery(Box<HistoryQuery>),
+    /// [ext] To a request's shard (protocol §8.4): a responder replied.
+    Reply(Box<ReplyMsg>),
+    /// [ext] To a responder's shard: a frame for one of its connections about request `n`
+    /// of shard `of` (the reply's ack or `request_not_found`, or a `cancel`); with
+    /// `release`, the connection no longer holds that request.
+    ResponderFrame {
+        /// The responder connection.
+        conn: ConnId,
+        /// The requester's shard.
+        of: ShardId,
+        /// The request there.
+        n: u64,
+        /// What to send it, if anything.
+        frame: Option<Bytes>,
+        /// The connection is done with the request.
+        release: bool,
+    },
+    /// [ext] To a request's shard: the connection that took request `n` went away.
+    ResponderGone {
+        /// The request.
+        n: u64,
+        /// The connection that went away.
+        conn: ConnRef,
+    },
     /// One frame for one local connection (an ack or error answered by another shard).
     ConnFrame {
         /// The connection.
         conn: ConnId,
         /// The frame.
         frame: Bytes,
+        /// A possibly large answer (a `history` ack): admitted past the outbound cap with
+        /// the one-at-a-time allowance of a presence snapshot.
+        large: bool,
     },
     /// Graceful shutdown: stop accepting, send `going_away`, close every connection 1001.
     Shutdown {
@@ -380,6 +426,7 @@ impl ShardMsg {
             }
             ShardMsg::Direct(d) => d.frame.len(),
             ShardMsg::HistoryPublish(h) => h.data.len(),
+            ShardMsg::Reply(r) => r.data.len(),
             ShardMsg::PresenceSnapshot {
                 history: Some(h), ..
             } => h.replay.iter().map(|f| f.len()).sum(),

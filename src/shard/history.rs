@@ -117,6 +117,7 @@ impl Shard {
                     ShardMsg::ConnFrame {
                         conn: o.conn,
                         frame,
+                        large: false,
                     },
                 );
             }
@@ -154,6 +155,7 @@ impl Shard {
                     ShardMsg::ConnFrame {
                         conn: conn.conn,
                         frame,
+                        large: true,
                     },
                 );
             }

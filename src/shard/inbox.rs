@@ -201,9 +201,13 @@ impl Shard {
             }
             ShardMsg::HistoryPublish(m) => self.sequence(*m),
             ShardMsg::HistoryQuery(q) => self.answer_query(*q),
-            ShardMsg::ConnFrame { conn, frame } => {
+            ShardMsg::ConnFrame { conn, frame, large } => {
                 if let Some(e) = self.state.borrow().conns.get(&conn) {
-                    e.handle.send(&frame);
+                    if large {
+                        e.handle.send_snapshot(&frame, frame.len() + SLOT_BYTES);
+                    } else {
+                        e.handle.send(&frame);
+                    }
                 }
             }
             ShardMsg::Shutdown { retry_after_ms } => {
@@ -238,7 +242,18 @@ impl Shard {
                         dir.remove(&peer);
                     }
                 }
+                drop(st);
+                self.peer_maybe_gone(app, &peer);
             }
+            ShardMsg::Reply(m) => self.on_reply(*m),
+            ShardMsg::ResponderFrame {
+                conn,
+                of,
+                n,
+                frame,
+                release,
+            } => self.on_responder_frame(conn, of, n, frame, release),
+            ShardMsg::ResponderGone { n, conn } => self.on_responder_gone(n, conn),
         }
     }
 }

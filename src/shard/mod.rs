@@ -35,6 +35,7 @@ pub(crate) mod inbox;
 pub(crate) mod outbound;
 pub(crate) mod pending;
 pub mod rate_limit;
+pub(crate) mod rpc;
 // The shard's io_uring code, and the only place in the shard with `unsafe`.
 #[allow(unsafe_code)]
 pub(crate) mod ring;
@@ -68,6 +69,7 @@ use crate::{
         patterns::{Member, PatternIndex, TrieError},
         ConnId, ConnRef, HistoryJoin, ShardId, ShardMsg,
     },
+    rpc::Requests,
 };
 use handle::{ConnHandle, TxQueue};
 
@@ -143,6 +145,9 @@ pub(crate) struct State {
     pub(crate) rosters: Rosters,
     /// [ext] Histories of the history channels this shard owns (protocol §8.1).
     pub(crate) histories: Histories,
+    /// [ext] Requests whose requester is on this shard, and those this shard's connections
+    /// took as responders (protocol §8.4).
+    pub(crate) requests: Requests,
     /// `local_peers[app]`: peer → this shard's connections of it.
     pub(crate) local_peers: Vec<HashMap<Arc<str>, Vec<ConnId>, RandomState>>,
     /// `directory[app]`: peer → bit set of OTHER shards holding a connection of it.
@@ -170,6 +175,8 @@ pub(crate) struct Shard {
         RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(Instant, ConnId)>>>,
     /// The expiry task's waker, woken when a new earliest deadline arrives.
     pub(crate) expiry_waker: RefCell<Option<std::task::Waker>>,
+    /// [ext] The request-deadline task's waker ([`rpc::deadlines`]).
+    pub(crate) request_waker: RefCell<Option<std::task::Waker>>,
     /// Accepted sockets not yet upgraded or refused, in total and per source key.
     pub(crate) pending: RefCell<pending::Pending>,
     /// Messages this shard sent to itself, handled in order by [`Shard::pump_local`].
@@ -195,6 +202,7 @@ impl Shard {
                 index: Index::new(apps),
                 patterns: PatternIndex::new(apps),
                 rosters: Rosters::default(),
+                requests: Requests::new(id),
                 histories: Histories::new(id.0, l.history_max_bytes / broker.mesh.shards().max(1)),
                 local_peers: (0..apps).map(|_| HashMap::default()).collect(),
                 directory: (0..apps).map(|_| HashMap::default()).collect(),
@@ -204,6 +212,7 @@ impl Shard {
             tx: Rc::default(),
             expiries: RefCell::default(),
             expiry_waker: RefCell::new(None),
+            request_waker: RefCell::new(None),
             pending: RefCell::default(),
             local: RefCell::new(VecDeque::new()),
             next_conn: Cell::new(1),
@@ -349,6 +358,7 @@ impl Shard {
         for p in patterns {
             self.unsubscribe_pattern(entry.app, p, id);
         }
+        self.requests_of_gone_conn(id);
         let last = {
             let mut st = self.state.borrow_mut();
             let map = &mut st.local_peers[entry.app.0 as usize];
@@ -371,6 +381,7 @@ impl Shard {
                 peer: peer.clone(),
                 shard: self.id,
             });
+            self.peer_maybe_gone(app, &peer);
         }
         self.pump_local();
     }

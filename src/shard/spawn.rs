@@ -87,6 +87,7 @@ pub fn start(
                     tokio_uring::spawn(ring::run::flusher(shard.clone()));
                     tokio_uring::spawn(housekeeping::run(shard.clone()));
                     tokio_uring::spawn(housekeeping::expiry(shard.clone()));
+                    tokio_uring::spawn(super::rpc::deadlines(shard.clone()));
                     let _ = ready.send(Ok(i));
                     accept_loop(shard, listener).await;
                 });

@@ -11,7 +11,11 @@
 //                 "aliceIceServers": [...]},
 //     "badToken": "<jwt signed with the wrong secret>",
 //     "expiredToken": "<jwt whose exp is in the past>",
-//     "apiKey": "pk_live_…", "publicChannel": "public/…"   // optional: publishable-key path
+//     "apiKey": "pk_live_…", "publicChannel": "public/…",  // optional: publishable-key path
+//     "history": {                                         // optional: protocol.md 8.1
+//       "channel": "h/…",  "plainChannel": "p/…",          // with / without history
+//       "tokens": {"carol": "<jwt>", "raw": "<jwt>"}       // SDK client, raw `ws` client
+//     }
 //   }
 //
 // The SDK is configured, never patched: Node 20 has no global WebSocket, so the
@@ -148,6 +152,111 @@ function withTimeout(promise, ms, what) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// A raw `ws` client (no SDK) that queues every text frame, for checks on the exact wire.
+function openRaw(url) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    const frames = [];
+    const waiters = [];
+    ws.on("message", (data, isBinary) => {
+      const text = isBinary ? null : data.toString("utf8");
+      frames.push(text);
+      while (waiters.length && frames.length) waiters.shift()(frames.shift());
+    });
+    ws.on("error", reject);
+    ws.on("open", () =>
+      resolve({
+        ws,
+        send: (obj) => ws.send(typeof obj === "string" ? obj : JSON.stringify(obj)),
+        // Next text frame, raw (string); rejects after STEP_TIMEOUT_MS.
+        nextText: () =>
+          frames.length
+            ? Promise.resolve(frames.shift())
+            : withTimeout(new Promise((r) => waiters.push(r)), STEP_TIMEOUT_MS, "raw frame"),
+        close: () => ws.close(),
+      }),
+    );
+  });
+}
+
+// Next raw frame of type `type` (presence frames in between are skipped), parsed.
+async function rawNext(raw, type) {
+  for (;;) {
+    const m = JSON.parse(await raw.nextText());
+    if (m.type === type) return m;
+    if (m.type !== "presence") throw new Error(`raw: expected ${type}, got ${JSON.stringify(m)}`);
+  }
+}
+
+async function historyChecks(h) {
+  // Metered's SDK on a history channel: the subscribe/publish acks carry epoch/offset and
+  // every message carries offset on the wire; the SDK's callbacks see channel/from/data.
+  const carol = makeClient(h.tokens.carol);
+  const c = new Recorder("carol", carol);
+  await step("history: SDK connects", withTimeout(carol.connect(), STEP_TIMEOUT_MS, "carol.connect()"));
+  await step(
+    "history: SDK subscribe to a history channel acked",
+    withTimeout(carol.subscribe(h.channel), STEP_TIMEOUT_MS, "carol.subscribe(history)"),
+  );
+  await step("history: SDK presence snapshot", c.waitFor("presence", (p) => p.channel === h.channel, "snapshot"));
+  const raw = await step("history: raw client connects", openRaw(`${cfg.origin}/v1?token=${h.tokens.raw}`));
+  check(JSON.parse(await raw.nextText()).type === "welcome", "history: raw welcome");
+  raw.send({ type: "subscribe", channel: h.channel, requestId: "s1" });
+  const ack = await rawNext(raw, "ack");
+  check(typeof ack.epoch === "string" && ack.offset === 0, "history: raw subscribe ack carries epoch and offset", ack);
+  const payload = { x: [1, "two", null], nested: { ok: true } };
+  raw.send({ type: "publish", channel: h.channel, data: payload, requestId: "p1" });
+  const pack = await rawNext(raw, "ack");
+  check(deepEqual(pack, { type: "ack", requestId: "p1", offset: 1 }), "history: raw publish ack carries offset", pack);
+  const m1 = await step("history: SDK receives the message", c.waitFor("message", (m) => m.from === "raw-js", "message from raw-js"));
+  check(
+    m1.channel === h.channel && m1.from === "raw-js" && deepEqual(m1.data, payload),
+    "history: SDK message callback sees channel/from/data unchanged",
+    m1,
+  );
+  await step(
+    "history: SDK publish on a history channel acked",
+    withTimeout(carol.publish(h.channel, "from-sdk"), STEP_TIMEOUT_MS, "carol.publish(history)"),
+  );
+  const wire = await rawNext(raw, "message");
+  check(
+    deepEqual(wire, { type: "message", channel: h.channel, from: "carol", data: "from-sdk", offset: 2 }),
+    "history: message carries offset on the wire",
+    wire,
+  );
+  // A plain channel of the same app: the raw frames are the Metered ones, byte for byte.
+  raw.send({ type: "subscribe", channel: h.plainChannel, requestId: "s2" });
+  const plainAck = await raw.nextText();
+  check(plainAck === '{"type":"ack","requestId":"s2"}', "plain channel: subscribe ack is exactly the Metered ack", plainAck);
+  await rawNext(raw, "presence");
+  await step(
+    "plain channel: SDK subscribe acked",
+    withTimeout(carol.subscribe(h.plainChannel), STEP_TIMEOUT_MS, "carol.subscribe(plain)"),
+  );
+  await step(
+    "plain channel: SDK publish acked",
+    withTimeout(carol.publish(h.plainChannel, { p: 1 }), STEP_TIMEOUT_MS, "carol.publish(plain)"),
+  );
+  let text;
+  for (;;) {
+    text = await raw.nextText();
+    if (JSON.parse(text).type !== "presence") break;
+  }
+  check(
+    text === `{"type":"message","channel":${JSON.stringify(h.plainChannel)},"from":"carol","data":{"p":1}}`,
+    "plain channel frames carry no extension field",
+    text,
+  );
+  raw.send({ type: "publish", channel: h.plainChannel, data: 7, requestId: "p2" });
+  const plainPack = await raw.nextText();
+  check(plainPack === '{"type":"ack","requestId":"p2"}', "plain channel: publish ack is exactly the Metered ack", plainPack);
+  const m2 = await step("plain channel: SDK receives the message", c.waitFor("message", (m) => m.channel === h.plainChannel));
+  check(m2.from === "raw-js" && m2.data === 7, "plain channel: SDK message intact", m2);
+  check(c.all("server-error").length === 0, "history: no uncorrelated server errors", c.all("server-error"));
+  raw.close();
+  await step("history: SDK close", withTimeout(carol.close(), STEP_TIMEOUT_MS, "carol.close"));
+}
 
 async function main() {
   const { channel, tokens, expect } = cfg;
@@ -314,6 +423,8 @@ async function main() {
     check(ps.joined.length === 0 && ps.left.length === 0, "publishable key snapshot empty", ps);
     await step("publishable key close", withTimeout(pub.close(), STEP_TIMEOUT_MS, "pk.close"));
   }
+
+  if (cfg.history) await historyChecks(cfg.history);
 
   check(
     a.all("server-error").length === 0 && b.all("server-error").length === 0,

@@ -12,10 +12,13 @@
 //! one connection's message closes that connection with 1011 and leaves the shard and its
 //! other connections running.
 
+mod cancel;
 mod history;
 mod pattern;
 mod ping;
 mod publish;
+mod reply;
+mod request;
 mod send;
 mod subscribe;
 mod unsubscribe;
@@ -102,6 +105,19 @@ fn dispatch(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             since_offset,
             limit,
         } => history::apply(shard, conn, channel, request_id, since_offset, limit),
+        ClientMsg::Request {
+            to,
+            request_id,
+            data,
+            timeout_ms,
+        } => request::apply(shard, conn, to, request_id, data, timeout_ms),
+        ClientMsg::Reply {
+            reply_to,
+            data,
+            last,
+            request_id,
+        } => reply::apply(shard, conn, reply_to, data, last, request_id),
+        ClientMsg::Cancel { request_id } => cancel::apply(shard, conn, request_id),
         ClientMsg::Unsubscribe {
             channel,
             request_id,

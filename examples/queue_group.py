@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Workers share the jobs of one channel: each job goes to exactly one of them.
+
+Runs against a live ringcast (docs/protocol.md 8.2, queue groups) with the stock Python
+`websockets` client and PyJWT (pip install websockets PyJWT). No broker configuration is
+needed for queue groups.
+
+Every worker subscribes to `jobs/<run>` with `"group": "workers"`. A publication on the
+channel goes to every plain subscriber and to exactly one member of each group, so the
+dispatcher publishes each job once and one worker takes it. The worker answers the
+dispatcher with a direct `send`. The dispatcher prints who did what, then checks that every
+job was done exactly once (a broker without queue groups would hand every job to every
+worker: the script then exits 1).
+
+    python3 examples/queue_group.py --url ws://127.0.0.1:8080/v1 \
+        --key-id sk_id_examples1 --key-secret sk_secret_examples_only_never_deploy_0123456789
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import time
+
+import jwt
+from websockets.asyncio.client import connect
+
+
+def token(key_id: str, secret: str, peer: str, channels: list[str]) -> str:
+    claims = {"sub": peer, "exp": int(time.time()) + 600, "channels": channels,
+              "permissions": ["publish", "subscribe", "send"]}
+    return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": key_id})
+
+
+async def recv_type(ws, *types):
+    """Next frame whose type is one of `types` (presence and other frames are skipped)."""
+    while True:
+        msg = json.loads(await ws.recv())
+        if msg["type"] in types:
+            return msg
+        if msg["type"] == "error":
+            raise RuntimeError(f"broker error: {msg}")
+
+
+async def worker(url: str, tok: str, name: str, jobs: str, ready: asyncio.Event) -> None:
+    async with connect(f"{url}?token={tok}") as ws:
+        await recv_type(ws, "welcome")
+        await ws.send(json.dumps({"type": "subscribe", "channel": jobs, "group": "workers", "requestId": "join"}))
+        await recv_type(ws, "ack")
+        ready.set()
+        while True:
+            msg = await recv_type(ws, "message", "direct")
+            if msg["type"] == "direct":  # the dispatcher says we are done
+                return
+            job = msg["data"]
+            await asyncio.sleep(0.01)  # the work
+            result = {"job": job["id"], "worker": name, "result": job["n"] ** 2}
+            await ws.send(json.dumps({"type": "send", "to": msg["from"], "data": result}))
+
+
+async def dispatcher(url: str, key_id: str, secret: str, run: str, workers: int, jobs: int) -> int:
+    channel = f"jobs/{run}"
+    names = [f"worker-{i}" for i in range(workers)]
+    readies = [asyncio.Event() for _ in names]
+    tasks = [
+        asyncio.create_task(worker(url, token(key_id, secret, n, [channel]), n, channel, r))
+        for n, r in zip(names, readies)
+    ]
+    done_by: dict[int, list[str]] = collections.defaultdict(list)
+    async with connect(f"{url}?token={token(key_id, secret, 'dispatcher', [channel])}") as ws:
+        await recv_type(ws, "welcome")
+        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 10)
+        for i in range(jobs):
+            await ws.send(json.dumps({"type": "publish", "channel": channel, "data": {"id": i, "n": i}}))
+        while sum(map(len, done_by.values())) < jobs:
+            d = (await asyncio.wait_for(recv_type(ws, "direct"), 10))["data"]
+            done_by[d["job"]].append(d["worker"])
+        # Any extra answer within a moment means a job was handed out twice.
+        try:
+            while True:
+                d = (await asyncio.wait_for(recv_type(ws, "direct"), 0.5))["data"]
+                done_by[d["job"]].append(d["worker"])
+        except asyncio.TimeoutError:
+            pass
+        # Tell every worker to stop, straight to its connections (not through the group,
+        # which would hand the note to just one of them).
+        for n in names:
+            await ws.send(json.dumps({"type": "send", "to": n, "data": {"done": True}}))
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    per_worker = collections.Counter(w for ws_ in done_by.values() for w in ws_)
+    for n in names:
+        print(f"{n} did {per_worker[n]} jobs", flush=True)
+    twice = {j: w for j, w in done_by.items() if len(w) != 1}
+    if twice or sorted(done_by) != list(range(jobs)):
+        print(f"FAILED: jobs not done exactly once: {dict(list(twice.items())[:5])} "
+              "(does this broker support queue groups?)", flush=True)
+        return 1
+    print(f"all {jobs} jobs done exactly once by {workers} workers", flush=True)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", default="ws://127.0.0.1:8080/v1")
+    ap.add_argument("--key-id", required=True)
+    ap.add_argument("--key-secret", required=True)
+    ap.add_argument("--run", default="run-7")
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=30)
+    a = ap.parse_args()
+    return asyncio.run(dispatcher(a.url, a.key_id, a.key_secret, a.run, a.workers, a.jobs))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,359 @@
+//! [ext] Requests in flight (protocol.md §8.4), kept by the requester's shard.
+//!
+//! The requester's shard is the one place that decides a request's fate: which responder
+//! connection took it, the order of its replies (`seq`), its deadline, its cancellation.
+//! Responders' replies travel to it: the `replyTo` handed to responders names the shard and
+//! the request (`"<shard>.<n>"`), and a reply is accepted only from a connection of the
+//! target peer.
+//!
+//! One table per shard, a per-connection index (for cancel, the per-connection bound and
+//! disconnects), a per-peer index of the requests nobody took yet (to fail them when the
+//! peer's last connection goes), and one deadline heap per shard: an idle connection costs
+//! nothing here, and a finished request leaves only its heap entry until that is due (the
+//! heap is rebuilt when stale entries outnumber live ones).
+//!
+//! The responder side keeps, per connection, the requests it took and has not finished, so
+//! that its disconnect fails them with `responder_gone`.
+//!
+//! Pure data structure: no sockets, no runtime.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    sync::Arc,
+    time::Instant,
+};
+
+use ahash::RandomState;
+
+use crate::{
+    auth::AppId,
+    router::{ConnId, ConnRef, ShardId},
+};
+
+/// One request in flight.
+#[derive(Debug)]
+pub struct InFlight {
+    /// The requesting connection (on this shard).
+    pub conn: ConnId,
+    /// Its `requestId`.
+    pub request_id: Box<str>,
+    /// Tenant.
+    pub app: AppId,
+    /// The target peer.
+    pub peer: Arc<str>,
+    /// The responder connection that replied first, once one has.
+    pub taken: Option<ConnRef>,
+    /// `seq` of the last reply delivered (0: none yet).
+    pub seq: u32,
+    /// When it times out.
+    pub deadline: Instant,
+}
+
+/// The requests of one shard.
+#[derive(Debug)]
+pub struct Requests {
+    shard: ShardId,
+    next: u64,
+    table: HashMap<u64, InFlight, RandomState>,
+    by_conn: HashMap<ConnId, Vec<u64>, RandomState>,
+    untaken_by_peer: HashMap<(AppId, Arc<str>), Vec<u64>, RandomState>,
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Responder side: per local connection, the (requester shard, request) pairs it took.
+    took: HashMap<ConnId, Vec<(ShardId, u64)>, RandomState>,
+}
+
+/// `replyTo` of request `n` of shard `shard`.
+pub fn reply_to(shard: ShardId, n: u64) -> String {
+    format!("{}.{}", shard.0, n)
+}
+
+/// The shard and request a `replyTo` names; `None` for anything this broker did not make.
+pub fn parse_reply_to(x: &str) -> Option<(ShardId, u64)> {
+    let (s, n) = x.split_once('.')?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(s) || !digits(n) {
+        return None;
+    }
+    Some((ShardId(s.parse().ok()?), n.parse().ok()?))
+}
+
+fn remove_from<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Vec<u64>, RandomState>,
+    key: &K,
+    n: u64,
+) {
+    if let Some(v) = map.get_mut(key) {
+        v.retain(|x| *x != n);
+        if v.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+impl Requests {
+    /// An empty table for `shard`.
+    pub fn new(shard: ShardId) -> Requests {
+        Requests {
+            shard,
+            next: 1,
+            table: HashMap::default(),
+            by_conn: HashMap::default(),
+            untaken_by_peer: HashMap::default(),
+            deadlines: BinaryHeap::new(),
+            took: HashMap::default(),
+        }
+    }
+
+    /// Requests in flight on this shard.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when none is.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Requests in flight of `conn`.
+    pub fn count(&self, conn: ConnId) -> usize {
+        self.by_conn.get(&conn).map_or(0, Vec::len)
+    }
+
+    /// The request of `conn` with this `requestId`.
+    pub fn find(&self, conn: ConnId, request_id: &str) -> Option<u64> {
+        self.by_conn.get(&conn)?.iter().copied().find(|n| {
+            self.table
+                .get(n)
+                .is_some_and(|r| *r.request_id == *request_id)
+        })
+    }
+
+    /// Records a new request; returns its number (for `replyTo`).
+    pub fn insert(
+        &mut self,
+        conn: ConnId,
+        request_id: &str,
+        app: AppId,
+        peer: Arc<str>,
+        deadline: Instant,
+    ) -> u64 {
+        let n = self.next;
+        self.next += 1;
+        self.by_conn.entry(conn).or_default().push(n);
+        self.untaken_by_peer
+            .entry((app, peer.clone()))
+            .or_default()
+            .push(n);
+        self.deadlines.push(Reverse((deadline, n)));
+        self.table.insert(
+            n,
+            InFlight {
+                conn,
+                request_id: request_id.into(),
+                app,
+                peer,
+                taken: None,
+                seq: 0,
+                deadline,
+            },
+        );
+        n
+    }
+
+    /// The request numbered `n`.
+    pub fn get_mut(&mut self, n: u64) -> Option<&mut InFlight> {
+        self.table.get_mut(&n)
+    }
+
+    /// Marks request `n` taken by `by` (it is no longer waiting for any responder).
+    pub fn take(&mut self, n: u64, by: ConnRef) {
+        if let Some(r) = self.table.get_mut(&n) {
+            if r.taken.is_none() {
+                r.taken = Some(by);
+                let key = (r.app, r.peer.clone());
+                remove_from(&mut self.untaken_by_peer, &key, n);
+            }
+        }
+    }
+
+    /// Forgets request `n` (finished, timed out, cancelled, or its requester gone).
+    pub fn remove(&mut self, n: u64) -> Option<InFlight> {
+        let r = self.table.remove(&n)?;
+        remove_from(&mut self.by_conn, &r.conn, n);
+        if r.taken.is_none() {
+            remove_from(&mut self.untaken_by_peer, &(r.app, r.peer.clone()), n);
+        }
+        if self.deadlines.len() > 2 * self.table.len() + 1024 {
+            // Finished requests left their deadlines behind: rebuild from the live ones.
+            self.deadlines = self
+                .table
+                .iter()
+                .map(|(n, r)| Reverse((r.deadline, *n)))
+                .collect();
+        }
+        Some(r)
+    }
+
+    /// The earliest deadline, if any (it may belong to a finished request).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// The requests whose deadline is at or before `now`, removed from the heap (but not
+    /// from the table: the caller times them out).
+    pub fn due(&mut self, now: Instant) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(Reverse((t, n))) = self.deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop();
+            if self.table.get(&n).is_some_and(|r| r.deadline == t) {
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    /// The requests of `conn` (its disconnect).
+    pub fn of_conn(&self, conn: ConnId) -> Vec<u64> {
+        self.by_conn.get(&conn).cloned().unwrap_or_default()
+    }
+
+    /// The requests to `peer` that no connection took yet.
+    pub fn untaken_to(&self, app: AppId, peer: &Arc<str>) -> Vec<u64> {
+        self.untaken_by_peer
+            .get(&(app, peer.clone()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// True when some request of this shard is waiting for `peer`.
+    pub fn waits_for(&self, app: AppId, peer: &Arc<str>) -> bool {
+        !self.untaken_by_peer.is_empty() && self.untaken_by_peer.contains_key(&(app, peer.clone()))
+    }
+
+    /// This shard's number.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Responder side: local connection `conn` sent a non-final reply to request `n` of
+    /// shard `of` (it took it, or tries to).
+    pub fn took(&mut self, conn: ConnId, of: ShardId, n: u64) {
+        let v = self.took.entry(conn).or_default();
+        if !v.contains(&(of, n)) {
+            v.push((of, n));
+        }
+    }
+
+    /// Responder side: `conn` is done with request `n` of `of` (final reply, refused,
+    /// cancelled).
+    pub fn released(&mut self, conn: ConnId, of: ShardId, n: u64) {
+        if let Some(v) = self.took.get_mut(&conn) {
+            v.retain(|x| *x != (of, n));
+            if v.is_empty() {
+                self.took.remove(&conn);
+            }
+        }
+    }
+
+    /// Responder side: the requests `conn` took and did not finish (its disconnect).
+    pub fn took_by(&mut self, conn: ConnId) -> Vec<(ShardId, u64)> {
+        self.took.remove(&conn).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn reply_to_round_trips_and_refuses_anything_else() {
+        assert_eq!(
+            parse_reply_to(&reply_to(ShardId(3), 77)),
+            Some((ShardId(3), 77))
+        );
+        for bad in [
+            "",
+            "1",
+            "1.",
+            ".1",
+            "a.1",
+            "1.1.1",
+            "1.-1",
+            "99999999.1",
+            "1.99999999999999999999",
+        ] {
+            assert_eq!(parse_reply_to(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_path_frees_the_indexes() {
+        let mut r = Requests::new(ShardId(0));
+        let t = Instant::now();
+        let p: Arc<str> = Arc::from("p");
+        let a = r.insert(
+            ConnId(1),
+            "a",
+            AppId(0),
+            p.clone(),
+            t + Duration::from_secs(1),
+        );
+        let b = r.insert(
+            ConnId(1),
+            "b",
+            AppId(0),
+            p.clone(),
+            t + Duration::from_secs(2),
+        );
+        assert_eq!(r.count(ConnId(1)), 2);
+        assert_eq!(r.find(ConnId(1), "b"), Some(b));
+        assert_eq!(r.untaken_to(AppId(0), &p), [a, b]);
+        r.take(
+            b,
+            ConnRef {
+                shard: ShardId(1),
+                conn: ConnId(9),
+            },
+        );
+        assert_eq!(r.untaken_to(AppId(0), &p), [a]);
+        assert_eq!(r.due(t + Duration::from_millis(1500)), [a]);
+        r.remove(a);
+        assert!(!r.waits_for(AppId(0), &p));
+        r.remove(b);
+        assert!(r.is_empty());
+        assert_eq!(r.count(ConnId(1)), 0);
+        assert!(r.by_conn.is_empty() && r.untaken_by_peer.is_empty());
+        assert_eq!(
+            r.due(t + Duration::from_secs(5)),
+            Vec::<u64>::new(),
+            "finished: skipped"
+        );
+    }
+
+    #[test]
+    fn stale_deadlines_do_not_pile_up() {
+        let mut r = Requests::new(ShardId(0));
+        let t = Instant::now() + Duration::from_secs(300);
+        for i in 0..10_000u64 {
+            let n = r.insert(ConnId(i % 7), "x", AppId(0), Arc::from("p"), t);
+            r.remove(n);
+        }
+        assert!(r.deadlines.len() <= 1024 + 1);
+    }
+
+    #[test]
+    fn responder_side_tracks_what_it_took() {
+        let mut r = Requests::new(ShardId(1));
+        r.took(ConnId(5), ShardId(0), 1);
+        r.took(ConnId(5), ShardId(0), 1);
+        r.took(ConnId(5), ShardId(0), 2);
+        r.released(ConnId(5), ShardId(0), 1);
+        assert_eq!(r.took_by(ConnId(5)), [(ShardId(0), 2)]);
+        assert!(r.took.is_empty());
+    }
+}

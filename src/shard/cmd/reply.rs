@@ -1,0 +1,62 @@
+//! [ext] `reply` (protocol §8.4): a responder answers a request. The reply travels to the
+//! requester's shard (named by `replyTo`), which accepts it only from the connection that
+//! took the request (the first of the target peer's connections to reply) and answers the
+//! reply's own requestId with `ack`, or `request_not_found` when the request is over or
+//! taken by another connection. A `replyTo` this broker did not make is `request_not_found`
+//! at once. No action is needed: answering what one was asked is not a new message.
+
+use bytes::Bytes;
+
+use super::reply_error;
+use crate::{
+    protocol::ErrorCode,
+    router::{ReplyMsg, ShardMsg},
+    rpc::parse_reply_to,
+    shard::{conn::Conn, Shard},
+};
+
+pub(super) fn apply(
+    shard: &Shard,
+    conn: &mut Conn,
+    reply_to: &str,
+    data: &[u8],
+    last: bool,
+    request_id: Option<&str>,
+) {
+    let Some((of, n)) = parse_reply_to(reply_to).filter(|(s, _)| usize::from(s.0) < shard.shards())
+    else {
+        return reply_error(
+            conn,
+            ErrorCode::RequestNotFound,
+            request_id,
+            "no such request in flight",
+        );
+    };
+    if of != shard.id && !shard.broker.mesh.has_room(of) {
+        return super::refuse_overloaded(shard, conn, request_id);
+    }
+    {
+        // Remember what this connection holds, so that its disconnect fails the request
+        // with `responder_gone`; a final reply releases it.
+        let mut st = shard.state.borrow_mut();
+        if last {
+            st.requests.released(conn.id, of, n);
+        } else {
+            st.requests.took(conn.id, of, n);
+        }
+    }
+    let id = &conn.identity;
+    shard.route(
+        of,
+        ShardMsg::Reply(Box::new(ReplyMsg {
+            n,
+            app: id.app,
+            peer: id.peer_id.clone(),
+            from: shard.conn_ref(conn.id),
+            // One copy of `data` per reply: the requester's shard encodes the frame.
+            data: Bytes::copy_from_slice(data),
+            last,
+            request_id: request_id.map(Into::into),
+        })),
+    );
+}

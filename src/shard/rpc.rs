@@ -1,0 +1,331 @@
+//! [ext] Requests and replies (protocol §8.4): the shard's half. The requester's shard
+//! owns each request (`crate::rpc::Requests`): it delivers the request to every connection
+//! of the target peer, accepts the first responder, numbers the replies, and ends the
+//! request exactly once (final reply, deadline, cancel, requester gone, responder gone).
+//!
+//! Deadlines: one timer task per shard ([`deadlines`]) sleeping until the earliest one, as
+//! token expiry does; an idle connection costs nothing.
+
+use std::{
+    future::{poll_fn, Future},
+    rc::Rc,
+    sync::{atomic::Ordering, Arc},
+    task::Poll,
+    time::Instant,
+};
+
+use super::{Shard, State};
+use crate::{
+    auth::AppId,
+    metrics::ShardCounters,
+    protocol::{
+        encode::{
+            self,
+            rpc::{self as enc, CancelReason},
+        },
+        ErrorCode,
+    },
+    router::{ConnId, ConnRef, Direct, ReplyMsg, ShardId, ShardMsg},
+    rpc::{reply_to, InFlight},
+};
+
+impl Shard {
+    /// Sends `frame` to every connection of `peer` but `except`, on every shard (the
+    /// request itself, and cancels to responders that did not take it).
+    pub(crate) fn to_peer(
+        &self,
+        st: &State,
+        app: AppId,
+        peer: &Arc<str>,
+        except: Option<ConnRef>,
+        frame: bytes::Bytes,
+    ) {
+        let d = Arc::new(Direct {
+            app,
+            to: peer.clone(),
+            origin: except,
+            frame,
+        });
+        let remote =
+            st.directory[app.0 as usize].get(peer).copied().unwrap_or(0) & !(1u128 << self.id.0);
+        for s in (0..self.shards() as u16).filter(|s| remote & (1u128 << s) != 0) {
+            self.broker.mesh.push(
+                super::Source::Shard(self.id),
+                ShardId(s),
+                ShardMsg::Direct(d.clone()),
+            );
+        }
+        if let Some(conns) = st.local_peers[app.0 as usize].get(peer) {
+            let skip = except.filter(|o| o.shard == self.id).map(|o| o.conn);
+            for c in conns {
+                if Some(*c) != skip {
+                    if let Some(e) = st.conns.get(c) {
+                        e.handle.send(&d.frame);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells whoever still holds request `n` (its taker, or every connection of the peer
+    /// when nobody took it) to stop.
+    fn cancel_holders(&self, st: &State, n: u64, r: &InFlight, reason: CancelReason) {
+        let frame = enc::cancel(&reply_to(self.id, n), reason);
+        match r.taken {
+            Some(taker) => self.route(
+                taker.shard,
+                ShardMsg::ResponderFrame {
+                    conn: taker.conn,
+                    of: self.id,
+                    n,
+                    frame: Some(frame),
+                    release: true,
+                },
+            ),
+            None => self.to_peer(st, r.app, &r.peer, None, frame),
+        }
+    }
+
+    /// Sends `frame` to the requesting connection of `r`, if it is still there.
+    fn to_requester(st: &State, r: &InFlight, frame: &bytes::Bytes) {
+        if let Some(e) = st.conns.get(&r.conn) {
+            e.handle.send(frame);
+        }
+    }
+
+    /// Publishes the in-flight gauge.
+    pub(crate) fn request_gauge(&self, st: &State) {
+        self.counters()
+            .requests_in_flight
+            .store(st.requests.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Wakes the deadline task when `at` is now the earliest deadline.
+    pub(crate) fn deadline_added(&self, st: &State, at: Instant) {
+        if st.requests.next_deadline().is_some_and(|t| t >= at) {
+            if let Some(w) = self.request_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// A reply for request `n` of this shard arrived.
+    pub(crate) fn on_reply(&self, m: ReplyMsg) {
+        let mut st = self.state.borrow_mut();
+        let refuse = |rid: Option<&str>| {
+            ShardMsg::ResponderFrame {
+            conn: m.from.conn,
+            of: self.id,
+            n: m.n,
+            frame: Some(encode::error(
+                ErrorCode::RequestNotFound,
+                rid,
+                Some("no such request in flight (finished, timed out, cancelled, or taken by another connection)"),
+            )),
+            release: true,
+        }
+        };
+        let ok = st.requests.get_mut(m.n).is_some_and(|r| {
+            r.app == m.app && r.peer == m.peer && r.taken.is_none_or(|t| t == m.from)
+        });
+        if !ok {
+            drop(st);
+            return self.route(m.from.shard, refuse(m.request_id.as_deref()));
+        }
+        let r = st.requests.get_mut(m.n).expect("checked above");
+        let first = r.taken.is_none();
+        r.seq += 1;
+        let frame = enc::reply(&r.request_id, &m.peer, &m.data, m.last, r.seq);
+        let requester = r.conn;
+        if first {
+            st.requests.take(m.n, m.from);
+        }
+        let st = &mut *st;
+        let (app, peer) = (m.app, m.peer.clone());
+        if let Some(e) = st.conns.get(&requester) {
+            e.handle.send(&frame);
+        }
+        if first {
+            let cancel = enc::cancel(&reply_to(self.id, m.n), CancelReason::Taken);
+            self.to_peer(st, app, &peer, Some(m.from), cancel);
+        }
+        if m.last {
+            st.requests.remove(m.n);
+            self.request_gauge(st);
+        }
+        if let Some(rid) = m.request_id {
+            self.route(
+                m.from.shard,
+                ShardMsg::ResponderFrame {
+                    conn: m.from.conn,
+                    of: self.id,
+                    n: m.n,
+                    frame: Some(encode::ack(&rid)),
+                    release: m.last,
+                },
+            );
+        }
+    }
+
+    /// The connection that took request `n` went away before its final reply.
+    pub(crate) fn on_responder_gone(&self, n: u64, conn: ConnRef) {
+        let mut st = self.state.borrow_mut();
+        if st
+            .requests
+            .get_mut(n)
+            .is_some_and(|r| r.taken == Some(conn))
+        {
+            let r = st.requests.remove(n).expect("checked above");
+            Self::to_requester(
+                &st,
+                &r,
+                &encode::error(
+                    ErrorCode::ResponderGone,
+                    Some(&r.request_id),
+                    Some("the responder went away before its final reply"),
+                ),
+            );
+            self.request_gauge(&st);
+        }
+    }
+
+    /// A frame for a local responder connection about request `n` of shard `of`.
+    pub(crate) fn on_responder_frame(
+        &self,
+        conn: ConnId,
+        of: ShardId,
+        n: u64,
+        frame: Option<bytes::Bytes>,
+        release: bool,
+    ) {
+        let mut st = self.state.borrow_mut();
+        if release {
+            st.requests.released(conn, of, n);
+        }
+        if let (Some(f), Some(e)) = (frame, st.conns.get(&conn)) {
+            e.handle.send(&f);
+        }
+    }
+
+    /// Ends every request of a departing connection (`requester_gone` to their holders) and
+    /// fails the requests it took (`responder_gone` to their requesters).
+    pub(crate) fn requests_of_gone_conn(&self, conn: ConnId) {
+        let mut st = self.state.borrow_mut();
+        for n in st.requests.of_conn(conn) {
+            if let Some(r) = st.requests.remove(n) {
+                self.cancel_holders(&st, n, &r, CancelReason::RequesterGone);
+            }
+        }
+        let me = self.conn_ref(conn);
+        for (of, n) in st.requests.took_by(conn) {
+            self.route(of, ShardMsg::ResponderGone { n, conn: me });
+        }
+        self.request_gauge(&st);
+    }
+
+    /// `peer` may have lost its last connection anywhere: the requests of this shard that
+    /// wait for it and that nobody took fail with `responder_gone`.
+    pub(crate) fn peer_maybe_gone(&self, app: AppId, peer: &Arc<str>) {
+        let mut st = self.state.borrow_mut();
+        if !st.requests.waits_for(app, peer) {
+            return;
+        }
+        let here = st.local_peers[app.0 as usize].contains_key(peer);
+        let elsewhere = st.directory[app.0 as usize]
+            .get(peer)
+            .is_some_and(|b| *b != 0);
+        if here || elsewhere {
+            return;
+        }
+        for n in st.requests.untaken_to(app, peer) {
+            if let Some(r) = st.requests.remove(n) {
+                Self::to_requester(
+                    &st,
+                    &r,
+                    &encode::error(
+                        ErrorCode::ResponderGone,
+                        Some(&r.request_id),
+                        Some("no connection of the peer is left to answer"),
+                    ),
+                );
+            }
+        }
+        self.request_gauge(&st);
+    }
+
+    /// Times out the requests whose deadline passed.
+    fn expire_requests(&self, now: Instant) {
+        let mut st = self.state.borrow_mut();
+        let due = st.requests.due(now);
+        if due.is_empty() {
+            return;
+        }
+        for n in due {
+            if let Some(r) = st.requests.remove(n) {
+                ShardCounters::add(&self.counters().request_timeouts, 1);
+                Self::to_requester(
+                    &st,
+                    &r,
+                    &encode::error(
+                        ErrorCode::RequestTimeout,
+                        Some(&r.request_id),
+                        Some("no final reply before the deadline"),
+                    ),
+                );
+                self.cancel_holders(&st, n, &r, CancelReason::Timeout);
+            }
+        }
+        self.request_gauge(&st);
+        drop(st);
+        self.pump_local();
+    }
+
+    /// Cancels request `n` on its requester's behalf (`cancel` command).
+    pub(crate) fn cancel_request(&self, n: u64) {
+        let mut st = self.state.borrow_mut();
+        if let Some(r) = st.requests.remove(n) {
+            self.cancel_holders(&st, n, &r, CancelReason::Cancelled);
+        }
+        self.request_gauge(&st);
+    }
+}
+
+/// Fires request deadlines: one timer per shard, sleeping until the earliest deadline.
+/// Runs until the process exits.
+pub(crate) async fn deadlines(shard: Rc<Shard>) {
+    loop {
+        let next = shard.state.borrow().requests.next_deadline();
+        match next {
+            None => {
+                poll_fn(|cx| {
+                    if shard.state.borrow().requests.next_deadline().is_none() {
+                        *shard.request_waker.borrow_mut() = Some(cx.waker().clone());
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(())
+                    }
+                })
+                .await
+            }
+            Some(at) => {
+                let sleep = tokio::time::sleep_until(at.into());
+                tokio::pin!(sleep);
+                poll_fn(|cx| {
+                    if shard
+                        .state
+                        .borrow()
+                        .requests
+                        .next_deadline()
+                        .is_some_and(|t| t < at)
+                    {
+                        return Poll::Ready(()); // an earlier deadline arrived: sleep on that
+                    }
+                    *shard.request_waker.borrow_mut() = Some(cx.waker().clone());
+                    sleep.as_mut().poll(cx)
+                })
+                .await;
+                shard.expire_requests(Instant::now());
+            }
+        }
+    }
+}
