@@ -543,7 +543,7 @@ export class Client {
     const onAbort = () => q.finish(signal.reason);
     signal?.addEventListener('abort', onAbort);
     try {
-      await this.#send({ type: 'request', to: peer, requestId: rid, data, timeoutMs });
+      await this.#send({ type: 'request', to: peer, requestId: rid, data: data ?? null, timeoutMs: Math.max(1, Math.round(timeoutMs)) });
       const deadline = Date.now() + timeoutMs + 2000; // the broker's own deadline comes first
       for (;;) {
         let reply;

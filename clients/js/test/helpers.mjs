@@ -96,7 +96,11 @@ export function mint(peer, { keyId = KEY_ID, secret = SECRET, expIn = 3600, ...c
 }
 
 export const chan = (prefix = 'c') => `${prefix}/${randomUUID().slice(0, 10)}`;
-export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** Resolves after `ms`, or at once when `signal` aborts (a responder's `req.signal`). */
+export const sleep = (ms, signal) => new Promise((r) => {
+  const t = setTimeout(r, ms);
+  signal?.addEventListener('abort', () => { clearTimeout(t); r(); });
+});
 
 export async function waitFor(pred, ms = 5000) {
   const deadline = Date.now() + ms;

@@ -633,7 +633,7 @@ class Client:
         self._calls[rid] = q
         try:
             await self._send({"type": "request", "to": peer, "requestId": rid, "data": data,
-                              "timeoutMs": int(timeout * 1000)})
+                              "timeoutMs": max(1, round(timeout * 1000))})
         except BaseException:
             self._calls.pop(rid, None)
             raise
