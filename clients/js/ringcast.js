@@ -427,7 +427,7 @@ export class Client {
         } else if (f.type === 'error' && this.#calls.has(f.requestId)) {
           this.#calls.get(f.requestId).finish(serverError(f));
           this.#calls.delete(f.requestId);
-        } else if (f.type === 'error') this.logger?.warn?.(`ringcast: server error ${f.code}: ${f.message ?? ''}`);
+        } else if (f.type === 'error' && f.requestId == null) this.logger?.warn?.(`ringcast: server error ${f.code}: ${f.message ?? ''}`);
         break;
       }
       case 'presence': this.#subs.get(this.#key(f.channel, false))?._onPresence(f); break;

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import itertools
 import json
@@ -521,7 +522,7 @@ class Client:
                     fut.done() or fut.set_result(frame)
             elif rid in self._calls and kind == "error":
                 self._calls.pop(rid).finish(server_error(frame))
-            elif kind == "error":
+            elif kind == "error" and rid is None:
                 log.warning("ringcast: server error %s: %s", frame.get("code"), frame.get("message", ""))
         elif kind == "presence":
             sub = self._subs.get((frame.get("channel"), False))
@@ -627,28 +628,33 @@ class Client:
 
     # -- requests and replies (§8.4) --------------------------------------------------------------
 
-    async def _start_request(self, peer: str, data: Any, timeout: float) -> tuple:
+    async def _replies(self, peer: str, data: Any, timeout: float) -> AsyncIterator[tuple]:
+        """Send one request and yield (data, final) for each reply, in order. Left before the
+        final reply (break, exception, task cancelled, local deadline), it sends `cancel`."""
         rid = f"q{next(self._rids)}"
         q = _Queue(self._buffer, f"reply stream {rid}")
         self._calls[rid] = q
+        done = False
         try:
             await self._send({"type": "request", "to": peer, "requestId": rid, "data": data,
                               "timeoutMs": max(1, round(timeout * 1000))})
-        except BaseException:
+            deadline = asyncio.get_running_loop().time() + timeout + 2.0  # the broker's deadline comes first
+            while True:
+                try:
+                    reply = await asyncio.wait_for(q.get(), max(0.0, deadline - asyncio.get_running_loop().time()))
+                except asyncio.TimeoutError:
+                    raise RequestTimeout("request_timeout", "no answer from the broker by the deadline") from None
+                except RingcastError:
+                    done = True  # the broker ended it (error frame) or the connection is gone
+                    raise
+                done = reply.get("final", True)
+                yield reply.get("data"), done
+                if done:
+                    return
+        finally:
             self._calls.pop(rid, None)
-            raise
-        return rid, q
-
-    async def _next_reply(self, rid: str, q: _Queue, deadline: float) -> dict:
-        left = deadline - asyncio.get_running_loop().time()
-        try:
-            return await asyncio.wait_for(q.get(), max(left, 0))
-        except asyncio.TimeoutError:
-            raise RequestTimeout("request_timeout", "no answer from the broker by the deadline") from None
-
-    def _cancel_request(self, rid: str) -> None:
-        if self._calls.pop(rid, None) is not None and self._ready.is_set() and self.error is None:
-            self._spawn(self._send_quietly({"type": "cancel", "requestId": rid}))
+            if not done and self._ready.is_set() and self.error is None:
+                self._spawn(self._send_quietly({"type": "cancel", "requestId": rid}))
 
     async def _send_quietly(self, frame: dict) -> None:
         try:
@@ -660,49 +666,19 @@ class Client:
         """Send a request to `peer` and return the data of its final reply (the chunks of a
         streamed reply are skipped: use `request_stream` for them). Cancelling the awaiting
         task cancels the request at the broker."""
-        rid, q = await self._start_request(peer, data, timeout)
-        deadline = asyncio.get_running_loop().time() + timeout + 2.0  # the broker's own deadline first
-        done = False
-        try:
-            while True:
-                try:
-                    reply = await self._next_reply(rid, q, deadline)
-                except RingcastError:
-                    done = True
-                    raise
-                if reply.get("final", True):
-                    done = True
-                    return reply.get("data")
-        finally:
-            if not done:
-                self._cancel_request(rid)
-            self._calls.pop(rid, None)
+        async with contextlib.aclosing(self._replies(peer, data, timeout)) as replies:
+            async for value, final in replies:
+                if final:
+                    return value
 
     async def request_stream(self, peer: str, data: Any, *, timeout: float = 30.0) -> AsyncIterator[Any]:
         """Send a request and yield the data of every reply in order (`final:false` chunks, then
         the final reply's data unless it is null). The request is sent when iteration starts;
         leaving the loop early (break, exception, task cancelled) cancels it at the broker."""
-        rid, q = await self._start_request(peer, data, timeout)
-        deadline = asyncio.get_running_loop().time() + timeout + 2.0
-        done = False
-        try:
-            while True:
-                try:
-                    reply = await self._next_reply(rid, q, deadline)
-                except RingcastError:
-                    done = True
-                    raise
-                if reply.get("final", True):
-                    done = True
-                    if reply.get("data") is not None:
-                        yield reply.get("data")
-                    return
-                yield reply.get("data")
-        finally:
-            if not done:
-                self._cancel_request(rid)
-            self._calls.pop(rid, None)
-
+        async with contextlib.aclosing(self._replies(peer, data, timeout)) as replies:
+            async for value, final in replies:
+                if not final or value is not None:
+                    yield value
     def on_request(self, handler: Callable[[IncomingRequest], Any]) -> Callable[[IncomingRequest], Any]:
         """Set the responder: `handler(req)` returns the reply's data (or a coroutine of it), or
         is an async generator whose items are sent as `final:false` chunks, followed by a

@@ -168,3 +168,33 @@ async def test_taken_by_first_connection(connect):
     assert await caller.request("rpc-worker", 1, timeout=5) == "fast"
     await wait_for(lambda: slow_reqs and slow_reqs[0].cancelled.is_set())
     assert slow_reqs[0].cancel_reason == "taken"
+
+
+async def test_limits_and_long_stream(connect):
+    """A 50-chunk stream arrives whole and in order; 101 requests in flight from one connection:
+    one `too_many_requests`, and the other 100 fail `responder_gone` when the peer's only
+    connection leaves before replying; a timeout over `request_max_timeout_ms` is
+    `invalid_request`."""
+    responder = await connect("rpc-resp-9")
+
+    @responder.responder
+    async def handle(req):
+        if req.data == "stream":
+            for i in range(50):
+                yield i
+        else:
+            await asyncio.sleep(10)
+
+    caller = await connect("rpc-call-9")
+    assert [c async for c in caller.request_stream("rpc-resp-9", "stream", timeout=10)] == list(range(50))
+    tasks = [asyncio.create_task(caller.request("rpc-resp-9", i, timeout=10)) for i in range(101)]
+    done, _ = await asyncio.wait(tasks, timeout=3, return_when=asyncio.FIRST_EXCEPTION)
+    errors = [t.exception() for t in done]
+    assert len(errors) == 1 and isinstance(errors[0], ringcast.ServerError)
+    assert errors[0].code == "too_many_requests"
+    await responder.close()  # (cancelling the 100 would cost 100 tokens: 202 in a burst is 4011)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(isinstance(r, ringcast.ResponderGone) for r in results) == 100
+    with pytest.raises(ringcast.ServerError) as e:
+        await caller.request("rpc-resp-9", 1, timeout=301)
+    assert e.value.code == "invalid_request"
