@@ -134,6 +134,7 @@ export class Subscription {
     /** @type {number|null} */ this.offset = null;
     /** @type {boolean|null} answer of the last subscribe that asked to resume */ this.recovered = null;
     /** @type {Object<string, object|null>} the live roster, peerId -> metadata */ this.peers = {};
+    this.own = new Set(); // offsets this connection published (never delivered back to it)
     this.regex = this.pattern ? globRegExp(channel) : null;
     this.queue = new Queue(o.buffer, `subscription ${channel}`, client.logger);
   }
@@ -160,7 +161,7 @@ export class Subscription {
     if (!since) { this.offset = last; this.recovered = null; }
     else {
       this.recovered = ack.recovered ?? null;
-      if (ack.epoch !== since[0]) this.offset = 0; // new epoch: the replay is every retained message
+      if (ack.epoch !== since[0]) { this.offset = 0; this.own.clear(); } // new epoch: the replay is every retained message
       else if (this.offset == null || this.offset > last) this.offset = last; // ahead: live resumes after last
     }
     this.epoch = ack.epoch;
@@ -171,9 +172,18 @@ export class Subscription {
     if (offset != null && !this.pattern) {
       if (this.offset != null && offset <= this.offset) return; // already delivered
       this.offset = offset;
-      this.client._positions.set(this.channel, [this.epoch, offset]);
+      this._advance();
     }
     this.queue.put({ channel: f.channel ?? this.channel, from: f.from ?? '', data: f.data, offset, fromMetadata: f.fromMetadata ?? null });
+  }
+  /** This connection published `offset`: never delivered back to it, so the position steps over
+   * it once every offset before it was delivered (a resume must not replay it). */
+  _published(offset) {
+    if (this.offset != null && offset > this.offset) { this.own.add(offset); this._advance(); }
+  }
+  _advance() {
+    while (this.own.delete(this.offset + 1)) this.offset++;
+    this.client._positions.set(this.channel, [this.epoch, this.offset]);
   }
   _onPresence(f) {
     const ev = { channel: this.channel, joined: peersOf(f.joined), left: peersOf(f.left) };
@@ -486,7 +496,10 @@ export class Client {
   }
 
   /** Publish and wait for the ack. @returns {Promise<number|null>} the offset on a history channel */
-  async publish(channel, data) { return (await this.#call({ type: 'publish', channel, data })).offset ?? null; }
+  async publish(channel, data) {
+    const onAck = (ack) => { if (Number.isInteger(ack.offset)) this.#subs.get(this.#key(channel, false))?._published(ack.offset); };
+    return (await this.#call({ type: 'publish', channel, data }, onAck)).offset ?? null;
+  }
 
   /** A direct message to every other connection of `peer` (PeerNotFound if none). */
   async send(peer, data) { await this.#call({ type: 'send', to: peer, data }); }

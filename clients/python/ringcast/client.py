@@ -197,6 +197,7 @@ class Subscription:
         self.offset: Optional[int] = None
         self.recovered: Optional[bool] = None
         self.peers: dict = {}
+        self._own: set = set()  # offsets this connection published (never delivered back to it)
         self._regex = _glob(channel) if pattern else None
         self._queue = _Queue(buffer, f"subscription {channel!r}")
 
@@ -253,6 +254,7 @@ class Subscription:
             self.recovered = ack.get("recovered")
             if epoch != since[0]:
                 self.offset = 0  # a new epoch: the replay is every retained message
+                self._own.clear()
             elif self.offset is None or self.offset > last:
                 self.offset = last  # ahead of the channel: live resumes after `last`
         self.epoch = epoch
@@ -264,9 +266,22 @@ class Subscription:
             if self.offset is not None and offset <= self.offset:
                 return  # already delivered (a resume's replay racing a re-subscribe)
             self.offset = offset
-            self._client._positions[self.channel] = (self.epoch, offset)
+            self._advance()
         self._queue.put(Message(frame.get("channel", self.channel), frame.get("from", ""), frame.get("data"),
                                 offset, frame.get("fromMetadata")))
+
+    def _published(self, offset: int) -> None:
+        """This connection published `offset`: the broker never delivers it back, so the position
+        steps over it once every offset before it was delivered (a resume must not replay it)."""
+        if self.offset is not None and offset > self.offset:
+            self._own.add(offset)
+            self._advance()
+
+    def _advance(self) -> None:
+        while self.offset + 1 in self._own:
+            self._own.discard(self.offset + 1)
+            self.offset += 1
+        self._client._positions[self.channel] = (self.epoch, self.offset)
 
     def _on_presence(self, frame: dict) -> None:
         event = Presence(self.channel, _peers(frame.get("joined")), _peers(frame.get("left")))
@@ -600,7 +615,13 @@ class Client:
 
     async def publish(self, channel: str, data: Any) -> Optional[int]:
         """Publish and wait for the ack; returns the offset on a history channel, else None."""
-        return (await self._call({"type": "publish", "channel": channel, "data": data})).get("offset")
+
+        def on_ack(ack: dict) -> None:
+            sub = self._subs.get((channel, False))
+            if sub is not None and isinstance(ack.get("offset"), int):
+                sub._published(ack["offset"])
+
+        return (await self._call({"type": "publish", "channel": channel, "data": data}, on_ack)).get("offset")
 
     async def send(self, peer: str, data: Any) -> None:
         """Send a direct message to every other connection of `peer` (`PeerNotFound` if none)."""
