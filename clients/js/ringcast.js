@@ -280,7 +280,9 @@ export class Client {
     this.ws = ws;
     this.welcome = welcome;
     this.peerId = welcome.peerId ?? null;
-    ws.addEventListener('message', (ev) => this.#dispatch(ev.data));
+    ws.addEventListener('message', (ev) => {
+      try { this.#dispatch(ev.data); } catch (e) { this.logger?.error?.('ringcast: dispatch failed', e); } // a bug must not end the reader
+    });
     ws.addEventListener('close', (ev) => this.#onClose(ws, ev));
     const r = this.#ready;
     this.#ready = null;

@@ -368,7 +368,10 @@ class Client:
             ws = self._ws
             try:
                 async for raw in ws:
-                    self._dispatch(raw)
+                    try:
+                        self._dispatch(raw)
+                    except Exception:  # a bug must not end the reader
+                        log.exception("ringcast: dispatch failed")
             except websockets.ConnectionClosed:
                 pass
             err = close_error(ws.close_code, ws.close_reason or "")
@@ -395,7 +398,7 @@ class Client:
                     self._stop(e)
                     return False
                 log.info("ringcast: reconnect refused: %s", e)
-            except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as e:
+            except Exception as e:  # network, HTTP refusal (429), bad welcome, a failing token callable
                 log.info("ringcast: reconnect failed: %r", e)
             else:
                 self._connected(ws, welcome)
