@@ -229,6 +229,9 @@ export class Client {
   #closing = false;
   #ready = null; // {promise, resolve} while disconnected
   #closedWaiters = [];
+  #wake = null; // ends the reconnect loop's current wait (close() must not leave a timer behind)
+  #abortOpen = null; // ends a connection attempt in progress
+  #finished = new WeakSet(); // sockets whose end was handled (error and close may both come)
 
   /** @param {string} url @param {ConnectOptions} o */
   constructor(url, o = {}) {
@@ -269,10 +272,19 @@ export class Client {
         else { ws.close(); reject(new RingcastError(`expected welcome, got ${ev.data}`)); }
       };
       const onClose = (ev) => { done(); reject(closeError(ev.code, ev.reason)); };
-      const done = () => { clearTimeout(timer); ws.removeEventListener('message', onMessage); ws.removeEventListener('close', onClose); };
+      // Some implementations (Node 20's undici) fire only `error` when the connection fails.
+      const onError = () => { done(); try { ws.close(); } catch {} reject(new ConnectionLost(1006, 'connection failed')); };
+      const done = () => {
+        clearTimeout(timer);
+        this.#abortOpen = null;
+        ws.removeEventListener('message', onMessage);
+        ws.removeEventListener('close', onClose);
+        ws.removeEventListener('error', onError);
+      };
+      this.#abortOpen = () => { done(); try { ws.close(); } catch {} reject(new ClientClosed('client closed')); };
       ws.addEventListener('message', onMessage);
       ws.addEventListener('close', onClose);
-      ws.addEventListener('error', () => {}); // always followed by close
+      ws.addEventListener('error', onError);
     });
   }
 
@@ -284,6 +296,7 @@ export class Client {
       try { this.#dispatch(ev.data); } catch (e) { this.logger?.error?.('ringcast: dispatch failed', e); } // a bug must not end the reader
     });
     ws.addEventListener('close', (ev) => this.#onClose(ws, ev));
+    ws.addEventListener('error', () => { try { ws.close(); } catch {} this.#onClose(ws, { code: 1006, reason: 'connection error' }); });
     const r = this.#ready;
     this.#ready = null;
     r?.resolve();
@@ -294,7 +307,8 @@ export class Client {
   #fatal(code) { return FATAL_CODES.has(code) || (code === 4002 && typeof this.options.token !== 'function'); }
 
   #onClose(ws, ev) {
-    if (ws !== this.ws) return;
+    if (ws !== this.ws || this.#finished.has(ws)) return;
+    this.#finished.add(ws);
     if (this.#closing) return;
     const err = closeError(ev.code, ev.reason);
     this.#disconnected(err);
@@ -308,7 +322,8 @@ export class Client {
     let delay = this.#retryAfter ?? 100 * Math.random();
     this.#retryAfter = null;
     while (!this.#closing) {
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise((r) => { const t = setTimeout(r, delay); this.#wake = () => { clearTimeout(t); r(); }; });
+      this.#wake = null;
       if (this.#closing) return;
       try {
         const [ws, welcome] = await this.#open();
@@ -362,6 +377,8 @@ export class Client {
     const r = this.#ready;
     this.#ready = null;
     r?.resolve(); // waiters then see `error`
+    this.#wake?.();
+    this.#abortOpen?.();
     for (const w of this.#closedWaiters.splice(0)) w();
   }
 
