@@ -77,6 +77,7 @@ fn fanout_step(c: &mut Criterion) {
                     include_meta: false,
                     presence: PresenceState::Ready,
                     awaiting: false,
+                    grouped: false,
                     handle: Rc::new(RefCell::new(VecDeque::with_capacity(64))),
                 },
             );

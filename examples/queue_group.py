@@ -13,7 +13,7 @@ job was done exactly once (a broker without queue groups would hand every job to
 worker: the script then exits 1).
 
     python3 examples/queue_group.py --url ws://127.0.0.1:8080/v1 \
-        --key-id sk_id_examples1 --key-secret sk_secret_examples_only_never_deploy_0123456789
+        --config examples/ringcast-examples.toml
 """
 
 from __future__ import annotations
@@ -104,12 +104,20 @@ async def dispatcher(url: str, key_id: str, secret: str, run: str, workers: int,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default="ws://127.0.0.1:8080/v1")
-    ap.add_argument("--key-id", required=True)
-    ap.add_argument("--key-secret", required=True)
+    ap.add_argument("--config", help="a broker config: its first app's first secret key signs the tokens")
+    ap.add_argument("--key-id")
+    ap.add_argument("--key-secret")
     ap.add_argument("--run", default="run-7")
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=30)
     a = ap.parse_args()
+    if a.config:
+        import tomllib
+        with open(a.config, "rb") as f:
+            key = tomllib.load(f)["apps"][0]["secret_keys"][0]
+        a.key_id, a.key_secret = key["id"], key["secret"]
+    if not (a.key_id and a.key_secret):
+        ap.error("give --config, or --key-id and --key-secret")
     return asyncio.run(dispatcher(a.url, a.key_id, a.key_secret, a.run, a.workers, a.jobs))
 
 

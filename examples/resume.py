@@ -18,7 +18,7 @@ subscriber drops its connection (as a network failure would) after every --drop-
 events, stays away a moment while the producer goes on, and resumes.
 
     python3 examples/resume.py --url ws://127.0.0.1:8080/v1 \
-        --key-id sk_id_examples1 --key-secret sk_secret_examples_only_never_deploy_0123456789
+        --config examples/ringcast-examples.toml
 """
 
 from __future__ import annotations
@@ -144,13 +144,21 @@ async def demo(url: str, key_id: str, secret: str, channel: str, count: int, dro
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default="ws://127.0.0.1:8080/v1")
-    ap.add_argument("--key-id", required=True)
-    ap.add_argument("--key-secret", required=True)
+    ap.add_argument("--config", help="a broker config: its first app's first secret key signs the tokens")
+    ap.add_argument("--key-id")
+    ap.add_argument("--key-secret")
     ap.add_argument("--channel", default="runs/resume-demo/events")
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--drop-every", type=int, default=50)
     ap.add_argument("--rate", type=float, default=80.0, help="producer publications per second")
     a = ap.parse_args()
+    if a.config:
+        import tomllib
+        with open(a.config, "rb") as f:
+            key = tomllib.load(f)["apps"][0]["secret_keys"][0]
+        a.key_id, a.key_secret = key["id"], key["secret"]
+    if not (a.key_id and a.key_secret):
+        ap.error("give --config, or --key-id and --key-secret")
     return asyncio.run(demo(a.url, a.key_id, a.key_secret, a.channel, a.count, a.drop_every, a.rate))
 
 

@@ -180,6 +180,11 @@ pub struct ShardCounters {
     pub app_messages: Box<[AtomicU64]>,
     /// Per app: `message` frames queued to subscribers.
     pub app_deliveries: Box<[AtomicU64]>,
+    /// Gauge: [ext] queue-group memberships of this shard's connections (protocol §8.2).
+    pub group_members: AtomicU64,
+    /// [ext] Publications a queue group could not get to any member (none left other than
+    /// the publisher, or too many re-picks), counted by the channel's owner shard.
+    pub group_undelivered: AtomicU64,
 }
 
 impl ShardCounters {
@@ -218,6 +223,8 @@ impl ShardCounters {
             history_evictions: Default::default(),
             app_messages: zeros(),
             app_deliveries: zeros(),
+            group_members: AtomicU64::new(0),
+            group_undelivered: AtomicU64::new(0),
         }
     }
 
@@ -644,6 +651,21 @@ impl Metrics {
             w.out,
             "ringcast_rest_requests_total{{status=\"other\"}} {other}"
         );
+        w.head(
+            "ringcast_group_members",
+            "gauge",
+            "Queue-group memberships of open connections, per shard (protocol 8.2).",
+        );
+        for (i, s) in self.shards.iter().enumerate() {
+            w.sample_shard("ringcast_group_members", i, s.group_members.load(Relaxed));
+        }
+        w.head(
+            "ringcast_group_undelivered_total",
+            "counter",
+            "Publications dropped for a queue group because it had no member left to take them (the publisher excluded).",
+        );
+        let undelivered = self.sum(|s| &s.group_undelivered);
+        let _ = writeln!(w.out, "ringcast_group_undelivered_total {undelivered}");
         w.head("ringcast_shards", "gauge", "Number of shards.");
         let _ = writeln!(w.out, "ringcast_shards {}", self.shards.len());
         w.head(
@@ -689,6 +711,8 @@ mod tests {
         m.rest.response(418);
         m.shard(1).handshake_refused(HandshakeRefusal::IpCap);
         ShardCounters::add(&m.rest.write_timeouts, 2);
+        ShardCounters::add(&m.shard(0).group_undelivered, 1);
+        ShardCounters::add(&m.shard(1).group_undelivered, 2);
         let text = m.render(|i| i as u64 * 10, |i| i as u64 * 100, false);
         assert!(text.contains("\nringcast_deliveries_total 7\n"), "{text}");
         assert!(text.contains("ringcast_auth_failures_total{reason=\"token_expired\"} 1\n"));
@@ -696,6 +720,8 @@ mod tests {
         assert!(text.contains("ringcast_handshakes_refused_total{reason=\"ip_cap\"} 1\n"));
         assert!(text.contains("ringcast_handshakes_refused_total{reason=\"shard_cap\"} 0\n"));
         assert!(text.contains("ringcast_rest_write_timeouts_total 2\n"));
+        assert!(text.contains("\nringcast_group_undelivered_total 3\n"));
+        assert!(text.contains("ringcast_group_members{shard=\"1\"} 0\n"));
         assert!(text.contains("ringcast_cross_shard_queue_depth{shard=\"1\"} 10\n"));
         assert!(text.contains("ringcast_rest_requests_total{status=\"200\"} 1\n"));
         assert!(text.contains("ringcast_rest_requests_total{status=\"other\"} 1\n"));

@@ -27,7 +27,10 @@ use ringcast::{
     },
     protocol::{
         encode,
-        parse::{validate_channel, validate_peer_id, ClientMsg, Parser, MAX_REQUEST_ID_CHARS},
+        parse::{
+            valid_group, validate_channel, validate_peer_id, ClientMsg, Parser,
+            MAX_REQUEST_ID_CHARS,
+        },
     },
     shard::{
         conn::{ws_config, ws_error_close, Feed},
@@ -92,6 +95,10 @@ pub fn parse_client_msg(data: &[u8]) {
                     | ClientMsg::SubscribePattern { channel, .. }
                     | ClientMsg::UnsubscribePattern { channel, .. } => {
                         let _ = validate_channel(channel);
+                    }
+                    ClientMsg::SubscribeGroup { channel, group, .. } => {
+                        let _ = validate_channel(channel);
+                        assert!(valid_group(group), "accepted group must be valid");
                     }
                     ClientMsg::Ping { request_id } => {
                         assert_json(ws_payload(&encode::pong_with(request_id)), "pong");

@@ -42,6 +42,8 @@
 //! | subscribe: `includeSenderMetadata` present and not `true`/`false` (`null` too) | `malformed_message` |
 //! | [ext] subscribe/unsubscribe: `pattern` present and not `true`/`false` (`null` too) | `malformed_message` |
 //! | subscribe/unsubscribe/publish: `channel` missing or not a string | `invalid_channel` |
+//! | [ext] subscribe: `group` present (any value) with `pattern:true` | `invalid_request` |
+//! | [ext] subscribe: `group` not a string of 1–64 chars of `A-Z a-z 0-9 _ . -` ([`valid_group`]) | `invalid_group` |
 //! | send: `to` missing or not a string | `invalid_peer_id` |
 //! | publish/send: `data` missing (`null` is valid data) | `missing_data` |
 //!
@@ -128,6 +130,18 @@ pub enum ClientMsg<'a> {
         /// `includeSenderMetadata`, default `false`.
         include_sender_metadata: bool,
     },
+    /// [ext] `{"type":"subscribe","channel":..,"group":..,"includeSenderMetadata"?:bool}`
+    /// (protocol.md §8.2): join queue group `group` of the channel.
+    SubscribeGroup {
+        /// Channel name (unvalidated).
+        channel: &'a str,
+        /// Optional request id.
+        request_id: Option<&'a str>,
+        /// `includeSenderMetadata`, default `false`.
+        include_sender_metadata: bool,
+        /// The group name (validated: [`valid_group`]).
+        group: &'a str,
+    },
     /// [ext] `{"type":"unsubscribe","channel":..,"pattern":true}` (protocol.md §8.3).
     UnsubscribePattern {
         /// The pattern's source text (unvalidated).
@@ -191,6 +205,7 @@ impl ClientMsg<'_> {
             | ClientMsg::Publish { request_id, .. }
             | ClientMsg::Send { request_id, .. }
             | ClientMsg::SubscribePattern { request_id, .. }
+            | ClientMsg::SubscribeGroup { request_id, .. }
             | ClientMsg::UnsubscribePattern { request_id, .. }
             | ClientMsg::Ping { request_id } => request_id,
             ClientMsg::History { request_id, .. }
@@ -203,7 +218,9 @@ impl ClientMsg<'_> {
     /// The wire `type` string of this command.
     pub fn type_str(&self) -> &'static str {
         match self {
-            ClientMsg::Subscribe { .. } | ClientMsg::SubscribePattern { .. } => "subscribe",
+            ClientMsg::Subscribe { .. }
+            | ClientMsg::SubscribePattern { .. }
+            | ClientMsg::SubscribeGroup { .. } => "subscribe",
             ClientMsg::Unsubscribe { .. } | ClientMsg::UnsubscribePattern { .. } => "unsubscribe",
             ClientMsg::Publish { .. } => "publish",
             ClientMsg::Send { .. } => "send",
@@ -374,6 +391,7 @@ struct Fields {
     timeout_ms: Option<usize>,
     reply_to: Option<usize>,
     last: Option<usize>,
+    group: Option<usize>,
     data: Option<usize>,
     data_ordinal: usize,
 }
@@ -428,6 +446,7 @@ fn interpret<'a>(
             "timeoutMs" => f.timeout_ms = Some(vi),
             "replyTo" => f.reply_to = Some(vi),
             "final" => f.last = Some(vi),
+            "group" => f.group = Some(vi),
             "data" => {
                 f.data = Some(vi);
                 f.data_ordinal = ordinal;
@@ -533,6 +552,30 @@ fn interpret<'a>(
                     }
                 }
             };
+            if let Some(gi) = f.group {
+                // [ext] Queue groups (protocol §8.2).
+                if pattern {
+                    return Err(fail(InvalidRequest, "group cannot be used with pattern"));
+                }
+                if since.is_some() {
+                    return Err(fail(InvalidRequest, "since cannot be used with group"));
+                }
+                let Some(Node::String(group)) = nodes.get(gi) else {
+                    return Err(fail(InvalidGroup, "group must be a string"));
+                };
+                if !valid_group(group) {
+                    return Err(fail(
+                        InvalidGroup,
+                        "group must be 1-64 characters of A-Z a-z 0-9 _ . -",
+                    ));
+                }
+                return Ok(ClientMsg::SubscribeGroup {
+                    channel,
+                    request_id,
+                    include_sender_metadata,
+                    group,
+                });
+            }
             if pattern {
                 if since.is_some() {
                     return invalid("since cannot be used with pattern");
@@ -728,6 +771,19 @@ pub fn validate_channel(name: &str) -> Result<(), ErrorCode> {
         return Err(ErrorCode::ChannelReserved);
     }
     Ok(())
+}
+
+/// Maximum length of a queue group name (protocol.md §8.2).
+pub const MAX_GROUP_LEN: usize = 64;
+
+/// [ext] True for a valid queue group name (protocol.md §8.2): 1–64 characters of
+/// `A-Z a-z 0-9 _ . -`.
+pub fn valid_group(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_GROUP_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Validates a peerId (protocol.md §1): 1–128 bytes, each printable ASCII

@@ -51,6 +51,10 @@ pub struct Sub<H> {
     /// answer replays every one it sequenced before answering, and every later one
     /// arrives behind the answer.
     pub awaiting: bool,
+    /// [ext] A queue-group member (protocol §8.2): plain fan-out skips it (the channel's
+    /// owner picks one member per group instead); presence treats it like any subscriber.
+    /// Sits in what was padding: `Sub` keeps its size.
+    pub grouped: bool,
     /// Handle to deliver frames (the connection's outbound queue).
     pub handle: H,
 }
@@ -74,6 +78,10 @@ impl<H> ChannelSubs<H> {
     /// True when no local connection is subscribed.
     pub fn is_empty(&self) -> bool {
         self.subs.is_empty()
+    }
+    /// The subscription of `conn`, if any.
+    pub(crate) fn get(&self, conn: ConnId) -> Option<&Sub<H>> {
+        self.subs.get(*self.pos.get(&conn)? as usize)
     }
     /// The subscription of `conn`, if any.
     pub(crate) fn get_mut(&mut self, conn: ConnId) -> Option<&mut Sub<H>> {
@@ -174,8 +182,16 @@ mod tests {
             include_meta: false,
             presence: PresenceState::Pending,
             awaiting: false,
+            grouped: false,
             handle: (),
         }
+    }
+
+    /// The `grouped` flag (queue groups) sits in what was padding: fan-out walks `Sub`s, so
+    /// growing them costs cache lines per publication.
+    #[test]
+    fn sub_stays_five_words() {
+        assert_eq!(std::mem::size_of::<Sub<std::rc::Rc<()>>>(), 40);
     }
 
     proptest! {

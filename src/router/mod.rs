@@ -21,8 +21,14 @@
 //!   through the FIFO queues; a subscribe's answer (ack, snapshot, replay) leaves the owner
 //!   through the same queues, so the replay and the live stream meet with no gap and no
 //!   duplicate.
+//! - [ext] **Queue groups** (protocol §8.2): membership is kept by the channel's owner
+//!   ([`groups`]), which picks one member per group for each publication it handles and
+//!   sends it there (`ShardMsg::GroupDeliver`); plain fan-out skips group members.
+//! - [ext] **Requests** (protocol §8.4) travel like direct sends; their replies go to the
+//!   requester's shard, named by the request's `replyTo` (`crate::rpc`).
 
 pub mod fanout;
+pub mod groups;
 pub mod index;
 #[allow(unsafe_code)] // The mesh's eventfd wake-ups are libc calls; each block has its SAFETY.
 pub mod mesh;
@@ -414,6 +420,50 @@ pub enum ShardMsg {
         /// Receives how many connections this shard closed.
         reply: Reply<u32>,
     },
+    /// [ext] To the channel owner: `conn` joined queue group `group` of the channel
+    /// (protocol §8.2; `router/groups.rs`).
+    GroupJoin {
+        /// Tenant.
+        app: AppId,
+        /// Channel.
+        channel: Arc<str>,
+        /// Group name.
+        group: Arc<str>,
+        /// The member.
+        conn: ConnRef,
+    },
+    /// [ext] To the channel owner: `conn` left the group (unsubscribe or disconnect).
+    GroupLeave {
+        /// Tenant.
+        app: AppId,
+        /// Channel.
+        channel: Arc<str>,
+        /// Group name.
+        group: Arc<str>,
+        /// The member.
+        conn: ConnRef,
+    },
+    /// [ext] From the channel owner to a member's shard: deliver `publication` to `conn`,
+    /// which the owner picked for `group`, if it is still a member; else bounce it back.
+    GroupDeliver {
+        /// The publication (the same `Arc` every shard got).
+        publication: Arc<Publication>,
+        /// The group it was picked for.
+        group: Arc<str>,
+        /// The chosen member, on the receiving shard.
+        conn: ConnId,
+        /// Picks so far for this publication and group (1 for the first).
+        tries: u8,
+    },
+    /// [ext] Back to the channel owner: the chosen member had left; pick another.
+    GroupBounce {
+        /// The publication.
+        publication: Arc<Publication>,
+        /// The group to pick from again.
+        group: Arc<str>,
+        /// Picks so far.
+        tries: u8,
+    },
 }
 
 impl ShardMsg {
@@ -430,6 +480,8 @@ impl ShardMsg {
             ShardMsg::PresenceSnapshot {
                 history: Some(h), ..
             } => h.replay.iter().map(|f| f.len()).sum(),
+            ShardMsg::GroupDeliver { publication: p, .. }
+            | ShardMsg::GroupBounce { publication: p, .. } => p.frame_for(true).len(),
             _ => 0,
         }
     }

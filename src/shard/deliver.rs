@@ -28,8 +28,10 @@ pub(crate) enum DirectSent {
 impl Shard {
     /// Writes a publication's frame to every local subscriber except its origin: the
     /// channel's exact subscribers, then (protocol §8.3) the connections with a matching
-    /// pattern subscription, each connection once.
-    pub(crate) fn deliver_publication(&self, p: &Publication) {
+    /// pattern subscription, each connection once. [ext] At the channel's owner, one member
+    /// of each queue group is picked first ([`Shard::deliver_groups`], protocol §8.2).
+    pub(crate) fn deliver_publication(&self, p: &Arc<Publication>) {
+        self.deliver_groups(p);
         let st = self.state.borrow();
         let skip = p.origin.filter(|o| o.shard == self.id).map(|o| o.conn);
         let mut n = 0;
@@ -38,10 +40,13 @@ impl Shard {
             let Some(subs) = st.index.get(p.app, &p.channel) else {
                 return;
             };
+            // Group members are picked at the owner instead: one flag test per subscriber
+            // is all queue groups add to plain fan-out (no allocation per subscriber).
             for sub in subs.iter() {
-                // `awaiting`: one flag test per subscriber, the only cost history adds here.
+                // `awaiting` (history, §8.1): a resuming subscriber waits for its replay.
                 if Some(sub.conn) != skip
                     && !sub.awaiting
+                    && !sub.grouped
                     && sub.handle.send(p.frame_for(sub.include_meta)) == Delivery::Queued
                 {
                     n += 1;
@@ -64,7 +69,7 @@ impl Shard {
                 }
             };
             if let Some(subs) = st.index.get(p.app, &p.channel) {
-                for sub in subs.iter().filter(|s| !s.awaiting) {
+                for sub in subs.iter().filter(|s| !s.awaiting && !s.grouped) {
                     deliver(sub.conn, &sub.handle, sub.include_meta);
                 }
             }

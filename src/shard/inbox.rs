@@ -229,6 +229,10 @@ impl Shard {
                 }
                 let _ = reply.send((st.conns.len() as u64, frames, bytes));
             }
+            m @ (ShardMsg::GroupJoin { .. }
+            | ShardMsg::GroupLeave { .. }
+            | ShardMsg::GroupDeliver { .. }
+            | ShardMsg::GroupBounce { .. }) => self.handle_group_msg(m),
             ShardMsg::PeerUp { app, peer, shard } => {
                 let mut st = self.state.borrow_mut();
                 *st.directory[app.0 as usize].entry(peer).or_insert(0) |= 1u128 << shard.0;

@@ -27,6 +27,7 @@
 pub(crate) mod cmd;
 pub mod conn;
 pub(crate) mod deliver;
+pub(crate) mod groups;
 pub(crate) mod handle;
 pub mod handshake;
 pub(crate) mod history;
@@ -152,6 +153,10 @@ pub(crate) struct State {
     pub(crate) local_peers: Vec<HashMap<Arc<str>, Vec<ConnId>, RandomState>>,
     /// `directory[app]`: peer → bit set of OTHER shards holding a connection of it.
     pub(crate) directory: Vec<HashMap<Arc<str>, u128, RandomState>>,
+    /// [ext] Queue groups (protocol §8.2) of the channels this shard owns ([`groups`]).
+    pub(crate) groups: crate::router::groups::GroupTable,
+    /// [ext] Which group each local connection joined on which channel ([`groups`]).
+    pub(crate) memberships: groups::Memberships,
 }
 
 /// One shard. Lives in an `Rc` on its own thread.
@@ -206,6 +211,8 @@ impl Shard {
                 histories: Histories::new(id.0, l.history_max_bytes / broker.mesh.shards().max(1)),
                 local_peers: (0..apps).map(|_| HashMap::default()).collect(),
                 directory: (0..apps).map(|_| HashMap::default()).collect(),
+                groups: Default::default(),
+                memberships: Default::default(),
             }),
             parser: RefCell::new(Parser::new()),
             ring,
@@ -470,12 +477,11 @@ impl Shard {
         conn: ConnId,
         peer: &Arc<str>,
     ) -> bool {
-        let removed = self
-            .state
-            .borrow_mut()
-            .index
-            .remove(app, channel, conn)
-            .is_some();
+        let removed = self.state.borrow_mut().index.remove(app, channel, conn);
+        if removed.as_ref().is_some_and(|s| s.grouped) {
+            self.leave_group(app, channel, conn); // [ext] protocol §8.2
+        }
+        let removed = removed.is_some();
         if removed {
             self.counters()
                 .subscriptions

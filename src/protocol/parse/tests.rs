@@ -972,3 +972,60 @@ fn since_and_history_extension_fields() {
     let e = parse(r#"{"type":"history","channel":"h"}"#).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidRequest);
 }
+
+#[test]
+fn group_extension() {
+    assert_eq!(
+        parse(r#"{"type":"subscribe","channel":"jobs","group":"w-1.x_Y","requestId":"r"}"#)
+            .unwrap(),
+        ClientMsg::SubscribeGroup {
+            channel: "jobs",
+            request_id: Some("r"),
+            include_sender_metadata: false,
+            group: "w-1.x_Y",
+        }
+    );
+    assert_eq!(
+        parse(r#"{"type":"subscribe","channel":"jobs","group":"g","pattern":false,"includeSenderMetadata":true}"#)
+            .unwrap(),
+        ClientMsg::SubscribeGroup {
+            channel: "jobs",
+            request_id: None,
+            include_sender_metadata: true,
+            group: "g",
+        }
+    );
+    let long = format!(
+        r#"{{"type":"subscribe","channel":"c","group":"{}","requestId":"r"}}"#,
+        "x".repeat(65)
+    );
+    let ok64 = format!(
+        r#"{{"type":"subscribe","channel":"c","group":"{}"}}"#,
+        "x".repeat(64)
+    );
+    assert!(matches!(parse(&ok64), Ok(ClientMsg::SubscribeGroup { .. })));
+    for bad in [
+        r#"{"type":"subscribe","channel":"c","group":"","requestId":"r"}"#,
+        r#"{"type":"subscribe","channel":"c","group":"a b","requestId":"r"}"#,
+        r#"{"type":"subscribe","channel":"c","group":"a/b","requestId":"r"}"#,
+        r#"{"type":"subscribe","channel":"c","group":"\u00e9","requestId":"r"}"#,
+        r#"{"type":"subscribe","channel":"c","group":7,"requestId":"r"}"#,
+        r#"{"type":"subscribe","channel":"c","group":null,"requestId":"r"}"#,
+        r#"{"type":"subscribe","channel":"c","group":["g"],"requestId":"r"}"#,
+        long.as_str(),
+    ] {
+        let e = parse(bad).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidGroup, "{bad}");
+        assert_eq!(e.request_id.as_deref(), Some("r"), "{bad}");
+    }
+    let e =
+        parse(r#"{"type":"subscribe","channel":"c/*","group":"g","pattern":true,"requestId":"r"}"#)
+            .unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest);
+    // Elsewhere `group` is an unknown field, ignored.
+    assert!(matches!(
+        parse(r#"{"type":"unsubscribe","channel":"c","group":7}"#),
+        Ok(ClientMsg::Unsubscribe { .. })
+    ));
+    assert!(valid_group("A-z_0.9") && !valid_group("é") && !valid_group(""));
+}

@@ -13,6 +13,7 @@
 //! other connections running.
 
 mod cancel;
+mod group;
 mod history;
 mod pattern;
 mod ping;
@@ -127,6 +128,19 @@ fn dispatch(shard: &Shard, conn: &mut Conn, text: &[u8]) -> Flow {
             request_id,
             include_sender_metadata,
         } => pattern::subscribe(shard, conn, channel, include_sender_metadata, request_id),
+        ClientMsg::SubscribeGroup {
+            channel,
+            request_id,
+            include_sender_metadata,
+            group,
+        } => group::subscribe(
+            shard,
+            conn,
+            channel,
+            include_sender_metadata,
+            group,
+            request_id,
+        ),
         ClientMsg::UnsubscribePattern {
             channel,
             request_id,

@@ -58,6 +58,15 @@ pub(super) fn apply(
     });
     let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
     if let Some(ch) = existing {
+        if shard.group_of(conn.id, channel).is_some() {
+            // [ext] A queue-group member (protocol §8.2): one subscription per channel.
+            return reply_error(
+                conn,
+                ErrorCode::SubscriptionConflict,
+                request_id,
+                "the connection is in a queue group on this channel",
+            );
+        }
         let answered_by_owner = history.is_some();
         shard.resubscribe(
             id.app,
@@ -95,6 +104,7 @@ pub(super) fn apply(
             PresenceState::NoPermission
         },
         awaiting: answered_by_owner,
+        grouped: false,
         handle: conn.handle.clone(),
     };
     shard.subscribe(
