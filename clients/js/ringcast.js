@@ -497,6 +497,9 @@ export class Client {
     if (this.#subs.has(key)) throw new Error(`already subscribed to ${channel}`);
     let since = o.since ?? null;
     if (since != null && (o.pattern || o.group != null)) throw new TypeError('since cannot be combined with pattern or group');
+    if (this.#groupOverlap(channel, !!o.pattern, o.group ?? null)) {
+      throw new TypeError("a queue-group subscription and a pattern matching its channel cannot be combined on one client: the broker sends the pattern's copy and the group's pick as identical frames");
+    }
     if (since && !Array.isArray(since) && typeof since === 'object') since = [since.epoch, since.offset];
     const resume = since != null;
     if (since === 'auto') since = this._positions.get(channel) ?? null;
@@ -504,6 +507,13 @@ export class Client {
     this.#subs.set(key, sub);
     try { await this.#call(sub._frame(since), (ack) => sub._onAck(ack, since)); } catch (e) { this.#subs.delete(key); throw e; }
     return sub;
+  }
+
+  #groupOverlap(channel, pattern, group) {
+    const subs = [...this.#subs.values()];
+    if (group != null) return subs.some((s) => s.pattern && s.regex.test(channel));
+    if (pattern) { const re = globRegExp(channel); return subs.some((s) => s.group != null && re.test(s.channel)); }
+    return false;
   }
 
   async _unsubscribe(sub) {

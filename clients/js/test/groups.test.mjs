@@ -31,4 +31,9 @@ test('each publication goes to one member of the group', async (t) => {
     for (;;) { try { got.push((await s.get(500)).data); } catch { break; } }
   }
   assert.deepEqual(got.sort((x, y) => x - y), [...Array(10).keys()]);
+  // refused by the client: the pattern's copies would be indistinguishable from the group's picks
+  await assert.rejects(s1.client.subscribe('jobs/*', { pattern: true }), TypeError);
+  const other = await open('jgrp-w3');
+  await other.subscribe('jobs/**', { pattern: true });
+  await assert.rejects(other.subscribe(ch, { group: 'workers' }), TypeError);
 });

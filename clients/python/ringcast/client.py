@@ -590,6 +590,9 @@ class Client:
             raise ValueError(f"already subscribed to {channel!r}")
         if since is not None and (pattern or group is not None):
             raise ValueError("since cannot be combined with pattern or group")
+        if self._group_overlap(channel, pattern, group):
+            raise ValueError("a queue-group subscription and a pattern matching its channel cannot be combined on one "
+                             "client: the broker sends the pattern's copy and the group's pick as identical frames")
         if isinstance(since, dict):
             since = (since["epoch"], since["offset"])
         resume = since is not None
@@ -604,6 +607,14 @@ class Client:
             self._subs.pop(key, None)
             raise
         return sub
+
+    def _group_overlap(self, channel: str, pattern: bool, group: Optional[str]) -> bool:
+        if group is not None:
+            return any(s.pattern and s._regex.fullmatch(channel) for s in self._subs.values())
+        if pattern:
+            regex = _glob(channel)
+            return any(s.group is not None and regex.fullmatch(s.channel) for s in self._subs.values())
+        return False
 
     async def _unsubscribe(self, sub: Subscription) -> None:
         if self._subs.get((sub.channel, sub.pattern)) is not sub:
