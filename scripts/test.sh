@@ -9,6 +9,8 @@
 # 3. .venv (python3 -m venv) + pip install -r tests/requirements.txt
 # 4. npm ci in tests/compat            (Metered's JS SDK + ws, pinned by the lockfile), if node exists
 # 5. pytest -q                          (integration + SDK compatibility tests)
+# 6. the clients' own tests: clients/python (pytest, the package installed into .venv) and
+#    clients/js (node --test), both against the real binary
 #
 # Steps 2 and 5 both run even if the other fails; the script exits non-zero if either
 # did. Idempotent: re-running reuses .venv, target/ and the npm cache.
@@ -59,7 +61,24 @@ export RINGCAST_FAULT_BIN="${RINGCAST_FAULT_BIN:-$ROOT/target/release/ringcast-f
 pytest_rc=0
 .venv/bin/python -m pytest -q "$@" || pytest_rc=$?
 
-if [ "$cargo_rc" -ne 0 ] || [ "$pytest_rc" -ne 0 ]; then
-    printf 'scripts/test.sh: FAILED (cargo test exit %s, pytest exit %s)\n' "$cargo_rc" "$pytest_rc" >&2
+log "clients/python: pip install ./clients/python + pytest clients/python/tests"
+clients_rc=0
+.venv/bin/python -m pip install --quiet --disable-pip-version-check ./clients/python \
+    -r clients/python/requirements-test.txt
+.venv/bin/python -m pytest -q -c clients/python/pyproject.toml --rootdir clients/python \
+    clients/python/tests || clients_rc=$?
+
+if command -v node >/dev/null 2>&1; then
+    log "clients/js: node --test clients/js/test/"
+    node_ws_flag=()
+    node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' || node_ws_flag=(--experimental-websocket)
+    node "${node_ws_flag[@]}" --test clients/js/test/ || clients_rc=$?
+else
+    log "node not found: the JS client's tests are skipped"
+fi
+
+if [ "$cargo_rc" -ne 0 ] || [ "$pytest_rc" -ne 0 ] || [ "$clients_rc" -ne 0 ]; then
+    printf 'scripts/test.sh: FAILED (cargo test exit %s, pytest exit %s, clients exit %s)\n' \
+        "$cargo_rc" "$pytest_rc" "$clients_rc" >&2
     exit 1
 fi
