@@ -37,7 +37,7 @@ function addStep(data, from) {
   li.dataset.n = data.n ?? '';
   const n = document.createElement('span'); n.className = 'n'; n.textContent = data.n ?? '·';
   const text = document.createElement('span'); text.className = 'text'; text.textContent = data.text;
-  const at = document.createElement('span'); at.className = 'at'; at.textContent = new Date().toLocaleTimeString();
+  const at = document.createElement('span'); at.className = 'at'; at.textContent = new Date().toLocaleTimeString([], { hour12: false });
   at.title = `from ${from}`;
   li.append(n, text, at);
   // Keep steps in order by n (a history replay can arrive after the first live step).
