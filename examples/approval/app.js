@@ -72,6 +72,8 @@ function ask(req) {
     const left = Math.max(0, deadline - performance.now());
     $('.countdown', card).textContent = `${Math.ceil(left / 1000)} s`;
     $('.fill', card).style.width = `${(100 * left) / total}%`;
+    // At zero the broker is about to cancel it (reason "timeout"): a click now would come too late.
+    if (left === 0) $('.approve', card).disabled = $('.deny', card).disabled = true;
   };
   tick();
   const timer = setInterval(tick, 250);
