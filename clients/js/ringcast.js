@@ -134,6 +134,7 @@ export class Subscription {
     /** @type {number|null} */ this.offset = null;
     /** @type {boolean|null} answer of the last subscribe that asked to resume */ this.recovered = null;
     /** @type {Object<string, object|null>} the live roster, peerId -> metadata */ this.peers = {};
+    this.own = new Set(); // offsets this connection published (never delivered back to it)
     this.regex = this.pattern ? globRegExp(channel) : null;
     this.queue = new Queue(o.buffer, `subscription ${channel}`, client.logger);
   }
@@ -160,7 +161,7 @@ export class Subscription {
     if (!since) { this.offset = last; this.recovered = null; }
     else {
       this.recovered = ack.recovered ?? null;
-      if (ack.epoch !== since[0]) this.offset = 0; // new epoch: the replay is every retained message
+      if (ack.epoch !== since[0]) { this.offset = 0; this.own.clear(); } // new epoch: the replay is every retained message
       else if (this.offset == null || this.offset > last) this.offset = last; // ahead: live resumes after last
     }
     this.epoch = ack.epoch;
@@ -171,9 +172,18 @@ export class Subscription {
     if (offset != null && !this.pattern) {
       if (this.offset != null && offset <= this.offset) return; // already delivered
       this.offset = offset;
-      this.client._positions.set(this.channel, [this.epoch, offset]);
+      this._advance();
     }
     this.queue.put({ channel: f.channel ?? this.channel, from: f.from ?? '', data: f.data, offset, fromMetadata: f.fromMetadata ?? null });
+  }
+  /** This connection published `offset`: never delivered back to it, so the position steps over
+   * it once every offset before it was delivered (a resume must not replay it). */
+  _published(offset) {
+    if (this.offset != null && offset > this.offset) { this.own.add(offset); this._advance(); }
+  }
+  _advance() {
+    while (this.own.delete(this.offset + 1)) this.offset++;
+    this.client._positions.set(this.channel, [this.epoch, this.offset]);
   }
   _onPresence(f) {
     const ev = { channel: this.channel, joined: peersOf(f.joined), left: peersOf(f.left) };
@@ -219,6 +229,9 @@ export class Client {
   #closing = false;
   #ready = null; // {promise, resolve} while disconnected
   #closedWaiters = [];
+  #wake = null; // ends the reconnect loop's current wait (close() must not leave a timer behind)
+  #abortOpen = null; // ends a connection attempt in progress
+  #finished = new WeakSet(); // sockets whose end was handled (error and close may both come)
 
   /** @param {string} url @param {ConnectOptions} o */
   constructor(url, o = {}) {
@@ -259,10 +272,19 @@ export class Client {
         else { ws.close(); reject(new RingcastError(`expected welcome, got ${ev.data}`)); }
       };
       const onClose = (ev) => { done(); reject(closeError(ev.code, ev.reason)); };
-      const done = () => { clearTimeout(timer); ws.removeEventListener('message', onMessage); ws.removeEventListener('close', onClose); };
+      // Some implementations (Node 20's undici) fire only `error` when the connection fails.
+      const onError = () => { done(); try { ws.close(); } catch {} reject(new ConnectionLost(1006, 'connection failed')); };
+      const done = () => {
+        clearTimeout(timer);
+        this.#abortOpen = null;
+        ws.removeEventListener('message', onMessage);
+        ws.removeEventListener('close', onClose);
+        ws.removeEventListener('error', onError);
+      };
+      this.#abortOpen = () => { done(); try { ws.close(); } catch {} reject(new ClientClosed('client closed')); };
       ws.addEventListener('message', onMessage);
       ws.addEventListener('close', onClose);
-      ws.addEventListener('error', () => {}); // always followed by close
+      ws.addEventListener('error', onError);
     });
   }
 
@@ -270,8 +292,11 @@ export class Client {
     this.ws = ws;
     this.welcome = welcome;
     this.peerId = welcome.peerId ?? null;
-    ws.addEventListener('message', (ev) => this.#dispatch(ev.data));
+    ws.addEventListener('message', (ev) => {
+      try { this.#dispatch(ev.data); } catch (e) { this.logger?.error?.('ringcast: dispatch failed', e); } // a bug must not end the reader
+    });
     ws.addEventListener('close', (ev) => this.#onClose(ws, ev));
+    ws.addEventListener('error', () => { try { ws.close(); } catch {} this.#onClose(ws, { code: 1006, reason: 'connection error' }); });
     const r = this.#ready;
     this.#ready = null;
     r?.resolve();
@@ -282,7 +307,8 @@ export class Client {
   #fatal(code) { return FATAL_CODES.has(code) || (code === 4002 && typeof this.options.token !== 'function'); }
 
   #onClose(ws, ev) {
-    if (ws !== this.ws) return;
+    if (ws !== this.ws || this.#finished.has(ws)) return;
+    this.#finished.add(ws);
     if (this.#closing) return;
     const err = closeError(ev.code, ev.reason);
     this.#disconnected(err);
@@ -296,7 +322,8 @@ export class Client {
     let delay = this.#retryAfter ?? 100 * Math.random();
     this.#retryAfter = null;
     while (!this.#closing) {
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise((r) => { const t = setTimeout(r, delay); this.#wake = () => { clearTimeout(t); r(); }; });
+      this.#wake = null;
       if (this.#closing) return;
       try {
         const [ws, welcome] = await this.#open();
@@ -350,6 +377,8 @@ export class Client {
     const r = this.#ready;
     this.#ready = null;
     r?.resolve(); // waiters then see `error`
+    this.#wake?.();
+    this.#abortOpen?.();
     for (const w of this.#closedWaiters.splice(0)) w();
   }
 
@@ -468,6 +497,9 @@ export class Client {
     if (this.#subs.has(key)) throw new Error(`already subscribed to ${channel}`);
     let since = o.since ?? null;
     if (since != null && (o.pattern || o.group != null)) throw new TypeError('since cannot be combined with pattern or group');
+    if (this.#groupOverlap(channel, !!o.pattern, o.group ?? null)) {
+      throw new TypeError("a queue-group subscription and a pattern matching its channel cannot be combined on one client: the broker sends the pattern's copy and the group's pick as identical frames");
+    }
     if (since && !Array.isArray(since) && typeof since === 'object') since = [since.epoch, since.offset];
     const resume = since != null;
     if (since === 'auto') since = this._positions.get(channel) ?? null;
@@ -475,6 +507,13 @@ export class Client {
     this.#subs.set(key, sub);
     try { await this.#call(sub._frame(since), (ack) => sub._onAck(ack, since)); } catch (e) { this.#subs.delete(key); throw e; }
     return sub;
+  }
+
+  #groupOverlap(channel, pattern, group) {
+    const subs = [...this.#subs.values()];
+    if (group != null) return subs.some((s) => s.pattern && s.regex.test(channel));
+    if (pattern) { const re = globRegExp(channel); return subs.some((s) => s.group != null && re.test(s.channel)); }
+    return false;
   }
 
   async _unsubscribe(sub) {
@@ -486,7 +525,10 @@ export class Client {
   }
 
   /** Publish and wait for the ack. @returns {Promise<number|null>} the offset on a history channel */
-  async publish(channel, data) { return (await this.#call({ type: 'publish', channel, data })).offset ?? null; }
+  async publish(channel, data) {
+    const onAck = (ack) => { if (Number.isInteger(ack.offset)) this.#subs.get(this.#key(channel, false))?._published(ack.offset); };
+    return (await this.#call({ type: 'publish', channel, data }, onAck)).offset ?? null;
+  }
 
   /** A direct message to every other connection of `peer` (PeerNotFound if none). */
   async send(peer, data) { await this.#call({ type: 'send', to: peer, data }); }

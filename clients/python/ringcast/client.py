@@ -197,6 +197,7 @@ class Subscription:
         self.offset: Optional[int] = None
         self.recovered: Optional[bool] = None
         self.peers: dict = {}
+        self._own: set = set()  # offsets this connection published (never delivered back to it)
         self._regex = _glob(channel) if pattern else None
         self._queue = _Queue(buffer, f"subscription {channel!r}")
 
@@ -253,6 +254,7 @@ class Subscription:
             self.recovered = ack.get("recovered")
             if epoch != since[0]:
                 self.offset = 0  # a new epoch: the replay is every retained message
+                self._own.clear()
             elif self.offset is None or self.offset > last:
                 self.offset = last  # ahead of the channel: live resumes after `last`
         self.epoch = epoch
@@ -264,9 +266,22 @@ class Subscription:
             if self.offset is not None and offset <= self.offset:
                 return  # already delivered (a resume's replay racing a re-subscribe)
             self.offset = offset
-            self._client._positions[self.channel] = (self.epoch, offset)
+            self._advance()
         self._queue.put(Message(frame.get("channel", self.channel), frame.get("from", ""), frame.get("data"),
                                 offset, frame.get("fromMetadata")))
+
+    def _published(self, offset: int) -> None:
+        """This connection published `offset`: the broker never delivers it back, so the position
+        steps over it once every offset before it was delivered (a resume must not replay it)."""
+        if self.offset is not None and offset > self.offset:
+            self._own.add(offset)
+            self._advance()
+
+    def _advance(self) -> None:
+        while self.offset + 1 in self._own:
+            self._own.discard(self.offset + 1)
+            self.offset += 1
+        self._client._positions[self.channel] = (self.epoch, self.offset)
 
     def _on_presence(self, frame: dict) -> None:
         event = Presence(self.channel, _peers(frame.get("joined")), _peers(frame.get("left")))
@@ -353,7 +368,10 @@ class Client:
             ws = self._ws
             try:
                 async for raw in ws:
-                    self._dispatch(raw)
+                    try:
+                        self._dispatch(raw)
+                    except Exception:  # a bug must not end the reader
+                        log.exception("ringcast: dispatch failed")
             except websockets.ConnectionClosed:
                 pass
             err = close_error(ws.close_code, ws.close_reason or "")
@@ -380,7 +398,7 @@ class Client:
                     self._stop(e)
                     return False
                 log.info("ringcast: reconnect refused: %s", e)
-            except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as e:
+            except Exception as e:  # network, HTTP refusal (429), bad welcome, a failing token callable
                 log.info("ringcast: reconnect failed: %r", e)
             else:
                 self._connected(ws, welcome)
@@ -572,6 +590,9 @@ class Client:
             raise ValueError(f"already subscribed to {channel!r}")
         if since is not None and (pattern or group is not None):
             raise ValueError("since cannot be combined with pattern or group")
+        if self._group_overlap(channel, pattern, group):
+            raise ValueError("a queue-group subscription and a pattern matching its channel cannot be combined on one "
+                             "client: the broker sends the pattern's copy and the group's pick as identical frames")
         if isinstance(since, dict):
             since = (since["epoch"], since["offset"])
         resume = since is not None
@@ -587,6 +608,14 @@ class Client:
             raise
         return sub
 
+    def _group_overlap(self, channel: str, pattern: bool, group: Optional[str]) -> bool:
+        if group is not None:
+            return any(s.pattern and s._regex.fullmatch(channel) for s in self._subs.values())
+        if pattern:
+            regex = _glob(channel)
+            return any(s.group is not None and regex.fullmatch(s.channel) for s in self._subs.values())
+        return False
+
     async def _unsubscribe(self, sub: Subscription) -> None:
         if self._subs.get((sub.channel, sub.pattern)) is not sub:
             return
@@ -600,7 +629,13 @@ class Client:
 
     async def publish(self, channel: str, data: Any) -> Optional[int]:
         """Publish and wait for the ack; returns the offset on a history channel, else None."""
-        return (await self._call({"type": "publish", "channel": channel, "data": data})).get("offset")
+
+        def on_ack(ack: dict) -> None:
+            sub = self._subs.get((channel, False))
+            if sub is not None and isinstance(ack.get("offset"), int):
+                sub._published(ack["offset"])
+
+        return (await self._call({"type": "publish", "channel": channel, "data": data}, on_ack)).get("offset")
 
     async def send(self, peer: str, data: Any) -> None:
         """Send a direct message to every other connection of `peer` (`PeerNotFound` if none)."""

@@ -36,3 +36,6 @@ async def test_each_publication_to_one_member(connect):
     with pytest.raises(ringcast.ServerError) as e:
         await w1.subscribe(ch + "-x", group="bad group!")
     assert e.value.code == "invalid_group"
+    # refused by the client: the pattern's copies would be indistinguishable from the group's picks
+    with pytest.raises(ValueError):
+        await w1.subscribe("jobs/*", pattern=True)
