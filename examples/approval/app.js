@@ -105,39 +105,45 @@ function ask(req) {
 
 // -- connection ----------------------------------------------------------------------------------
 
-const first = await session();
-let firstToken = first.token;
-const logger = {
-  // The client logs its reconnects; show them rather than a stale "online".
-  info: (m) => { if (String(m).includes('reconnecting')) setPill(conn, 'offline', 'reconnecting…'); },
-  warn: (...a) => console.warn(...a),
-  error: (...a) => console.error(...a),
-};
-const client = await ringcast.connect(first.url, {
-  // Called for every (re)connection: a fresh token each time, so an expired one is replaced.
-  token: async () => { const t = firstToken; firstToken = null; return t ?? (await session()).token; },
-  logger,
-});
-client.onRequest(ask);
-window.addEventListener('pagehide', () => { client.close(); });
+let client = null;
 
-const agentsHere = (peers) => Object.keys(peers).filter((p) => p !== client.peerId);
-let sub = null;
-sub = await client.subscribe(channel, {
-  onPresence: (p) => {
-    // A presence frame follows every (re)subscribe: we are connected again.
-    setPill(conn, 'online', `online as ${client.peerId}`);
-    const here = agentsHere(sub ? sub.peers : p.joined);
-    setPill(agentPill, here.length ? 'here' : 'away', here.length ? `${here.join(', ')} here` : 'agent not here');
-  },
-});
-setPill(conn, 'online', `online as ${client.peerId}`);
+async function main() {
+  const first = await session();
+  let firstToken = first.token;
+  const logger = {
+    // The client logs its reconnects; show them rather than a stale "online".
+    info: (m) => { if (String(m).includes('reconnecting')) setPill(conn, 'offline', 'reconnecting…'); },
+    warn: (...a) => console.warn(...a),
+    error: (...a) => console.error(...a),
+  };
+  client = await ringcast.connect(first.url, {
+    // Called for every (re)connection: a fresh token each time, so an expired one is replaced.
+    token: async () => { const t = firstToken; firstToken = null; return t ?? (await session()).token; },
+    logger,
+  });
+  client.onRequest(ask);
+  window.addEventListener('pagehide', () => { client.close(); });
 
-// Steps published before this page opened, when the broker keeps history for the channel.
-client.history(channel, { limit: 200 }).then(
-  (page) => page.messages.forEach((m) => addStep(m.data, m.from)),
-  (e) => { if (e.code !== 'history_not_enabled') console.warn('history:', e.message); },
-);
-client.closed().catch((e) => setPill(conn, 'offline', `disconnected: ${e.message}`));
+  const agentsHere = (peers) => Object.keys(peers).filter((p) => p !== client.peerId);
+  let sub = null;
+  sub = await client.subscribe(channel, {
+    onPresence: (p) => {
+      // A presence frame follows every (re)subscribe: we are connected again.
+      setPill(conn, 'online', `online as ${client.peerId}`);
+      const here = agentsHere(sub ? sub.peers : p.joined);
+      setPill(agentPill, here.length ? 'here' : 'away', here.length ? `${here.join(', ')} here` : 'agent not here');
+    },
+  });
+  setPill(conn, 'online', `online as ${client.peerId}`);
 
-for await (const msg of sub) addStep(msg.data, msg.from);
+  // Steps published before this page opened, when the broker keeps history for the channel.
+  client.history(channel, { limit: 200 }).then(
+    (page) => page.messages.forEach((m) => addStep(m.data, m.from)),
+    (e) => { if (e.code !== 'history_not_enabled') console.warn('history:', e.message); },
+  );
+  client.closed().catch((e) => setPill(conn, 'offline', `disconnected: ${e.message}`));
+
+  for await (const msg of sub) addStep(msg.data, msg.from);
+}
+
+main().catch((e) => setPill(conn, 'offline', `cannot connect: ${e.message}`));
