@@ -91,6 +91,9 @@ def handler(a: argparse.Namespace) -> type[BaseHTTPRequestHandler]:
             if a.verbose:
                 super().log_message(fmt, *args)
 
+        def log_error(self, fmt: str, *args) -> None:
+            super().log_message(fmt, *args)  # errors always, requests only with --verbose
+
     return Handler
 
 
