@@ -6,7 +6,8 @@
 # 1. cargo build --release (the integration tests drive target/release/ringcast; a
 #    fault-injection variant is kept as target/release/ringcast-fault)
 # 2. cargo test --workspace --all-targets (unit + property tests; benches run once each as a smoke test)
-# 3. .venv (python3 -m venv) + pip install -r tests/requirements.txt
+# 3. .venv (python3 -m venv) + pip install -r tests/requirements.txt ./clients/python (the
+#    examples, run by tests/test_example*.py, use the client)
 # 4. npm ci in tests/compat            (Metered's JS SDK + ws, pinned by the lockfile), if node exists
 # 5. pytest -q                          (integration + SDK compatibility tests)
 # 6. the clients' own tests: clients/python (pytest, the package installed into .venv) and
@@ -34,12 +35,12 @@ log "cargo test --workspace --all-targets"
 cargo_rc=0
 cargo test --workspace --all-targets --quiet || cargo_rc=$?
 
-log "python venv (.venv) + tests/requirements.txt"
+log "python venv (.venv) + tests/requirements.txt + ./clients/python"
 if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
     rm -rf .venv
     python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt ./clients/python
 
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
     log "npm ci in tests/compat (node $(node --version))"
