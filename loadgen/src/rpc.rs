@@ -441,7 +441,13 @@ fn answer(b: &[u8], out: &mut Vec<u8>, scratch: &mut Vec<u8>, st: &RefCell<RttSt
     frame(out, scratch);
 }
 
-async fn rtt(c: &RpcCommon, pairs: usize, rates: &[f64], phase_secs: f64, rounds: usize) -> Result<Value> {
+async fn rtt(
+    c: &RpcCommon,
+    pairs: usize,
+    rates: &[f64],
+    phase_secs: f64,
+    rounds: usize,
+) -> Result<Value> {
     let ep = endpoint(c);
     let pairs = pairs.clamp(1, 5_000);
     let phase_secs = phase_secs.clamp(0.5, 60.0);
@@ -609,8 +615,18 @@ async fn rtt(c: &RpcCommon, pairs: usize, rates: &[f64], phase_secs: f64, rounds
     let mut rows = Vec::new();
     println!(
         "\n{:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12} {:>10} {:>9}",
-        "rate/s", "mode", "sent", "answered", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms",
-        "brk µs/rt", "gen cpu%", "lag p99"
+        "rate/s",
+        "mode",
+        "sent",
+        "answered",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9",
+        "max ms",
+        "brk µs/rt",
+        "gen cpu%",
+        "lag p99"
     );
     let mut summary = Vec::new();
     for &rate in rates {
@@ -663,7 +679,11 @@ async fn rtt(c: &RpcCommon, pairs: usize, rates: &[f64], phase_secs: f64, rounds
             rate,
             ratio,
             if ratio <= 1.5 { "PASS" } else { "FAIL" },
-            if complete { "" } else { "  (INCOMPLETE: answers missing)" }
+            if complete {
+                ""
+            } else {
+                "  (INCOMPLETE: answers missing)"
+            }
         );
         let mode_json = |m: &(Lat, u64, u64, f64, f64, Lat)| {
             json!({"latency": m.0, "sent": m.1, "answered": m.2, "broker_cpu_us_per_round_trip": m.3,
@@ -684,17 +704,27 @@ async fn rtt(c: &RpcCommon, pairs: usize, rates: &[f64], phase_secs: f64, rounds
             .unwrap_or_default()
     );
     for (k, p) in phases.iter().enumerate() {
-        rows.push(json!({"mode": format!("{:?}", p.mode).to_lowercase(), "rate": p.rate, "secs": p.secs,
-            "sent": s.sent[k], "answered": s.answered[k], "latency": lat_json(&s.hist[k])}));
+        rows.push(
+            json!({"mode": format!("{:?}", p.mode).to_lowercase(), "rate": p.rate, "secs": p.secs,
+            "sent": s.sent[k], "answered": s.answered[k], "latency": lat_json(&s.hist[k])}),
+        );
     }
-    Ok(json!({"scenario": "rpc-rtt", "pairs": pairs, "phase_secs": phase_secs, "rounds": rounds,
+    Ok(
+        json!({"scenario": "rpc-rtt", "pairs": pairs, "phase_secs": phase_secs, "rounds": rounds,
         "rates": summary, "phases": rows, "errors": s.errors, "first_error": s.first_error,
-        "foreign": s.foreign, "connections_lost": s.lost_conns}))
+        "foreign": s.foreign, "connections_lost": s.lost_conns}),
+    )
 }
 
 // ---- memory -----------------------------------------------------------------------------
 
-async fn memory(c: &RpcCommon, requesters: usize, per: usize, timeout_ms: u64, settle: f64) -> Result<Value> {
+async fn memory(
+    c: &RpcCommon,
+    requesters: usize,
+    per: usize,
+    timeout_ms: u64,
+    settle: f64,
+) -> Result<Value> {
     let Some(pid) = c.broker_pid else {
         bail!("rpc memory needs --broker-pid");
     };
@@ -709,40 +739,95 @@ async fn memory(c: &RpcCommon, requesters: usize, per: usize, timeout_ms: u64, s
     let mut req_conns = open_all(&ep, &req, requesters, c.connect_concurrency).await?;
     let end = mono_ns() + 120_000_000_000;
     let got = Rc::new(std::cell::Cell::new(0u64));
+    let directs = Rc::new(std::cell::Cell::new(0u64));
     let errs = Rc::new(RefCell::new((0u64, None::<String>)));
     for c in rsp_conns {
-        let got = got.clone();
+        let (got, directs) = (got.clone(), directs.clone());
         tokio::task::spawn_local(read_until(c, end, move |b: &[u8]| {
             if contains(b, b"\"type\":\"request\"") {
                 got.set(got.get() + 1);
+            } else if contains(b, b"\"type\":\"direct\"") {
+                directs.set(directs.get() + 1);
             }
         }));
     }
     tokio::time::sleep(settle).await;
-    let base = procstat::sample(pid).context("broker /proc unreadable")?;
-    let g0 = gauge(c.rest_addr, "ringcast_requests_in_flight");
-    eprintln!(
-        "rpc memory: {} connections, baseline RSS {} KiB, in flight {:?}",
-        2 * requesters,
-        base.rss_kib,
-        g0
-    );
+    let cold = procstat::sample(pid).context("broker /proc unreadable")?;
+    // Warm-up: the same number of frames of the same size, as `send`s that leave nothing
+    // behind, so the broker's read, queue and write paths reach the high-water mark they
+    // reach for the requests' frames before the baseline; the difference is what the
+    // requests keep.
     let mut json = Vec::with_capacity(c.payload + 160);
-    let t_send = mono_ns();
-    for (j, conn) in req_conns.iter_mut().enumerate() {
+    let mut batches = Vec::with_capacity(requesters);
+    for j in 0..requesters {
         let mut out = Vec::with_capacity(per * (c.payload + 160));
         for i in 0..per {
             json.clear();
             let _ = write!(
                 json,
-                "{{\"type\":\"request\",\"to\":\"mrsp-{j}\",\"requestId\":\"m{i}\",\"timeoutMs\":{timeout_ms},\"data\":"
+                "{{\"type\":\"send\",\"to\":\"mrsp-{j}\",\"requestId\":\"m{i:06}\",\"timeoutMs\":{timeout_ms},\"data\":"
             );
             data_into(&mut json, 0, 0, c.payload);
             json.push(b'}');
             frame(&mut out, &json);
         }
-        conn.write_all(&out).await.context("writing requests")?;
+        batches.push(out);
     }
+    paced(&mut req_conns, &batches, per).await?;
+    let wait_end = mono_ns() + 15_000_000_000;
+    while directs.get() < total && mono_ns() < wait_end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(settle).await;
+    // The `send`s with a requestId were acked: drain the acks so nothing is pending.
+    let mut acks = 0u64;
+    for conn in req_conns.iter_mut() {
+        let t_end = mono_ns() + 2_000_000_000;
+        let mut n = 0u64;
+        while n < per as u64 && mono_ns() < t_end {
+            let r = tokio::time::timeout(
+                Duration::from_millis(500),
+                conn.recv(&mut |b: &[u8]| {
+                    if contains(b, b"\"type\":\"ack\"") {
+                        n += 1;
+                    }
+                }),
+            )
+            .await;
+            if !matches!(r, Ok(Ok(true))) {
+                break;
+            }
+        }
+        acks += n;
+    }
+    tokio::time::sleep(settle).await;
+    let base = procstat::sample(pid).context("broker /proc unreadable")?;
+    let g0 = gauge(c.rest_addr, "ringcast_requests_in_flight");
+    eprintln!(
+        "rpc memory: {} connections, RSS {} KiB cold, {} KiB after {} warm-up sends ({acks} acked), in flight {:?}",
+        2 * requesters,
+        cold.rss_kib,
+        base.rss_kib,
+        directs.get(),
+        g0
+    );
+    let t_send = mono_ns();
+    let mut batches = Vec::with_capacity(requesters);
+    for j in 0..requesters {
+        let mut out = Vec::with_capacity(per * (c.payload + 160));
+        for i in 0..per {
+            json.clear();
+            let _ = write!(
+                json,
+                "{{\"type\":\"request\",\"to\":\"mrsp-{j}\",\"requestId\":\"m{i:06}\",\"timeoutMs\":{timeout_ms},\"data\":"
+            );
+            data_into(&mut json, 0, 0, c.payload);
+            json.push(b'}');
+            frame(&mut out, &json);
+        }
+        batches.push(out);
+    }
+    paced(&mut req_conns, &batches, per).await?;
     for conn in req_conns {
         let errs = errs.clone();
         tokio::task::spawn_local(read_until(conn, end, move |b: &[u8]| {
@@ -765,6 +850,7 @@ async fn memory(c: &RpcCommon, requesters: usize, per: usize, timeout_ms: u64, s
     };
     let delta = (after.rss_kib as f64 - base.rss_kib as f64) * 1024.0;
     let per_req = delta / in_flight.max(1.0);
+    let cold_per_req = (after.rss_kib as f64 - cold.rss_kib as f64) * 1024.0 / in_flight.max(1.0);
     let (nerr, first) = errs.borrow().clone();
     println!(
         "\nrequests sent {total} ({requesters} requesters x {per}), delivered to responders {} in {delivered_in:.2}s, requester frames (errors) {nerr}{}",
@@ -777,17 +863,41 @@ async fn memory(c: &RpcCommon, requesters: usize, per: usize, timeout_ms: u64, s
         g1.map(|x| x.to_string()).unwrap_or("-".into())
     );
     println!(
-        "broker RSS {} KiB -> {} KiB: {:.0} B per request in flight (target <= 256: {})",
+        "without the warm-up (cold baseline {} KiB): {:.0} B per request in flight",
+        cold.rss_kib, cold_per_req
+    );
+    println!(
+        "broker RSS {} KiB (warm) -> {} KiB: {:.0} B per request in flight (target <= 256: {})",
         base.rss_kib,
         after.rss_kib,
         per_req,
         if per_req <= 256.0 { "PASS" } else { "FAIL" }
     );
-    Ok(json!({"scenario": "rpc-memory", "requesters": requesters, "per_requester": per,
+    Ok(
+        json!({"scenario": "rpc-memory", "requesters": requesters, "per_requester": per,
         "requests": total, "delivered_to_responders": got.get(), "errors": nerr, "first_error": first,
         "gauge_before": g0, "gauge_after": g1, "in_flight": in_flight,
-        "rss_kib_before": base.rss_kib, "rss_kib_after": after.rss_kib,
-        "bytes_per_request": per_req, "pass": per_req <= 256.0}))
+        "rss_kib_cold": cold.rss_kib, "bytes_per_request_cold": cold_per_req,
+        "warmup_sends": directs.get(), "rss_kib_before": base.rss_kib, "rss_kib_after": after.rss_kib,
+        "bytes_per_request": per_req, "pass": per_req <= 256.0}),
+    )
+}
+
+/// Writes each connection's `per` frames (`batches[j]`, equal-sized frames) one frame per
+/// connection per 10 ms tick, so the broker never holds a burst of frames in flight: the
+/// RSS difference is what stays, not a transient high-water mark.
+async fn paced(conns: &mut [Conn], batches: &[Vec<u8>], per: usize) -> Result<()> {
+    for i in 0..per {
+        let tick = mono_ns() + 10_000_000;
+        for (conn, out) in conns.iter_mut().zip(batches) {
+            let len = out.len() / per.max(1);
+            conn.write_all(&out[i * len..(i + 1) * len])
+                .await
+                .context("writing frames")?;
+        }
+        sleep_until_ns(tick).await;
+    }
+    Ok(())
 }
 
 // ---- deadline ---------------------------------------------------------------------------
@@ -925,9 +1035,10 @@ async fn deadline(c: &RpcCommon, d: &DeadlineSpec) -> Result<Value> {
         )
     });
     if subs.is_some() {
-        let n = tokio::task::spawn_blocking(move || ready_rx.recv_timeout(Duration::from_secs(120)))
-            .await?
-            .context("subscribers did not get ready")??;
+        let n =
+            tokio::task::spawn_blocking(move || ready_rx.recv_timeout(Duration::from_secs(120)))
+                .await?
+                .context("subscribers did not get ready")??;
         eprintln!("rpc deadline: {n} subscribers on `fan`");
     }
     let rsp: Vec<String> = (0..requesters).map(|j| format!("drsp-{j}")).collect();
@@ -935,7 +1046,11 @@ async fn deadline(c: &RpcCommon, d: &DeadlineSpec) -> Result<Value> {
     let rsp_conns = open_all(&ep, &rsp, 0, c.connect_concurrency).await?;
     let req_conns = open_all(&ep, &req, requesters, c.connect_concurrency).await?;
     let publisher = if subscribers > 0 && d.pub_rate > 0.0 {
-        Some(open_all(&ep, &["fpub-0".to_string()], 90_000, 1).await?.remove(0))
+        Some(
+            open_all(&ep, &["fpub-0".to_string()], 90_000, 1)
+                .await?
+                .remove(0),
+        )
     } else {
         None
     };
@@ -1093,13 +1208,17 @@ async fn deadline(c: &RpcCommon, d: &DeadlineSpec) -> Result<Value> {
     });
     println!(
         "broker CPU {} of a core, generator CPU {} of a core, over {:.1}s",
-        bcpu.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or("-".into()),
-        gcpu.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or("-".into()),
+        bcpu.map(|x| format!("{:.0}%", x * 100.0))
+            .unwrap_or("-".into()),
+        gcpu.map(|x| format!("{:.0}%", x * 100.0))
+            .unwrap_or("-".into()),
         win
     );
-    Ok(json!({"scenario": "rpc-deadline", "requesters": requesters, "req_rate": d.req_rate,
+    Ok(
+        json!({"scenario": "rpc-deadline", "requesters": requesters, "req_rate": d.req_rate,
         "timeout_ms": [d.min_ms, d.max_ms], "secs": d.secs, "sent": s.sent, "timeouts": l.count,
         "lateness": l, "early": s.early, "other_errors": s.other_errors, "first_error": s.first_error,
         "connections_lost": s.lost_conns, "fanout": fan, "broker_cpu_share": bcpu,
-        "generator_cpu_share": gcpu, "pass": l.p99_ms <= 20.0 && l.count > 0}))
+        "generator_cpu_share": gcpu, "pass": l.p99_ms <= 20.0 && l.count > 0}),
+    )
 }
