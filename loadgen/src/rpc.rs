@@ -8,7 +8,9 @@
 //!   Phases are ordered A B, B A, … so drift hits both modes alike.
 //! - `rpc memory`: R requesters × K requests to responders that never reply; broker RSS (and
 //!   `ringcast_requests_in_flight` from the REST /metrics) before and after, with the same
-//!   connections open: bytes per request in flight.
+//!   connections open: bytes per request in flight. The baseline is taken after a warm-up of
+//!   as many `send`s of the same size (which leave nothing behind), and frames are written
+//!   one per connection per 10 ms, so the difference is what the requests keep.
 //! - `rpc deadline`: requests nobody answers, `timeoutMs` spread over a range; the requester
 //!   records when `request_timeout` arrives minus (send time + timeoutMs). Optionally with a
 //!   fan-out load on the same shard (one publisher, S subscribers on one channel); the
