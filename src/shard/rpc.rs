@@ -73,7 +73,7 @@ impl Shard {
     /// when nobody took it) to stop.
     fn cancel_holders(&self, st: &State, n: u64, r: &InFlight, reason: CancelReason) {
         let frame = enc::cancel(&reply_to(self.id, n), reason);
-        match r.taken {
+        match r.taken() {
             Some(taker) => self.route(
                 taker.shard,
                 ShardMsg::ResponderFrame {
@@ -131,14 +131,14 @@ impl Shard {
             r.app == m.app
                 && r.peer == m.peer
                 && m.from != self.conn_ref(r.conn)
-                && r.taken.is_none_or(|t| t == m.from)
+                && r.taken().is_none_or(|t| t == m.from)
         });
         if !ok {
             drop(st);
             return self.route(m.from.shard, refuse(m.request_id.as_deref()));
         }
         let r = st.requests.get_mut(m.n).expect("checked above");
-        let first = r.taken.is_none();
+        let first = r.taken().is_none();
         r.seq += 1;
         let frame = enc::reply(&r.request_id, &m.peer, &m.data, m.last, r.seq);
         let requester = r.conn;
@@ -178,7 +178,7 @@ impl Shard {
         if st
             .requests
             .get_mut(n)
-            .is_some_and(|r| r.taken == Some(conn))
+            .is_some_and(|r| r.taken() == Some(conn))
         {
             let r = st.requests.remove(n).expect("checked above");
             Self::to_requester(
