@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """A planner fans subtasks out on a channel; researchers send findings straight back.
 
-Runs against a live ringcast with the stock Python `websockets` client and PyJWT
-(pip install websockets PyJWT). The planner publishes each subtask on `runs/<id>/tasks`;
-every researcher is subscribed there, takes the subtasks addressed to it, and answers the
-planner with a direct `send` (no channel, no fan-out). The planner exits once every
-subtask has a finding, printing one line per finding and a final "all N findings" line.
+Runs against a live ringcast with the ringcast Python client and PyJWT (from the repository
+root: pip install PyJWT ./clients/python). The planner publishes each subtask on
+`runs/<id>/tasks`; every researcher is subscribed there, takes the subtasks addressed to it,
+and answers the planner with a direct `send` (no channel, no fan-out). The planner exits once
+every subtask has a finding, printing one line per finding and a final "all N findings" line.
 
     python3 examples/planner_researcher.py --url ws://127.0.0.1:8080/v1 \
         --key-id sk_id_… --key-secret sk_secret_…
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 
-import jwt
-from websockets.asyncio.client import connect
+try:
+    import jwt
+    import ringcast
+except ImportError as e:
+    raise SystemExit(f"{e}: from the repository root, pip install PyJWT ./clients/python") from None
 
 
 def token(key_id: str, secret: str, peer: str, channels: list[str]) -> str:
@@ -27,32 +29,19 @@ def token(key_id: str, secret: str, peer: str, channels: list[str]) -> str:
     return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": key_id})
 
 
-async def recv_type(ws, *types):
-    """Next frame whose type is one of `types` (acks and presence are skipped)."""
-    while True:
-        msg = json.loads(await ws.recv())
-        if msg["type"] in types:
-            return msg
-        if msg["type"] == "error":
-            raise RuntimeError(f"broker error: {msg}")
-
-
 async def researcher(url: str, key_id: str, secret: str, name: str, tasks: str, ready: asyncio.Event):
-    async with connect(f"{url}?token={token(key_id, secret, name, [tasks])}") as ws:
-        await recv_type(ws, "welcome")
-        await ws.send(json.dumps({"type": "subscribe", "channel": tasks, "requestId": "sub"}))
-        await recv_type(ws, "ack")
+    async with ringcast.connect(url, token=token(key_id, secret, name, [tasks])) as client:
+        sub = await client.subscribe(tasks)
         ready.set()
-        while True:
-            msg = await recv_type(ws, "message")
-            task = msg["data"]
+        async for msg in sub:
+            task = msg.data
             if task.get("done"):
                 return
             if task["assignee"] != name:
                 continue
             finding = {"task": task["id"], "by": name, "answer": f"{task['question']} -> looked it up"}
             # Straight back to the planner: a direct message to its peerId.
-            await ws.send(json.dumps({"type": "send", "to": msg["from"], "data": finding}))
+            await client.send(msg.from_, finding)
 
 
 async def planner(url: str, key_id: str, secret: str, run: str, researchers: int, subtasks: int) -> int:
@@ -62,19 +51,19 @@ async def planner(url: str, key_id: str, secret: str, run: str, researchers: int
     workers = [
         asyncio.create_task(researcher(url, key_id, secret, n, tasks, r)) for n, r in zip(names, readies)
     ]
-    async with connect(f"{url}?token={token(key_id, secret, 'planner', [tasks])}") as ws:
-        await recv_type(ws, "welcome")
+    async with ringcast.connect(url, token=token(key_id, secret, "planner", [tasks])) as client:
         await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 10)
         for i in range(subtasks):
             task = {"id": i, "assignee": names[i % researchers], "question": f"subtask {i}"}
-            await ws.send(json.dumps({"type": "publish", "channel": tasks, "data": task, "requestId": f"t{i}"}))
+            await client.publish(tasks, task)
         findings = {}
+        directs = client.directs()
         while len(findings) < subtasks:
-            msg = await asyncio.wait_for(recv_type(ws, "direct"), 10)
-            f = msg["data"]
+            d = await asyncio.wait_for(anext(directs), 10)
+            f = d.data
             findings[f["task"]] = f
-            print(f"finding for subtask {f['task']} from {msg['from']}: {f['answer']}", flush=True)
-        await ws.send(json.dumps({"type": "publish", "channel": tasks, "data": {"done": True}}))
+            print(f"finding for subtask {f['task']} from {d.from_}: {f['answer']}", flush=True)
+        await client.publish(tasks, {"done": True})
     await asyncio.wait_for(asyncio.gather(*workers), 10)
     print(f"all {len(findings)} findings received", flush=True)
     return 0

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Workers share the jobs of one channel: each job goes to exactly one of them.
 
-Runs against a live ringcast (docs/protocol.md 8.2, queue groups) with the stock Python
-`websockets` client and PyJWT (pip install websockets PyJWT). No broker configuration is
-needed for queue groups.
+Runs against a live ringcast (docs/protocol.md 8.2, queue groups) with the ringcast Python
+client and PyJWT (from the repository root: pip install PyJWT ./clients/python). No broker
+configuration is needed for queue groups.
 
-Every worker subscribes to `jobs/<run>` with `"group": "workers"`. A publication on the
+Every worker subscribes to `jobs/<run>` with `group="workers"`. A publication on the
 channel goes to every plain subscriber and to exactly one member of each group, so the
 dispatcher publishes each job once and one worker takes it. The worker answers the
 dispatcher with a direct `send`. The dispatcher prints who did what, then checks that every
@@ -13,7 +13,7 @@ job was done exactly once (a broker without queue groups would hand every job to
 worker: the script then exits 1).
 
     python3 examples/queue_group.py --url ws://127.0.0.1:8080/v1 \
-        --key-id sk_id_examples1 --key-secret sk_secret_examples_only_never_deploy_0123456789
+        --config examples/ringcast-examples.toml
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import time
 
-import jwt
-from websockets.asyncio.client import connect
+try:
+    import jwt
+    import ringcast
+except ImportError as e:
+    raise SystemExit(f"{e}: from the repository root, pip install PyJWT ./clients/python") from None
 
 
 def token(key_id: str, secret: str, peer: str, channels: list[str]) -> str:
@@ -34,30 +36,27 @@ def token(key_id: str, secret: str, peer: str, channels: list[str]) -> str:
     return jwt.encode(claims, secret, algorithm="HS256", headers={"kid": key_id})
 
 
-async def recv_type(ws, *types):
-    """Next frame whose type is one of `types` (presence and other frames are skipped)."""
-    while True:
-        msg = json.loads(await ws.recv())
-        if msg["type"] in types:
-            return msg
-        if msg["type"] == "error":
-            raise RuntimeError(f"broker error: {msg}")
-
-
 async def worker(url: str, tok: str, name: str, jobs: str, ready: asyncio.Event) -> None:
-    async with connect(f"{url}?token={tok}") as ws:
-        await recv_type(ws, "welcome")
-        await ws.send(json.dumps({"type": "subscribe", "channel": jobs, "group": "workers", "requestId": "join"}))
-        await recv_type(ws, "ack")
+    async with ringcast.connect(url, token=tok) as client:
+        sub = await client.subscribe(jobs, group="workers")
         ready.set()
-        while True:
-            msg = await recv_type(ws, "message", "direct")
-            if msg["type"] == "direct":  # the dispatcher says we are done
-                return
-            job = msg["data"]
-            await asyncio.sleep(0.01)  # the work
-            result = {"job": job["id"], "worker": name, "result": job["n"] ** 2}
-            await ws.send(json.dumps({"type": "send", "to": msg["from"], "data": result}))
+
+        async def work() -> None:
+            async for msg in sub:
+                job = msg.data
+                await asyncio.sleep(0.01)  # the work
+                result = {"job": job["id"], "worker": name, "result": job["n"] ** 2}
+                await client.send(msg.from_, result)
+
+        # Work until the dispatcher says we are done (a direct message), or until the work fails.
+        working = asyncio.create_task(work())
+        stop = asyncio.create_task(anext(client.directs()))
+        await asyncio.wait({working, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (working, stop):
+            t.cancel()
+        await asyncio.gather(working, stop, return_exceptions=True)
+        if not working.cancelled():
+            working.result()  # the work failed: raise its error
 
 
 async def dispatcher(url: str, key_id: str, secret: str, run: str, workers: int, jobs: int) -> int:
@@ -69,25 +68,25 @@ async def dispatcher(url: str, key_id: str, secret: str, run: str, workers: int,
         for n, r in zip(names, readies)
     ]
     done_by: dict[int, list[str]] = collections.defaultdict(list)
-    async with connect(f"{url}?token={token(key_id, secret, 'dispatcher', [channel])}") as ws:
-        await recv_type(ws, "welcome")
+    async with ringcast.connect(url, token=token(key_id, secret, "dispatcher", [channel])) as client:
         await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 10)
         for i in range(jobs):
-            await ws.send(json.dumps({"type": "publish", "channel": channel, "data": {"id": i, "n": i}}))
+            await client.publish(channel, {"id": i, "n": i})
+        directs = client.directs()
         while sum(map(len, done_by.values())) < jobs:
-            d = (await asyncio.wait_for(recv_type(ws, "direct"), 10))["data"]
+            d = (await asyncio.wait_for(anext(directs), 10)).data
             done_by[d["job"]].append(d["worker"])
         # Any extra answer within a moment means a job was handed out twice.
         try:
             while True:
-                d = (await asyncio.wait_for(recv_type(ws, "direct"), 0.5))["data"]
+                d = (await asyncio.wait_for(anext(directs), 0.5)).data
                 done_by[d["job"]].append(d["worker"])
         except asyncio.TimeoutError:
             pass
         # Tell every worker to stop, straight to its connections (not through the group,
         # which would hand the note to just one of them).
         for n in names:
-            await ws.send(json.dumps({"type": "send", "to": n, "data": {"done": True}}))
+            await client.send(n, {"done": True})
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
     per_worker = collections.Counter(w for ws_ in done_by.values() for w in ws_)
     for n in names:
@@ -104,12 +103,20 @@ async def dispatcher(url: str, key_id: str, secret: str, run: str, workers: int,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default="ws://127.0.0.1:8080/v1")
-    ap.add_argument("--key-id", required=True)
-    ap.add_argument("--key-secret", required=True)
+    ap.add_argument("--config", help="a broker config: its first app's first secret key signs the tokens")
+    ap.add_argument("--key-id")
+    ap.add_argument("--key-secret")
     ap.add_argument("--run", default="run-7")
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=30)
     a = ap.parse_args()
+    if a.config:
+        import tomllib
+        with open(a.config, "rb") as f:
+            key = tomllib.load(f)["apps"][0]["secret_keys"][0]
+        a.key_id, a.key_secret = key["id"], key["secret"]
+    if not (a.key_id and a.key_secret):
+        ap.error("give --config, or --key-id and --key-secret")
     return asyncio.run(dispatcher(a.url, a.key_id, a.key_secret, a.run, a.workers, a.jobs))
 
 

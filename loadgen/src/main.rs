@@ -26,6 +26,7 @@ mod pingpong;
 mod plan;
 mod procstat;
 mod rest;
+mod rpc;
 mod stats;
 mod target;
 mod tcpfanout;
@@ -212,6 +213,9 @@ enum Cmd {
     /// Internal: a worker process (spec on stdin).
     #[command(hide = true)]
     Worker,
+    /// Requests and replies (protocol §8.4): round trip, memory per request, deadlines.
+    #[command(subcommand)]
+    Rpc(rpc::RpcCmd),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -281,6 +285,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let (c, plan) = match cli.cmd {
         Cmd::Worker => return worker::run(),
+        Cmd::Rpc(cmd) => return rpc::run(cmd),
         Cmd::TcpFanoutRx => return tcpfanout::receiver(),
         Cmd::TcpFanout {
             sockets,

@@ -21,6 +21,11 @@
 //!   through the FIFO queues; a subscribe's answer (ack, snapshot, replay) leaves the owner
 //!   through the same queues, so the replay and the live stream meet with no gap and no
 //!   duplicate.
+//! - [ext] **Queue groups** (protocol §8.2): membership is kept by the channel's owner
+//!   ([`groups`]), which picks one member per group for each publication it handles and
+//!   sends it there (`ShardMsg::GroupDeliver`); plain fan-out skips group members.
+//! - [ext] **Requests** (protocol §8.4) travel like direct sends; their replies go to the
+//!   requester's shard, named by the request's `replyTo` (`crate::rpc`).
 
 pub mod fanout;
 pub mod groups;

@@ -31,23 +31,41 @@ use crate::{
     router::{ConnId, ConnRef, ShardId},
 };
 
-/// One request in flight.
+/// One request in flight: 64 bytes (plus its `requestId`'s allocation), kept small because
+/// a shard may hold many thousands (docs/protocol.md: about 200 bytes per request in all).
 #[derive(Debug)]
 pub struct InFlight {
     /// The requesting connection (on this shard).
     pub conn: ConnId,
-    /// Its `requestId`.
-    pub request_id: Box<str>,
-    /// Tenant.
-    pub app: AppId,
-    /// The target peer.
-    pub peer: Arc<str>,
-    /// The responder connection that replied first, once one has.
-    pub taken: Option<ConnRef>,
+    /// The responder connection that replied first, packed (shard << 48 | connection); 0
+    /// while nobody took it (connection ids start at 1). See [`InFlight::taken`].
+    taken: u64,
+    /// When it times out, in ms since the table was created.
+    deadline_ms: u64,
     /// `seq` of the last reply delivered (0: none yet).
     pub seq: u32,
-    /// When it times out.
-    pub deadline: Instant,
+    /// Tenant.
+    pub app: AppId,
+    /// Its `requestId`.
+    pub request_id: Box<str>,
+    /// The target peer.
+    pub peer: Arc<str>,
+}
+
+impl InFlight {
+    /// The responder connection that replied first, once one has.
+    pub fn taken(&self) -> Option<ConnRef> {
+        (self.taken != 0).then_some(ConnRef {
+            shard: ShardId((self.taken >> 48) as u16),
+            conn: ConnId(self.taken & ((1 << 48) - 1)),
+        })
+    }
+}
+
+/// Packs a connection for [`InFlight::taken`] (a shard's connection ids stay below 2^48:
+/// one new connection per nanosecond would take three days to get there).
+fn pack(c: ConnRef) -> u64 {
+    (u64::from(c.shard.0) << 48) | (c.conn.0 & ((1 << 48) - 1))
 }
 
 /// The requests of one shard.
@@ -58,7 +76,9 @@ pub struct Requests {
     table: HashMap<u64, InFlight, RandomState>,
     by_conn: HashMap<ConnId, Vec<u64>, RandomState>,
     untaken_by_peer: HashMap<(AppId, Arc<str>), Vec<u64>, RandomState>,
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// (deadline in ms since `started`, request).
+    deadlines: BinaryHeap<Reverse<(u64, u64)>>,
+    started: Instant,
     /// Responder side: per local connection, the (requester shard, request) pairs it took.
     took: HashMap<ConnId, Vec<(ShardId, u64)>, RandomState>,
 }
@@ -101,8 +121,20 @@ impl Requests {
             by_conn: HashMap::default(),
             untaken_by_peer: HashMap::default(),
             deadlines: BinaryHeap::new(),
+            started: Instant::now(),
             took: HashMap::default(),
         }
+    }
+
+    /// `t` in ms since the table was created, rounded up (a deadline never fires early).
+    fn ms(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.started);
+        (d.as_nanos().div_ceil(1_000_000)) as u64
+    }
+
+    /// The instant `ms` after the table was created.
+    fn at(&self, ms: u64) -> Instant {
+        self.started + std::time::Duration::from_millis(ms)
     }
 
     /// Requests in flight on this shard.
@@ -145,17 +177,18 @@ impl Requests {
             .entry((app, peer.clone()))
             .or_default()
             .push(n);
-        self.deadlines.push(Reverse((deadline, n)));
+        let deadline_ms = self.ms(deadline);
+        self.deadlines.push(Reverse((deadline_ms, n)));
         self.table.insert(
             n,
             InFlight {
                 conn,
-                request_id: request_id.into(),
-                app,
-                peer,
-                taken: None,
+                taken: 0,
+                deadline_ms,
                 seq: 0,
-                deadline,
+                app,
+                request_id: request_id.into(),
+                peer,
             },
         );
         n
@@ -169,8 +202,8 @@ impl Requests {
     /// Marks request `n` taken by `by` (it is no longer waiting for any responder).
     pub fn take(&mut self, n: u64, by: ConnRef) {
         if let Some(r) = self.table.get_mut(&n) {
-            if r.taken.is_none() {
-                r.taken = Some(by);
+            if r.taken == 0 {
+                r.taken = pack(by);
                 let key = (r.app, r.peer.clone());
                 remove_from(&mut self.untaken_by_peer, &key, n);
             }
@@ -181,7 +214,7 @@ impl Requests {
     pub fn remove(&mut self, n: u64) -> Option<InFlight> {
         let r = self.table.remove(&n)?;
         remove_from(&mut self.by_conn, &r.conn, n);
-        if r.taken.is_none() {
+        if r.taken == 0 {
             remove_from(&mut self.untaken_by_peer, &(r.app, r.peer.clone()), n);
         }
         if self.deadlines.len() > 2 * self.table.len() + 1024 {
@@ -189,7 +222,7 @@ impl Requests {
             self.deadlines = self
                 .table
                 .iter()
-                .map(|(n, r)| Reverse((r.deadline, *n)))
+                .map(|(n, r)| Reverse((r.deadline_ms, *n)))
                 .collect();
         }
         Some(r)
@@ -197,19 +230,20 @@ impl Requests {
 
     /// The earliest deadline, if any (it may belong to a finished request).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.peek().map(|Reverse((t, _))| *t)
+        self.deadlines.peek().map(|Reverse((t, _))| self.at(*t))
     }
 
     /// The requests whose deadline is at or before `now`, removed from the heap (but not
     /// from the table: the caller times them out).
     pub fn due(&mut self, now: Instant) -> Vec<u64> {
         let mut out = Vec::new();
+        let now = now.saturating_duration_since(self.started).as_millis() as u64;
         while let Some(Reverse((t, n))) = self.deadlines.peek().copied() {
             if t > now {
                 break;
             }
             self.deadlines.pop();
-            if self.table.get(&n).is_some_and(|r| r.deadline == t) {
+            if self.table.get(&n).is_some_and(|r| r.deadline_ms == t) {
                 out.push(n);
             }
         }
@@ -333,6 +367,20 @@ mod tests {
             Vec::<u64>::new(),
             "finished: skipped"
         );
+    }
+
+    #[test]
+    fn an_in_flight_request_is_64_bytes_and_packs_its_taker() {
+        assert_eq!(std::mem::size_of::<InFlight>(), 64);
+        let c = ConnRef {
+            shard: ShardId(127),
+            conn: ConnId((1 << 48) - 1),
+        };
+        let mut r = Requests::new(ShardId(0));
+        let n = r.insert(ConnId(1), "a", AppId(0), Arc::from("p"), Instant::now());
+        assert_eq!(r.get_mut(n).unwrap().taken(), None);
+        r.take(n, c);
+        assert_eq!(r.get_mut(n).unwrap().taken(), Some(c));
     }
 
     #[test]

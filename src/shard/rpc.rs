@@ -30,14 +30,16 @@ use crate::{
 };
 
 impl Shard {
-    /// Sends `frame` to every connection of `peer` but `except`, on every shard (the
-    /// request itself, and cancels to responders that did not take it).
+    /// Sends `frame` to every connection of `peer` on every shard but `except` and the
+    /// local connection `requester` (cancels to the responders that did not take a request;
+    /// the requester, which may be a connection of the same peer, never held it).
     pub(crate) fn to_peer(
         &self,
         st: &State,
         app: AppId,
         peer: &Arc<str>,
         except: Option<ConnRef>,
+        requester: ConnId,
         frame: bytes::Bytes,
     ) {
         let d = Arc::new(Direct {
@@ -58,7 +60,7 @@ impl Shard {
         if let Some(conns) = st.local_peers[app.0 as usize].get(peer) {
             let skip = except.filter(|o| o.shard == self.id).map(|o| o.conn);
             for c in conns {
-                if Some(*c) != skip {
+                if Some(*c) != skip && *c != requester {
                     if let Some(e) = st.conns.get(c) {
                         e.handle.send(&d.frame);
                     }
@@ -71,7 +73,7 @@ impl Shard {
     /// when nobody took it) to stop.
     fn cancel_holders(&self, st: &State, n: u64, r: &InFlight, reason: CancelReason) {
         let frame = enc::cancel(&reply_to(self.id, n), reason);
-        match r.taken {
+        match r.taken() {
             Some(taker) => self.route(
                 taker.shard,
                 ShardMsg::ResponderFrame {
@@ -82,7 +84,7 @@ impl Shard {
                     release: true,
                 },
             ),
-            None => self.to_peer(st, r.app, &r.peer, None, frame),
+            None => self.to_peer(st, r.app, &r.peer, None, r.conn, frame),
         }
     }
 
@@ -126,14 +128,17 @@ impl Shard {
         }
         };
         let ok = st.requests.get_mut(m.n).is_some_and(|r| {
-            r.app == m.app && r.peer == m.peer && r.taken.is_none_or(|t| t == m.from)
+            r.app == m.app
+                && r.peer == m.peer
+                && m.from != self.conn_ref(r.conn)
+                && r.taken().is_none_or(|t| t == m.from)
         });
         if !ok {
             drop(st);
             return self.route(m.from.shard, refuse(m.request_id.as_deref()));
         }
         let r = st.requests.get_mut(m.n).expect("checked above");
-        let first = r.taken.is_none();
+        let first = r.taken().is_none();
         r.seq += 1;
         let frame = enc::reply(&r.request_id, &m.peer, &m.data, m.last, r.seq);
         let requester = r.conn;
@@ -147,7 +152,7 @@ impl Shard {
         }
         if first {
             let cancel = enc::cancel(&reply_to(self.id, m.n), CancelReason::Taken);
-            self.to_peer(st, app, &peer, Some(m.from), cancel);
+            self.to_peer(st, app, &peer, Some(m.from), requester, cancel);
         }
         if m.last {
             st.requests.remove(m.n);
@@ -173,7 +178,7 @@ impl Shard {
         if st
             .requests
             .get_mut(n)
-            .is_some_and(|r| r.taken == Some(conn))
+            .is_some_and(|r| r.taken() == Some(conn))
         {
             let r = st.requests.remove(n).expect("checked above");
             Self::to_requester(
@@ -230,14 +235,22 @@ impl Shard {
         if !st.requests.waits_for(app, peer) {
             return;
         }
-        let here = st.local_peers[app.0 as usize].contains_key(peer);
         let elsewhere = st.directory[app.0 as usize]
             .get(peer)
             .is_some_and(|b| *b != 0);
-        if here || elsewhere {
+        if elsewhere {
             return;
         }
         for n in st.requests.untaken_to(app, peer) {
+            // Gone for this request when no connection of the peer but its requester (which
+            // may be a connection of the same peer) is left.
+            let requester = st.requests.get_mut(n).map(|r| r.conn);
+            let left = st.local_peers[app.0 as usize]
+                .get(peer)
+                .is_some_and(|v| v.iter().any(|c| Some(*c) != requester));
+            if left {
+                continue;
+            }
             if let Some(r) = st.requests.remove(n) {
                 Self::to_requester(
                     &st,

@@ -47,8 +47,10 @@ pub(super) fn apply(
         );
     }
     let limits = &shard.broker.limits;
-    let t = timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-    if t == 0 || u128::from(t) > limits.request_max_timeout.as_millis() {
+    let max_ms = u64::try_from(limits.request_max_timeout.as_millis()).unwrap_or(u64::MAX);
+    // Without `timeoutMs`: 30 s, or the configured maximum when that is lower.
+    let t = timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS.min(max_ms));
+    if t == 0 || t > max_ms {
         return reply_error(
             conn,
             ErrorCode::InvalidRequest,
