@@ -802,9 +802,11 @@ async fn memory(
         }
         acks += n;
     }
+    // The gauge is read before the baseline: the REST thread's first request (its
+    // connection, buffers, allocator pages) must not count as the requests' memory.
+    let g0 = gauge(c.rest_addr, "ringcast_requests_in_flight");
     tokio::time::sleep(settle).await;
     let base = procstat::sample(pid).context("broker /proc unreadable")?;
-    let g0 = gauge(c.rest_addr, "ringcast_requests_in_flight");
     eprintln!(
         "rpc memory: {} connections, RSS {} KiB cold, {} KiB after {} warm-up sends ({acks} acked), in flight {:?}",
         2 * requesters,
