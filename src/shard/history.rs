@@ -3,21 +3,24 @@
 //! The store itself is `crate::history`; this file connects it to the mesh.
 //!
 //! Ordering: the owner fans a sequenced publication out to every other shard through the
-//! mesh and to itself through its local queue, never by delivering it on the spot. So
-//! everything the owner says about a channel (publications, subscribe answers, presence)
-//! reaches every shard, the owner included, in the owner's order, which is what the
-//! `awaiting` gate of a resuming subscription relies on.
+//! mesh and to itself through its local queue, or on the spot when that queue is empty
+//! (which is the same order: nothing is ahead of it). So everything the owner says about a
+//! channel (publications, subscribe answers, presence) reaches every shard, the owner
+//! included, in the owner's order, which is what the `awaiting` gate of a resuming
+//! subscription relies on.
 
 use std::{sync::atomic::Ordering, sync::Arc, time::Instant};
 
+use bytes::Bytes;
+
 use super::{cmd::refused_frame, Shard, State};
 use crate::{
-    auth::AppId,
+    auth::{keys::HistoryRule, AppId},
     history::Histories,
     protocol::encode::history as enc,
     router::{
         fanout, mesh::Source, HistoryAnswer, HistoryJoin, HistoryPublish, HistoryQuery,
-        Publication, PublishAnswer, QueryAnswer, ShardMsg,
+        ConnRef, Publication, PublishAnswer, QueryAnswer, ShardMsg,
     },
 };
 
@@ -53,16 +56,33 @@ impl Shard {
     /// Sequences one publication on a history channel this shard owns: gives it the next
     /// offset, retains it, and fans it out (all or nothing, like any publication).
     pub(crate) fn sequence(&self, m: HistoryPublish) {
-        let HistoryPublish {
-            app,
-            channel,
-            rule,
-            from,
-            data,
-            metadata,
-            origin,
-            answer,
-        } = m;
+        self.sequence_parts(
+            m.app,
+            &m.channel,
+            m.rule,
+            &m.from,
+            &m.data,
+            m.metadata.as_ref(),
+            m.origin,
+            m.answer,
+        );
+    }
+
+    /// [`Shard::sequence`] for a publication given by parts: also called straight from the
+    /// publish command when the publisher's shard owns the channel and has nothing queued
+    /// for itself (no copy of `data`, no trip through the local queue).
+    #[allow(clippy::too_many_arguments)] // the fields of `HistoryPublish`, borrowed
+    pub(crate) fn sequence_parts(
+        &self,
+        app: AppId,
+        channel: &Arc<str>,
+        rule: HistoryRule,
+        from: &str,
+        data: &[u8],
+        metadata: Option<&Bytes>,
+        origin: Option<ConnRef>,
+        answer: PublishAnswer,
+    ) {
         let mesh = &self.broker.mesh;
         let mut offset = 0;
         let published = fanout::publish(
@@ -71,26 +91,32 @@ impl Shard {
             || {
                 let now = Instant::now();
                 let mut st = self.state.borrow_mut();
-                offset = st.histories.next(app, &channel, rule, now).1;
+                offset = st.histories.next(app, channel, rule, now).1;
                 let p = Publication::sequenced(
                     app,
-                    &channel,
-                    &from,
+                    channel,
+                    from,
                     offset,
-                    &data,
-                    metadata.as_deref(),
+                    data,
+                    metadata.map(|m| &m[..]),
                     origin,
                 );
                 let kept = p.frame_with_meta.as_ref().unwrap_or(&p.frame);
-                let meta_len = metadata.as_ref().map(|m| m.len());
+                let meta_len = metadata.map(|m| m.len());
                 st.histories
-                    .push(app, &channel, &from, offset, kept, meta_len, now);
+                    .push(app, channel, from, offset, kept, meta_len, now);
                 self.history_gauges(&st.histories);
                 p
             },
-            // Not delivered on the spot: through the local queue, behind whatever this
-            // shard already queued for itself about the channel (module docs).
-            |p| self.route(self.id, ShardMsg::Publish(p.clone())),
+            // In order with whatever this shard already queued for itself about the channel
+            // (module docs): on the spot when nothing is queued, else behind it.
+            |p| {
+                if self.local_is_empty() {
+                    self.deliver_publication(p);
+                } else {
+                    self.route(self.id, ShardMsg::Publish(p.clone()));
+                }
+            },
             |s| mesh.wake(s),
         );
         match (answer, published) {
@@ -112,6 +138,12 @@ impl Shard {
                         refused_frame(request_id.as_deref())
                     }
                 };
+                if o.shard == self.id {
+                    if let Some(e) = self.state.borrow().conns.get(&o.conn) {
+                        e.handle.send(&frame);
+                    }
+                    return;
+                }
                 self.route(
                     o.shard,
                     ShardMsg::ConnFrame {

@@ -308,6 +308,11 @@ impl Shard {
         }
     }
 
+    /// True when this shard has no message queued for itself.
+    pub(crate) fn local_is_empty(&self) -> bool {
+        self.local.borrow().is_empty()
+    }
+
     /// Handles the messages this shard sent itself, in order, until none are left.
     pub(crate) fn pump_local(&self) {
         loop {

@@ -41,6 +41,22 @@ pub(super) fn apply(
     let mesh = &shard.broker.mesh;
     if let Some(rule) = shard.broker.auth.history_rule(id.app, channel) {
         let owner = owner_of(id.app, channel, shard.shards());
+        if owner == shard.id && shard.local_is_empty() {
+            // This shard sequences the channel and nothing is queued ahead: sequence it now.
+            count_message(shard, id.app, |c| &c.publications);
+            return shard.sequence_parts(
+                id.app,
+                &Arc::from(channel),
+                rule,
+                &id.peer_id,
+                data,
+                id.peer_metadata_json.as_ref(),
+                Some(shard.conn_ref(conn.id)),
+                PublishAnswer::Conn {
+                    request_id: request_id.map(Into::into),
+                },
+            );
+        }
         if owner != shard.id && !mesh.has_room(owner) {
             return refuse_overloaded(shard, conn, request_id);
         }
