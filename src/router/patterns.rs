@@ -11,7 +11,9 @@
 //!   active while further segments are read (a self-loop);
 //! - a segment that mixes a wildcard with other text (`b-*`, `*.md`, `x**`) stops the walk:
 //!   the rest of the pattern (from that segment on) is compiled as a whole glob and kept in
-//!   the node's **residual** list, matched against the rest of the channel.
+//!   the node's **residuals**, matched against the rest of the channel. Residuals are
+//!   indexed by the literal text before their first `*` ([`Residuals`]), so only those
+//!   whose prefix starts the channel's segment are tested.
 //!
 //! Matching a publication simulates the trie as an NFA over the channel's segments: the set
 //! of active nodes (deduplicated by a per-node stamp) advances one segment at a time through
@@ -21,7 +23,8 @@
 //! (one missed hash lookup is shared by all of them). It is bounded by
 //! `segments × live nodes` whatever the patterns (no backtracking, no exponential case).
 //! Residual globs are the one per-pattern cost, and only for patterns that share the
-//! literal prefix leading to them.
+//! literal path leading to them and the literal start of their mixed segment (patterns
+//! whose mixed segment starts with `*`, like `*.md`, are all tested at their node).
 //!
 //! The active-node lists are scratch vectors owned by the trie and reused: matching does
 //! not allocate once they have grown to the largest active set seen. Nodes live in a slab
@@ -126,6 +129,93 @@ struct Residual<H> {
     reported: Cell<u64>,
 }
 
+/// A node's residual globs, indexed by the literal text their first segment starts with
+/// (unescaped, up to the first `*`): a publication looks up each distinct prefix length of
+/// the node in its own segment, so residuals whose prefix differs from the channel's cost
+/// one missed hash lookup per length, not one glob test each. Residuals starting with a
+/// wildcard (`*-x`) share the empty prefix and are all tried.
+#[derive(Debug)]
+struct Residuals<H> {
+    by_prefix: HashMap<Box<str>, Vec<Residual<H>>, RandomState>,
+    /// Distinct prefix lengths present, ascending.
+    lens: Vec<usize>,
+}
+
+impl<H> Residuals<H> {
+    fn new() -> Self {
+        Residuals {
+            by_prefix: HashMap::default(),
+            lens: Vec::new(),
+        }
+    }
+
+    fn find_mut(&mut self, src: &str) -> Option<&mut Residual<H>> {
+        self.by_prefix
+            .get_mut(literal_prefix(src).as_str())?
+            .iter_mut()
+            .find(|r| &*r.src == src)
+    }
+
+    fn push(&mut self, r: Residual<H>) {
+        let prefix = literal_prefix(&r.src);
+        if let Err(at) = self.lens.binary_search(&prefix.len()) {
+            self.lens.insert(at, prefix.len());
+        }
+        self.by_prefix
+            .entry(prefix.into_boxed_str())
+            .or_default()
+            .push(r);
+    }
+
+    /// Removes `conn` from the residual `src`, and the residual when it has no member left.
+    fn remove(&mut self, src: &str, conn: ConnId) -> Option<Member<H>> {
+        let prefix = literal_prefix(src);
+        let list = self.by_prefix.get_mut(prefix.as_str())?;
+        let i = list.iter().position(|r| &*r.src == src)?;
+        let removed = list[i].members.remove(conn);
+        if list[i].members.is_empty() {
+            list.swap_remove(i);
+            if list.is_empty() {
+                self.by_prefix.remove(prefix.as_str());
+                if !self.by_prefix.keys().any(|k| k.len() == prefix.len()) {
+                    self.lens.retain(|l| *l != prefix.len());
+                }
+            }
+        }
+        removed
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_prefix.is_empty()
+    }
+
+    /// Every residual whose prefix starts `seg` (the channel's current segment).
+    fn candidates<'a>(&'a self, seg: &'a str) -> impl Iterator<Item = &'a Residual<H>> + 'a {
+        self.lens
+            .iter()
+            .take_while(move |l| **l <= seg.len())
+            .filter_map(move |l| seg.get(..*l).and_then(|p| self.by_prefix.get(p)))
+            .flatten()
+    }
+}
+
+/// The unescaped literal text a glob starts with, up to its first `*`.
+fn literal_prefix(glob: &str) -> String {
+    let mut out = String::new();
+    let mut chars = glob.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(e) => out.push(e),
+                None => break,
+            },
+            '*' | '/' => break,
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The edge a node hangs from (to unlink it from its parent when it is pruned).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Edge {
@@ -144,7 +234,8 @@ struct Node<H> {
     dstar: Option<u32>,
     /// Patterns ending exactly at this node.
     members: Members<H>,
-    residual: Vec<Residual<H>>,
+    /// Residual globs, boxed and absent until the first (most nodes have none).
+    residual: Option<Box<Residuals<H>>>,
     /// Step stamp: the node is already in the next active set.
     seen: Cell<u64>,
 }
@@ -158,7 +249,7 @@ impl<H> Node<H> {
             star: None,
             dstar: None,
             members: Members::new(),
-            residual: Vec::new(),
+            residual: None,
             seen: Cell::new(0),
         }
     }
@@ -168,7 +259,7 @@ impl<H> Node<H> {
             && self.star.is_none()
             && self.dstar.is_none()
             && self.members.is_empty()
-            && self.residual.is_empty()
+            && self.residual.as_ref().is_none_or(|r| r.is_empty())
     }
 }
 
@@ -294,12 +385,15 @@ impl<H> Trie<H> {
             if let Seg::Tail(tail) = seg {
                 let glob = Pattern::parse(tail)?;
                 let node = self.node_mut(at).ok_or(TrieError::Corrupt)?;
-                if let Some(r) = node.residual.iter_mut().find(|r| &*r.src == *tail) {
+                let res = node
+                    .residual
+                    .get_or_insert_with(|| Box::new(Residuals::new()));
+                if let Some(r) = res.find_mut(tail) {
                     return Ok(r.members.insert(m));
                 }
                 let mut members = Members::new();
                 members.insert(m);
-                node.residual.push(Residual {
+                res.push(Residual {
                     src: (*tail).into(),
                     glob,
                     members,
@@ -320,10 +414,10 @@ impl<H> Trie<H> {
         for seg in &segs {
             if let Seg::Tail(tail) = seg {
                 let node = self.node_mut(at)?;
-                let i = node.residual.iter().position(|r| &*r.src == *tail)?;
-                removed = node.residual[i].members.remove(conn);
-                if node.residual[i].members.is_empty() {
-                    node.residual.swap_remove(i);
+                let res = node.residual.as_mut()?;
+                removed = res.remove(tail, conn);
+                if res.is_empty() {
+                    node.residual = None;
                 }
                 break;
             }
@@ -427,7 +521,7 @@ impl<H> Trie<H> {
             next.clear();
             for &i in cur.iter() {
                 let Some(n) = self.node(i) else { continue };
-                for res in &n.residual {
+                for res in n.residual.iter().flat_map(|x| x.candidates(seg)) {
                     if res.reported.get() != pub_stamp && res.glob.matches(r) {
                         res.reported.set(pub_stamp);
                         res.members.list.iter().for_each(&mut f);

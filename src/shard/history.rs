@@ -19,8 +19,8 @@ use crate::{
     history::Histories,
     protocol::encode::history as enc,
     router::{
-        fanout, mesh::Source, HistoryAnswer, HistoryJoin, HistoryPublish, HistoryQuery,
-        ConnRef, Publication, PublishAnswer, QueryAnswer, ShardMsg,
+        fanout, mesh::Source, ConnRef, HistoryAnswer, HistoryJoin, HistoryPublish, HistoryQuery,
+        Publication, PublishAnswer, QueryAnswer, ShardMsg,
     },
 };
 

@@ -259,3 +259,43 @@ fn match_timing() {
         println!("{n} non-matching patterns: {ns:.1} ns per publication");
     }
 }
+
+#[test]
+fn residuals_are_indexed_by_their_literal_prefix() {
+    assert_eq!(super::literal_prefix("oI-*"), "oI-");
+    assert_eq!(super::literal_prefix(r"a\*b*c"), "a*b");
+    assert_eq!(super::literal_prefix("*.md"), "");
+    assert_eq!(super::literal_prefix("x**"), "x");
+    let mut t: PatternIndex<()> = PatternIndex::new(1);
+    for i in 0..1000 {
+        let m = Member {
+            conn: ConnId(i),
+            include_meta: false,
+            handle: (),
+        };
+        t.insert(AppId(0), &format!("pat/p{i}-*"), m).unwrap();
+    }
+    let m = Member {
+        conn: ConnId(5000),
+        include_meta: false,
+        handle: (),
+    };
+    t.insert(AppId(0), "pat/*-x", m).unwrap();
+    let mut got = Vec::new();
+    t.for_each_match(AppId(0), "pat/p17-abc", |m| got.push(m.conn.0));
+    assert_eq!(got, [17]);
+    got.clear();
+    t.for_each_match(AppId(0), "pat/p17-x", |m| got.push(m.conn.0));
+    got.sort();
+    assert_eq!(got, [17, 5000]);
+    got.clear();
+    t.for_each_match(AppId(0), "pat/zzz", |m| got.push(m.conn.0));
+    assert!(got.is_empty());
+    for i in 0..1000 {
+        assert!(t
+            .remove(AppId(0), &format!("pat/p{i}-*"), ConnId(i))
+            .is_some());
+    }
+    assert!(t.remove(AppId(0), "pat/*-x", ConnId(5000)).is_some());
+    assert_eq!(t.branch_nodes(), 0);
+}
