@@ -214,7 +214,7 @@ impl Histories {
     }
 
     /// The record of `channel`, created (with a new epoch) if there is none, with the
-    /// entries that outlived their TTL dropped.
+    /// entries that outlived their TTL dropped. One hash lookup.
     fn record(
         &mut self,
         app: AppId,
@@ -223,25 +223,20 @@ impl Histories {
         now: Instant,
     ) -> &mut ChannelHistory {
         let t = self.ticks(now);
-        if !self.channels.contains_key(&(app, channel.clone())) {
-            self.epochs += 1;
-            let epoch: Arc<str> =
-                format!("{:08x}-{}-{}", self.boot, self.shard, self.epochs).into();
-            self.channels.insert(
-                (app, channel.clone()),
+        let (boot, shard, epochs) = (self.boot, self.shard, &mut self.epochs);
+        let h = self
+            .channels
+            .entry((app, channel.clone()))
+            .or_insert_with(|| {
+                *epochs += 1;
                 ChannelHistory {
-                    epoch,
+                    epoch: format!("{boot:08x}-{shard}-{epochs}").into(),
                     last: 0,
                     rule,
                     entries: VecDeque::new(),
                     bytes: 0,
-                },
-            );
-        }
-        let h = self
-            .channels
-            .get_mut(&(app, channel.clone()))
-            .expect("inserted above");
+                }
+            });
         let mut freed = (0, 0);
         while h.entries.front().is_some_and(|e| expired(t, e.at, h.rule)) {
             freed.0 += 1;
@@ -250,44 +245,31 @@ impl Histories {
         self.messages -= freed.0;
         self.bytes -= freed.1;
         self.evictions[HistoryEviction::Ttl as usize] += freed.0 as u64;
-        self.channels
-            .get_mut(&(app, channel.clone()))
-            .expect("present")
+        h
     }
 
-    /// The epoch and the offset the next publication on `channel` will get.
-    pub fn next(
+    /// Numbers and retains one publication on `channel`: `build(offset)` makes it (called
+    /// once, with the next offset), and `frame_of` names its `message` frame with
+    /// `fromMetadata` if the publisher had metadata (`meta_len`: that metadata's length),
+    /// from `protocol::encode::history::message`, which is copied into the store.
+    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+    pub fn append<P>(
         &mut self,
         app: AppId,
         channel: &Arc<str>,
         rule: HistoryRule,
-        now: Instant,
-    ) -> (Arc<str>, u64) {
-        let h = self.record(app, channel, rule, now);
-        (h.epoch.clone(), h.last + 1)
-    }
-
-    /// Retains the publication that got offset `offset` from [`Histories::next`] just
-    /// before: `frame` is its `message` frame with `fromMetadata` if the publisher had
-    /// metadata (`has_meta`), from `protocol::encode::history::message`.
-    #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
-    pub fn push(
-        &mut self,
-        app: AppId,
-        channel: &Arc<str>,
         from: &str,
-        offset: u64,
-        frame: &[u8],
         meta_len: Option<usize>,
         now: Instant,
-    ) {
+        build: impl FnOnce(u64) -> P,
+        frame_of: impl FnOnce(&P) -> &[u8],
+    ) -> P {
         let at = self.ticks_up(now);
-        let Some(h) = self.channels.get_mut(&(app, channel.clone())) else {
-            return; // `next` created it; nothing in between removes it
-        };
-        debug_assert_eq!(offset, h.last + 1);
+        let h = self.record(app, channel, rule, now);
+        let offset = h.last + 1;
+        let p = build(offset);
         h.last = offset;
-        let json: Box<[u8]> = enc::payload(frame).into();
+        let json: Box<[u8]> = enc::payload(frame_of(&p)).into();
         let layout = MessageLayout::of(channel, from, offset);
         let meta_at = meta_len.map_or(0, |m| json.len() - 1 - m - enc::MSG_META.len());
         let e = Entry {
@@ -299,19 +281,20 @@ impl Histories {
         let cost = e.cost();
         h.entries.push_back(e);
         h.bytes += cost;
-        self.bytes += cost;
-        self.messages += 1;
         let mut freed = (0, 0);
         while h.entries.len() > h.rule.size as usize {
             freed.0 += 1;
             freed.1 += h.pop_front();
         }
+        self.bytes += cost;
+        self.messages += 1;
         self.messages -= freed.0;
         self.bytes -= freed.1;
         self.evictions[HistoryEviction::Size as usize] += freed.0 as u64;
         if self.bytes > self.max_bytes {
             self.shed();
         }
+        p
     }
 
     /// Over the share: drops the oldest entries of the largest histories until the shard

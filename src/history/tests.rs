@@ -16,9 +16,21 @@ fn ch(s: &str) -> Arc<str> {
 
 /// Publishes `data` on `c` like the owner shard does; returns the offset.
 fn publish(h: &mut Histories, c: &Arc<str>, data: &str, meta: Option<&str>, now: Instant) -> u64 {
-    let (_, off) = h.next(AppId(0), c, RULE, now);
-    let f = message(c, "pub\"1", off, data.as_bytes(), meta.map(str::as_bytes));
-    h.push(AppId(0), c, "pub\"1", off, &f, meta.map(str::len), now);
+    let (off, _frame) = h.append(
+        AppId(0),
+        c,
+        RULE,
+        "pub\"1",
+        meta.map(str::len),
+        now,
+        |off| {
+            (
+                off,
+                message(c, "pub\"1", off, data.as_bytes(), meta.map(str::as_bytes)),
+            )
+        },
+        |(_, f)| f,
+    );
     off
 }
 

@@ -121,7 +121,7 @@ impl Publication {
     /// (`protocol::encode::history::message`), built by the channel's owner.
     pub fn sequenced(
         app: AppId,
-        channel: &str,
+        channel: &Arc<str>,
         from: &str,
         offset: u64,
         data: &[u8],
@@ -131,7 +131,7 @@ impl Publication {
         use encode::history::message;
         Publication {
             app,
-            channel: Arc::from(channel),
+            channel: channel.clone(),
             origin,
             frame: message(channel, from, offset, data, None),
             frame_with_meta: metadata.map(|m| message(channel, from, offset, data, Some(m))),

@@ -89,22 +89,28 @@ impl Shard {
             mesh,
             Source::Shard(self.id),
             || {
-                let now = Instant::now();
                 let mut st = self.state.borrow_mut();
-                offset = st.histories.next(app, channel, rule, now).1;
-                let p = Publication::sequenced(
+                let p = st.histories.append(
                     app,
                     channel,
+                    rule,
                     from,
-                    offset,
-                    data,
-                    metadata.map(|m| &m[..]),
-                    origin,
+                    metadata.map(|m| m.len()),
+                    Instant::now(),
+                    |o| {
+                        offset = o;
+                        Publication::sequenced(
+                            app,
+                            channel,
+                            from,
+                            o,
+                            data,
+                            metadata.map(|m| &m[..]),
+                            origin,
+                        )
+                    },
+                    |p| p.frame_with_meta.as_ref().unwrap_or(&p.frame),
                 );
-                let kept = p.frame_with_meta.as_ref().unwrap_or(&p.frame);
-                let meta_len = metadata.map(|m| m.len());
-                st.histories
-                    .push(app, channel, from, offset, kept, meta_len, now);
                 self.history_gauges(&st.histories);
                 p
             },
