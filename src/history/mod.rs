@@ -10,7 +10,7 @@
 //! in the same queue (`docs/design.md`, "History and resume").
 //!
 //! # Memory
-//! A retained message is its JSON payload in one exact-size allocation plus a 32-byte
+//! A retained message is its JSON payload in one exact-size allocation plus a 24-byte
 //! [`Entry`] in the channel's ring (`VecDeque`); it is counted as payload length +
 //! [`ENTRY_OVERHEAD`] against the shard's share of `history_max_bytes`. Past that share
 //! the oldest entries of the largest histories go first, down to 15/16 of the share, so
@@ -34,7 +34,7 @@ use crate::{
     protocol::encode::history::{self as enc, Item, MessageLayout},
 };
 
-/// What each retained message counts beyond its payload length: the [`Entry`] (32 B), its
+/// What each retained message counts beyond its payload length: the [`Entry`] (24 B), its
 /// share of the ring's spare capacity and the allocator's rounding of the payload.
 pub const ENTRY_OVERHEAD: usize = 64;
 
@@ -52,13 +52,23 @@ struct Entry {
     /// When it was published, in [`TICK_MS`] ticks since the store was created, rounded
     /// up (so that it never expires early).
     at: u32,
-    /// Where `data` starts in `json`.
-    data_at: u32,
-    /// Where `,"fromMetadata":` starts in `json`; 0 when there is none.
-    meta_at: u32,
+    /// Where `data` starts in `json` (at most about 2,400: after the escaped channel, ≤ 256
+    /// bytes, and peer id, ≤ 128 bytes).
+    data_at: u16,
+    /// Length of the `fromMetadata` JSON at the end of `json` (peer metadata is at most
+    /// 4 KiB); 0 when there is none (metadata is an object: never empty).
+    meta_len: u16,
 }
 
 impl Entry {
+    /// Where `,"fromMetadata":` starts in `json`; 0 when there is none.
+    fn meta_at(&self) -> usize {
+        match self.meta_len {
+            0 => 0,
+            m => self.json.len() - 1 - usize::from(m) - enc::MSG_META.len(),
+        }
+    }
+
     fn cost(&self) -> usize {
         self.json.len() + ENTRY_OVERHEAD
     }
@@ -67,7 +77,7 @@ impl Entry {
     /// payload once into a new frame (retained payloads are stored without a WebSocket
     /// header and with metadata, to keep a retained message at payload + 64 B).
     fn frame(&self, include_meta: bool) -> Bytes {
-        match (self.meta_at as usize, include_meta) {
+        match (self.meta_at(), include_meta) {
             (0, _) | (_, true) => enc::text_parts(&self.json, b""),
             (m, false) => enc::text_parts(&self.json[..m], b"}"),
         }
@@ -75,7 +85,7 @@ impl Entry {
 
     /// The parts the `history` answer lists.
     fn item(&self, offset: u64, from: (usize, usize)) -> Item<'_> {
-        let data_end = match self.meta_at as usize {
+        let data_end = match self.meta_at() {
             0 => self.json.len() - 1,
             m => m,
         };
@@ -83,7 +93,7 @@ impl Entry {
             offset,
             from: &self.json[from.0..from.1],
             data: &self.json[self.data_at as usize..data_end],
-            meta: match self.meta_at as usize {
+            meta: match self.meta_at() {
                 0 => None,
                 m => Some(&self.json[m + enc::MSG_META.len()..self.json.len() - 1]),
             },
@@ -271,14 +281,21 @@ impl Histories {
         h.last = offset;
         let json: Box<[u8]> = enc::payload(frame_of(&p)).into();
         let layout = MessageLayout::of(channel, from, offset);
-        let meta_at = meta_len.map_or(0, |m| json.len() - 1 - m - enc::MSG_META.len());
         let e = Entry {
             at,
-            data_at: layout.data_at as u32,
-            meta_at: meta_at as u32,
+            // Both fit (see `Entry`); saturating keeps a bug from wrapping silently.
+            data_at: u16::try_from(layout.data_at).unwrap_or(u16::MAX),
+            meta_len: meta_len.map_or(0, |m| u16::try_from(m).unwrap_or(u16::MAX)),
             json,
         };
         let cost = e.cost();
+        if h.entries.len() == h.entries.capacity() {
+            // Grow by doubling, but never past the channel's `size`: a full ring has no
+            // spare slots.
+            let len = h.entries.len();
+            let want = (len.max(4) * 2).min(h.rule.size as usize).max(len + 1);
+            h.entries.reserve_exact(want - len);
+        }
         h.entries.push_back(e);
         h.bytes += cost;
         let mut freed = (0, 0);

@@ -199,3 +199,8 @@ fn an_epoch_is_new_for_each_record() {
     assert_ne!(e1, e2);
     assert!(e1.len() <= 64);
 }
+
+#[test]
+fn an_entry_is_24_bytes() {
+    assert_eq!(std::mem::size_of::<Entry>(), 24);
+}
