@@ -103,6 +103,21 @@ pub fn parse_client_msg(data: &[u8]) {
                     ClientMsg::Ping { request_id } => {
                         assert_json(ws_payload(&encode::pong_with(request_id)), "pong");
                     }
+                    ClientMsg::History { channel, .. } => {
+                        let _ = validate_channel(channel);
+                    }
+                    ClientMsg::Request { to, data, .. } => {
+                        assert_json(data, "accepted request data");
+                        let _ = validate_peer_id(to);
+                        let frame = encode::rpc::request(to, "0.1", data, 1000, None);
+                        assert_json(ws_payload(&frame), "encoded request frame");
+                    }
+                    ClientMsg::Reply { data, .. } => {
+                        assert_json(data, "accepted reply data");
+                        let frame = encode::rpc::reply("r", "p", data, true, 1);
+                        assert_json(ws_payload(&frame), "encoded reply frame");
+                    }
+                    ClientMsg::Cancel { .. } => {}
                 }
             }
             Err(e) => {
@@ -195,6 +210,7 @@ fn authenticator() -> &'static Authenticator {
                 actions: vec!["subscribe".into()],
                 allowed_origins: vec!["https://good.example".into()],
             }],
+            history: vec![],
         }])
         .expect("valid fuzz config")
     })
