@@ -720,6 +720,35 @@ async fn rtt(
 
 // ---- memory -----------------------------------------------------------------------------
 
+/// The memory scenario's frames, one batch per requester `j`: `per` commands of type `kind`
+/// (`send` for the warm-up, `request` for the measurement; a `send` ignores `timeoutMs`) to
+/// `mrsp-j`, same size either way.
+fn memory_frames(
+    kind: &str,
+    requesters: usize,
+    per: usize,
+    payload: usize,
+    timeout_ms: u64,
+) -> Vec<Vec<u8>> {
+    let mut json = Vec::with_capacity(payload + 160);
+    (0..requesters)
+        .map(|j| {
+            let mut out = Vec::with_capacity(per * (payload + 160));
+            for i in 0..per {
+                json.clear();
+                let _ = write!(
+                    json,
+                    "{{\"type\":\"{kind}\",\"to\":\"mrsp-{j}\",\"requestId\":\"m{i:06}\",\"timeoutMs\":{timeout_ms},\"data\":"
+                );
+                data_into(&mut json, 0, 0, payload);
+                json.push(b'}');
+                frame(&mut out, &json);
+            }
+            out
+        })
+        .collect()
+}
+
 async fn memory(
     c: &RpcCommon,
     requesters: usize,
@@ -759,22 +788,7 @@ async fn memory(
     // behind, so the broker's read, queue and write paths reach the high-water mark they
     // reach for the requests' frames before the baseline; the difference is what the
     // requests keep.
-    let mut json = Vec::with_capacity(c.payload + 160);
-    let mut batches = Vec::with_capacity(requesters);
-    for j in 0..requesters {
-        let mut out = Vec::with_capacity(per * (c.payload + 160));
-        for i in 0..per {
-            json.clear();
-            let _ = write!(
-                json,
-                "{{\"type\":\"send\",\"to\":\"mrsp-{j}\",\"requestId\":\"m{i:06}\",\"timeoutMs\":{timeout_ms},\"data\":"
-            );
-            data_into(&mut json, 0, 0, c.payload);
-            json.push(b'}');
-            frame(&mut out, &json);
-        }
-        batches.push(out);
-    }
+    let batches = memory_frames("send", requesters, per, c.payload, timeout_ms);
     paced(&mut req_conns, &batches, per).await?;
     let wait_end = mono_ns() + 15_000_000_000;
     while directs.get() < total && mono_ns() < wait_end {
@@ -816,21 +830,7 @@ async fn memory(
         g0
     );
     let t_send = mono_ns();
-    let mut batches = Vec::with_capacity(requesters);
-    for j in 0..requesters {
-        let mut out = Vec::with_capacity(per * (c.payload + 160));
-        for i in 0..per {
-            json.clear();
-            let _ = write!(
-                json,
-                "{{\"type\":\"request\",\"to\":\"mrsp-{j}\",\"requestId\":\"m{i:06}\",\"timeoutMs\":{timeout_ms},\"data\":"
-            );
-            data_into(&mut json, 0, 0, c.payload);
-            json.push(b'}');
-            frame(&mut out, &json);
-        }
-        batches.push(out);
-    }
+    let batches = memory_frames("request", requesters, per, c.payload, timeout_ms);
     paced(&mut req_conns, &batches, per).await?;
     for conn in req_conns {
         let errs = errs.clone();

@@ -11,14 +11,13 @@
 
 use std::sync::Arc;
 
-use super::{ack, authorize, reply_error};
+use super::{
+    ack, authorize, reply_error,
+    subscribe::{history_join, new_sub},
+};
 use crate::{
     auth::Actions,
     protocol::ErrorCode,
-    router::{
-        index::{PresenceState, Sub},
-        HistoryJoin,
-    },
     shard::{conn::Conn, Shard},
 };
 
@@ -36,14 +35,11 @@ pub(super) fn subscribe(
     let id = &conn.identity;
     // [ext] On a history channel (§8.1) the owner answers the ack (epoch and offset);
     // `since` with `group` was refused by the parser.
-    let history = shard.broker.auth.history_rule(id.app, channel).map(|rule| {
-        Box::new(HistoryJoin {
-            rule,
-            since: None,
-            request_id: request_id.map(Into::into),
-            include_meta: include_sender_metadata,
-        })
-    });
+    let history = shard
+        .broker
+        .auth
+        .history_rule(id.app, channel)
+        .map(|rule| history_join(rule, None, request_id, include_sender_metadata));
     let answered_by_owner = history.is_some();
     let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
     if let Some(ch) = existing {
@@ -77,20 +73,7 @@ pub(super) fn subscribe(
         );
     }
     let ch: Arc<str> = Arc::from(channel);
-    let wants = id.actions.contains(Actions::PRESENCE);
-    let sub = Sub {
-        conn: conn.id,
-        peer: id.peer_id.clone(),
-        include_meta: include_sender_metadata,
-        presence: if wants {
-            PresenceState::Pending
-        } else {
-            PresenceState::NoPermission
-        },
-        awaiting: answered_by_owner,
-        grouped: true,
-        handle: conn.handle.clone(),
-    };
+    let sub = new_sub(conn, include_sender_metadata, answered_by_owner, true);
     // The presence notice (with the history answer) goes to the owner before the group
     // join: on a history channel the member's ack comes before any publication it is
     // picked for.

@@ -39,6 +39,8 @@ pub(super) fn apply(
     }
     let id = &conn.identity;
     let mesh = &shard.broker.mesh;
+    // Per publication, not per subscriber: an app without history rules pays one length
+    // check; with rules, a glob match per rule until one matches.
     if let Some(rule) = shard.broker.auth.history_rule(id.app, channel) {
         let owner = owner_of(id.app, channel, shard.shards());
         if owner == shard.id && shard.local_is_empty() {

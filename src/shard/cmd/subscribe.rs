@@ -8,18 +8,18 @@
 //! takes no live publication until that answer arrives (`Sub::awaiting`). `since` on a
 //! channel without history is `history_not_enabled`.
 
-use std::sync::Arc;
+use std::{rc::Rc, sync::Arc};
 
 use super::{ack, authorize, reply_error};
 use crate::{
-    auth::Actions,
+    auth::{keys::HistoryRule, Actions},
     history::Since as Resume,
     protocol::{parse::Since, ErrorCode},
     router::{
         index::{PresenceState, Sub},
         HistoryJoin,
     },
-    shard::{conn::Conn, Shard},
+    shard::{conn::Conn, handle::ConnHandle, Shard},
 };
 
 pub(super) fn apply(
@@ -45,17 +45,11 @@ pub(super) fn apply(
         );
         return;
     }
-    let history = rule.map(|rule| {
-        Box::new(HistoryJoin {
-            rule,
-            since: since.map(|s| Resume {
-                epoch: s.epoch.into(),
-                offset: s.offset,
-            }),
-            request_id: request_id.map(Into::into),
-            include_meta: include_sender_metadata,
-        })
+    let since = since.map(|s| Resume {
+        epoch: s.epoch.into(),
+        offset: s.offset,
     });
+    let history = rule.map(|rule| history_join(rule, since, request_id, include_sender_metadata));
     let existing = conn.channels.iter().find(|c| &***c == channel).cloned();
     if let Some(ch) = existing {
         if shard.group_of(conn.id, channel).is_some() {
@@ -92,21 +86,8 @@ pub(super) fn apply(
         return;
     }
     let ch: Arc<str> = Arc::from(channel);
-    let wants = id.actions.contains(Actions::PRESENCE);
     let answered_by_owner = history.is_some();
-    let sub = Sub {
-        conn: conn.id,
-        peer: id.peer_id.clone(),
-        include_meta: include_sender_metadata,
-        presence: if wants {
-            PresenceState::Pending
-        } else {
-            PresenceState::NoPermission
-        },
-        awaiting: answered_by_owner,
-        grouped: false,
-        handle: conn.handle.clone(),
-    };
+    let sub = new_sub(conn, include_sender_metadata, answered_by_owner, false);
     shard.subscribe(
         id.app,
         ch.clone(),
@@ -117,5 +98,45 @@ pub(super) fn apply(
     conn.channels.push(ch);
     if !answered_by_owner {
         ack(conn, request_id);
+    }
+}
+
+/// [ext] What a history channel's owner needs to answer a subscribe (§8.1).
+pub(super) fn history_join(
+    rule: HistoryRule,
+    since: Option<Resume>,
+    request_id: Option<&str>,
+    include_meta: bool,
+) -> Box<HistoryJoin> {
+    Box::new(HistoryJoin {
+        rule,
+        since,
+        request_id: request_id.map(Into::into),
+        include_meta,
+    })
+}
+
+/// A new subscription of `conn` for the index: waiting for its presence snapshot when the
+/// connection may see presence; `awaiting` its history answer; `grouped` for a queue-group
+/// member (§8.2).
+pub(super) fn new_sub(
+    conn: &Conn,
+    include_meta: bool,
+    awaiting: bool,
+    grouped: bool,
+) -> Sub<Rc<ConnHandle>> {
+    let id = &conn.identity;
+    Sub {
+        conn: conn.id,
+        peer: id.peer_id.clone(),
+        include_meta,
+        presence: if id.actions.contains(Actions::PRESENCE) {
+            PresenceState::Pending
+        } else {
+            PresenceState::NoPermission
+        },
+        awaiting,
+        grouped,
+        handle: conn.handle.clone(),
     }
 }
