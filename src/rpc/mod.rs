@@ -25,6 +25,7 @@ use std::{
 };
 
 use ahash::RandomState;
+use slab::Slab;
 
 use crate::{
     auth::AppId,
@@ -33,6 +34,7 @@ use crate::{
 
 /// One request in flight: 64 bytes (plus its `requestId`'s allocation), kept small because
 /// a shard may hold many thousands (docs/protocol.md: about 200 bytes per request in all).
+/// Its deadline lives only in the deadline heap.
 #[derive(Debug)]
 pub struct InFlight {
     /// The requesting connection (on this shard).
@@ -40,8 +42,10 @@ pub struct InFlight {
     /// The responder connection that replied first, packed (shard << 48 | connection); 0
     /// while nobody took it (connection ids start at 1). See [`InFlight::taken`].
     taken: u64,
-    /// When it times out, in ms since the table was created.
-    deadline_ms: u64,
+    /// Its number: the generation (high 32 bits) and its slot in the slab (low 32 bits), so
+    /// that a stale number (a late reply, a deadline already passed) never finds the request
+    /// that reuses the slot.
+    n: u64,
     /// `seq` of the last reply delivered (0: none yet).
     pub seq: u32,
     /// Tenant.
@@ -73,10 +77,15 @@ fn pack(c: ConnRef) -> u64 {
 pub struct Requests {
     shard: ShardId,
     next: u64,
-    table: HashMap<u64, InFlight, RandomState>,
+    /// The requests, by slot. A slab, not a hash map keyed by number: its entries are dense,
+    /// so the pages it touches are `64 B × high water` (a hash table's buckets are scattered
+    /// over a table up to twice the entries, and every page of it is touched). Its capacity
+    /// stays at the shard's high water, which `max_requests_in_flight` × connections bounds.
+    table: Slab<InFlight>,
     by_conn: HashMap<ConnId, Vec<u64>, RandomState>,
     untaken_by_peer: HashMap<(AppId, Arc<str>), Vec<u64>, RandomState>,
-    /// (deadline in ms since `started`, request).
+    /// (deadline in ms since `started`, request). Entries of finished requests stay until
+    /// they come up or the heap holds twice the live requests plus 1,024.
     deadlines: BinaryHeap<Reverse<(u64, u64)>>,
     started: Instant,
     /// Responder side: per local connection, the (requester shard, request) pairs it took.
@@ -117,7 +126,7 @@ impl Requests {
         Requests {
             shard,
             next: 1,
-            table: HashMap::default(),
+            table: Slab::new(),
             by_conn: HashMap::default(),
             untaken_by_peer: HashMap::default(),
             deadlines: BinaryHeap::new(),
@@ -154,11 +163,11 @@ impl Requests {
 
     /// The request of `conn` with this `requestId`.
     pub fn find(&self, conn: ConnId, request_id: &str) -> Option<u64> {
-        self.by_conn.get(&conn)?.iter().copied().find(|n| {
-            self.table
-                .get(n)
-                .is_some_and(|r| *r.request_id == *request_id)
-        })
+        self.by_conn
+            .get(&conn)?
+            .iter()
+            .copied()
+            .find(|n| self.get(*n).is_some_and(|r| *r.request_id == *request_id))
     }
 
     /// Records a new request; returns its number (for `replyTo`).
@@ -170,38 +179,46 @@ impl Requests {
         peer: Arc<str>,
         deadline: Instant,
     ) -> u64 {
-        let n = self.next;
-        self.next += 1;
+        let deadline_ms = self.ms(deadline);
+        let entry = self.table.vacant_entry();
+        // Slots stay far below 2^32: `max_requests_in_flight` x connections bounds them.
+        let n = (self.next << 32) | entry.key() as u64;
+        self.next = (self.next + 1) & 0xffff_ffff;
         self.by_conn.entry(conn).or_default().push(n);
         self.untaken_by_peer
             .entry((app, peer.clone()))
             .or_default()
             .push(n);
-        let deadline_ms = self.ms(deadline);
         self.deadlines.push(Reverse((deadline_ms, n)));
-        self.table.insert(
+        entry.insert(InFlight {
+            conn,
+            taken: 0,
             n,
-            InFlight {
-                conn,
-                taken: 0,
-                deadline_ms,
-                seq: 0,
-                app,
-                request_id: request_id.into(),
-                peer,
-            },
-        );
+            seq: 0,
+            app,
+            request_id: request_id.into(),
+            peer,
+        });
         n
     }
 
     /// The request numbered `n`.
+    fn get(&self, n: u64) -> Option<&InFlight> {
+        self.table
+            .get((n & 0xffff_ffff) as usize)
+            .filter(|r| r.n == n)
+    }
+
+    /// The request numbered `n`.
     pub fn get_mut(&mut self, n: u64) -> Option<&mut InFlight> {
-        self.table.get_mut(&n)
+        self.table
+            .get_mut((n & 0xffff_ffff) as usize)
+            .filter(|r| r.n == n)
     }
 
     /// Marks request `n` taken by `by` (it is no longer waiting for any responder).
     pub fn take(&mut self, n: u64, by: ConnRef) {
-        if let Some(r) = self.table.get_mut(&n) {
+        if let Some(r) = self.get_mut(n) {
             if r.taken == 0 {
                 r.taken = pack(by);
                 let key = (r.app, r.peer.clone());
@@ -212,18 +229,20 @@ impl Requests {
 
     /// Forgets request `n` (finished, timed out, cancelled, or its requester gone).
     pub fn remove(&mut self, n: u64) -> Option<InFlight> {
-        let r = self.table.remove(&n)?;
+        self.get(n)?;
+        let r = self.table.remove((n & 0xffff_ffff) as usize);
         remove_from(&mut self.by_conn, &r.conn, n);
         if r.taken == 0 {
             remove_from(&mut self.untaken_by_peer, &(r.app, r.peer.clone()), n);
         }
         if self.deadlines.len() > 2 * self.table.len() + 1024 {
-            // Finished requests left their deadlines behind: rebuild from the live ones.
-            self.deadlines = self
-                .table
-                .iter()
-                .map(|(n, r)| Reverse((r.deadline_ms, *n)))
-                .collect();
+            // Finished requests left their deadlines behind: keep the live ones.
+            let table = &self.table;
+            self.deadlines.retain(|Reverse((_, n))| {
+                table
+                    .get((n & 0xffff_ffff) as usize)
+                    .is_some_and(|r| r.n == *n)
+            });
         }
         Some(r)
     }
@@ -243,7 +262,8 @@ impl Requests {
                 break;
             }
             self.deadlines.pop();
-            if self.table.get(&n).is_some_and(|r| r.deadline_ms == t) {
+            // A live number is its own request (the deadline never changes).
+            if self.get(n).is_some() {
                 out.push(n);
             }
         }
@@ -381,6 +401,39 @@ mod tests {
         assert_eq!(r.get_mut(n).unwrap().taken(), None);
         r.take(n, c);
         assert_eq!(r.get_mut(n).unwrap().taken(), Some(c));
+    }
+
+    #[test]
+    fn a_stale_number_never_finds_the_request_reusing_its_slot() {
+        let mut r = Requests::new(ShardId(0));
+        let t = Instant::now();
+        let p: Arc<str> = Arc::from("p");
+        let a = r.insert(
+            ConnId(1),
+            "a",
+            AppId(0),
+            p.clone(),
+            t + Duration::from_millis(10),
+        );
+        r.remove(a);
+        let b = r.insert(
+            ConnId(1),
+            "b",
+            AppId(0),
+            p.clone(),
+            t + Duration::from_secs(60),
+        );
+        assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff, "the slot is reused");
+        assert_ne!(a, b);
+        assert!(r.get_mut(a).is_none());
+        assert!(r.remove(a).is_none());
+        assert_eq!(
+            r.due(t + Duration::from_secs(1)),
+            Vec::<u64>::new(),
+            "a's deadline is stale"
+        );
+        assert_eq!(r.get_mut(b).map(|x| &*x.request_id), Some("b"));
+        assert_eq!(r.due(t + Duration::from_secs(61)), [b]);
     }
 
     #[test]
