@@ -68,6 +68,10 @@ pub struct Pattern {
     elems: Box<[Elem]>,
     /// The unescaped channel name when the pattern has no wildcard.
     literal: Option<Box<str>>,
+    /// The common shapes `prefix**` and `prefix*` (a literal, then one trailing wildcard),
+    /// matched with a prefix comparison instead of the state machine: history rules and
+    /// token scopes are mostly `agents/**`, and they are checked on every publication.
+    tail: Option<(Box<[u8]>, Elem)>,
 }
 
 impl fmt::Debug for Pattern {
@@ -132,10 +136,23 @@ impl Pattern {
                 }
             }
         }
+        let tail = match elems.split_last() {
+            Some((&last @ (Elem::Star | Elem::DStar), head))
+                if head.iter().all(|e| matches!(e, Elem::Byte(_))) =>
+            {
+                let bytes = head.iter().map(|e| match e {
+                    Elem::Byte(b) => *b,
+                    _ => unreachable!("checked above"),
+                });
+                Some((bytes.collect(), last))
+            }
+            _ => None,
+        };
         Ok(Pattern {
             src: src.into(),
             elems: elems.into_boxed_slice(),
             literal: (!has_wildcard).then(|| literal.into_boxed_str()),
+            tail,
         })
     }
 
@@ -172,6 +189,10 @@ impl Pattern {
             return lit.as_bytes() == channel.as_bytes();
         }
         let input = channel.as_bytes();
+        if let Some((prefix, last)) = &self.tail {
+            return input.starts_with(prefix)
+                && (*last == Elem::DStar || !input[prefix.len()..].contains(&b'/'));
+        }
         let elems = &self.elems[..];
         let n = elems.len();
         // Cheap pre-checks on the literal prefix and suffix.
@@ -294,6 +315,40 @@ mod tests {
 
     fn p(s: &str) -> Pattern {
         Pattern::parse(s).expect("valid pattern")
+    }
+
+    #[test]
+    fn trailing_wildcard_shapes_take_the_prefix_path_and_agree() {
+        for (pat, yes, no) in [
+            (
+                "agents/**",
+                &["agents/", "agents/a", "agents/a/b"][..],
+                &["agents", "agent/a", "x/agents/a"][..],
+            ),
+            (
+                "agents/*",
+                &["agents/", "agents/a"][..],
+                &["agents/a/b", "agents", "b/a"][..],
+            ),
+            ("a\\*x*", &["a*x", "a*xyz"][..], &["a*x/y", "abx"][..]),
+            ("**", &["", "a/b"][..], &[][..]),
+        ] {
+            let pt = p(pat);
+            assert!(pt.tail.is_some(), "{pat}");
+            for s in yes {
+                assert!(
+                    pt.matches(s) && reference(&pt.elems, s.as_bytes()),
+                    "{pat} {s}"
+                );
+            }
+            for s in no {
+                assert!(
+                    !pt.matches(s) && !reference(&pt.elems, s.as_bytes()),
+                    "{pat} {s}"
+                );
+            }
+        }
+        assert!(p("a/*/b").tail.is_none() && p("a/**/b").tail.is_none());
     }
 
     #[test]
