@@ -188,6 +188,14 @@ pub struct RunArgs {
     /// anyone who reaches the broker can use it [default: false].
     #[arg(long, env = "RINGCAST_DEV_PUBLIC", num_args = 0..=1, default_missing_value = "true")]
     pub dev_public: Option<bool>,
+    /// [ext] Join a cluster (protocol §9) through this NATS server (`nats://host:port`,
+    /// several comma-separated); overrides `[cluster] nats_url` [default: no cluster].
+    #[arg(long, env = "RINGCAST_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// [ext] This node's name in the cluster; overrides `[cluster] node_id`
+    /// [default: `node-` and 8 random hex digits].
+    #[arg(long, env = "RINGCAST_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 /// Options of `ringcast token`.
@@ -315,6 +323,8 @@ pub struct FileConfig {
     request_max_timeout_ms: Option<u64>,
     max_requests_in_flight: Option<usize>,
     dev_public: Option<bool>,
+    /// [ext] `[cluster]` (protocol §9).
+    cluster: Option<crate::cluster::ClusterConfig>,
     /// Tenants.
     #[serde(default)]
     pub apps: Vec<AppConfig>,
@@ -472,6 +482,8 @@ pub struct Settings {
     pub apps: Vec<AppConfig>,
     /// Development mode may listen on non-loopback addresses.
     pub dev_public: bool,
+    /// [ext] The cluster link's settings (protocol §9), when this node is in a cluster.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Settings {
@@ -529,6 +541,25 @@ impl Settings {
             limits,
             apps: file.apps,
             dev_public: pick!(dev_public, false),
+            cluster: match (file.cluster, &args.nats_url) {
+                (c, None) => c,
+                (Some(c), Some(url)) => Some(crate::cluster::ClusterConfig {
+                    nats_url: url.clone(),
+                    ..c
+                }),
+                (None, Some(url)) => Some(crate::cluster::ClusterConfig {
+                    nats_url: url.clone(),
+                    node_id: None,
+                    subject_prefix: None,
+                    max_pending: None,
+                }),
+            }
+            .map(|mut c| {
+                if args.node_id.is_some() {
+                    c.node_id = args.node_id.clone();
+                }
+                c
+            }),
         };
         s.validate()?;
         Ok(s)
@@ -548,6 +579,34 @@ impl Settings {
             "shards",
             "be between 1 and 128",
         )?;
+        if let Some(c) = &self.cluster {
+            check(
+                !c.nats_url.trim().is_empty(),
+                "[cluster] nats_url",
+                "not be empty",
+            )?;
+            check(
+                c.subject_prefix
+                    .as_deref()
+                    .is_none_or(crate::cluster::subject::valid_prefix),
+                "[cluster] subject_prefix",
+                "be dot-separated tokens of letters, digits, '-' and '_'",
+            )?;
+            check(
+                c.node_id.as_deref().is_none_or(|n| {
+                    (1..=64).contains(&n.len())
+                        && n.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                }),
+                "[cluster] node_id",
+                "be 1 to 64 letters, digits, '-' or '_'",
+            )?;
+            check(
+                c.max_pending.is_none_or(|n| n >= 1),
+                "[cluster] max_pending",
+                "be at least 1",
+            )?;
+        }
         check(
             l.max_message_size >= 128,
             "max_message_size",

@@ -33,6 +33,7 @@
 pub(crate) mod admission;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod history;
 pub mod metrics;

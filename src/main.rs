@@ -127,7 +127,14 @@ fn run(args: RunArgs) -> Result<()> {
     // Shutdown signals are taken synchronously by the main thread (sigwait); block them
     // before the shard threads start so that they inherit the mask and never see them.
     let signals = block_shutdown_signals();
+    // [ext] The cluster link (protocol §9): its queues exist before the shards, which hold
+    // its handle; its thread starts once the broker is shared.
+    let cluster = settings
+        .cluster
+        .as_ref()
+        .map(|c| (c.nats_url.clone(), ringcast::cluster::Link::new(c)));
     let shared = Arc::new(Broker {
+        cluster: cluster.as_ref().map(|(_, (link, _))| link.clone()),
         admission: Default::default(),
         draining: Default::default(),
         mesh,
@@ -145,6 +152,9 @@ fn run(args: RunArgs) -> Result<()> {
     )
     .with_context(|| format!("starting shards on {}", settings.listen))?;
     let addr = shards.local_addr;
+    if let Some((url, (link, queues))) = cluster {
+        ringcast::cluster::link::start(url, link, queues, shared.clone())?;
+    }
     let rest = rest::start(settings.rest_listen, shared.clone())
         .with_context(|| format!("starting the REST API on {}", settings.rest_listen))?;
     let mut out = std::io::stdout().lock();

@@ -62,6 +62,8 @@ pub struct Rosters {
 impl Rosters {
     /// A connection of `peer` on `from` subscribed to `channel`. Emits the snapshot for it and,
     /// for the peer's first connection, a `joined` event to every shard with subscribers.
+    /// Returns true when the channel had no subscriber on this node before (the cluster
+    /// link's interest).
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
     pub fn join(
         &mut self,
@@ -74,14 +76,18 @@ impl Rosters {
         history: Option<Box<HistoryAnswer>>,
         shards: usize,
         mut send: impl FnMut(ShardId, ShardMsg),
-    ) {
+    ) -> bool {
+        let mut new = false;
         let roster = self
             .channels
             .entry((app, channel.clone()))
-            .or_insert_with(|| ChannelRoster {
-                peers: HashMap::default(),
-                shard_subs: vec![0; shards],
-                cached: None,
+            .or_insert_with(|| {
+                new = true;
+                ChannelRoster {
+                    peers: HashMap::default(),
+                    shard_subs: vec![0; shards],
+                    cached: None,
+                }
             });
         // Snapshot first: it must precede any event this join causes on the same queue.
         let frames = if wants_presence {
@@ -114,6 +120,7 @@ impl Rosters {
             let frame = encode::presence(&channel, &me, &[]);
             broadcast(&roster.shard_subs, app, &channel, &peer, frame, &mut send);
         }
+        new
     }
 
     /// An already subscribed connection subscribed again: it gets a fresh snapshot (every
@@ -144,7 +151,8 @@ impl Rosters {
     }
 
     /// A connection of `peer` on `from` left `channel`. For the peer's last connection, emits
-    /// `left` to every shard that still has subscribers.
+    /// `left` to every shard that still has subscribers. Returns true when that was the
+    /// channel's last subscriber on this node.
     pub fn leave(
         &mut self,
         app: AppId,
@@ -152,15 +160,15 @@ impl Rosters {
         peer: Arc<str>,
         from: ShardId,
         mut send: impl FnMut(ShardId, ShardMsg),
-    ) {
+    ) -> bool {
         let key = (app, channel);
         let Some(roster) = self.channels.get_mut(&key) else {
-            return;
+            return false;
         };
         let slot = &mut roster.shard_subs[from.0 as usize];
         *slot = slot.saturating_sub(1);
         let Some(entry) = roster.peers.get_mut(&peer) else {
-            return;
+            return false;
         };
         entry.conns -= 1;
         if entry.conns == 0 {
@@ -175,7 +183,9 @@ impl Rosters {
         }
         if roster.peers.is_empty() {
             self.channels.remove(&key);
+            return true;
         }
+        false
     }
 
     /// The roster of a channel: (peerId, metadata) pairs, for the REST peers endpoint.

@@ -384,17 +384,32 @@ impl Api {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         } else {
-            ok_json(json!({"status": "ok", "shards": self.shared.mesh.shards()}))
+            match &self.shared.cluster {
+                None => ok_json(json!({"status": "ok", "shards": self.shared.mesh.shards()})),
+                // [ext] protocol §9: the node still serves its own connections while NATS
+                // is down, so the status stays ok; the link's state is reported beside it.
+                Some(l) => ok_json(json!({
+                    "status": "ok",
+                    "shards": self.shared.mesh.shards(),
+                    "cluster": {
+                        "node": l.node_id,
+                        "nats": if l.up.load(Ordering::Relaxed) { "connected" } else { "disconnected" },
+                    },
+                })),
+            }
         }
     }
 
     fn metrics(&self) -> Resp {
         let mesh = &self.shared.mesh;
-        let text = self.shared.metrics.render(
+        let mut text = self.shared.metrics.render(
             |i| mesh.depth(ShardId(i as u16)) as u64,
             |i| mesh.data_bytes(ShardId(i as u16)) as u64,
             self.draining(),
         );
+        if let Some(l) = &self.shared.cluster {
+            text.push_str(&l.render_metrics());
+        }
         let mut r = Response::new(Full::new(Bytes::from(text)));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -505,12 +520,16 @@ impl Api {
             |_| {}, // no shard here: every shard delivers from its queue
             super::owe_wake,
         );
-        if published.is_err() {
+        let Ok(p) = published else {
             // Backpressure: a shard's queue is over `max_cross_shard_bytes`; nothing is
             // queued anywhere, and the client is told when to retry (Retry-After: 1).
             return Err(ApiError::unavailable(
                 "the broker is busy (a shard's queue is full); retry later",
             ));
+        };
+        // [ext] To the other nodes (protocol §9).
+        if let Some(link) = &self.shared.cluster {
+            link.publish(&p);
         }
         if let Some(c) = self
             .shared

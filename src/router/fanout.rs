@@ -32,7 +32,7 @@ pub fn publish(
     build: impl FnOnce() -> Publication,
     deliver_local: impl FnOnce(&Arc<Publication>),
     mut wake: impl FnMut(ShardId),
-) -> Result<(), Busy> {
+) -> Result<Arc<Publication>, Busy> {
     let local = match from {
         Source::Shard(s) => Some(s),
         Source::External => None,
@@ -49,7 +49,7 @@ pub fn publish(
             wake(s);
         }
     }
-    Ok(())
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -73,7 +73,7 @@ mod tests {
             |_| local += 1,
             |s| woken.push(s),
         );
-        assert_eq!(r, Ok(()));
+        assert!(r.is_ok());
         assert_eq!(local, 1);
         assert_eq!(woken, [ShardId(0), ShardId(2)]);
         assert_eq!(mesh.depth(ShardId(1)), 0, "nothing queued for itself");
@@ -91,7 +91,7 @@ mod tests {
             |_| unreachable!("no local delivery"),
             |s| woken.push(s),
         );
-        assert_eq!(r, Ok(()));
+        assert!(r.is_ok());
         assert_eq!(woken, [ShardId(0), ShardId(1)]);
     }
 
@@ -106,6 +106,6 @@ mod tests {
             |_| unreachable!(),
             |_| unreachable!(),
         );
-        assert_eq!(r, Err(Busy));
+        assert_eq!(r.err(), Some(Busy));
     }
 }

@@ -127,12 +127,12 @@ impl Shard {
         );
         match (answer, published) {
             (PublishAnswer::Rest(reply), r) => {
-                let _ = reply.send(r.map(|()| offset)); // the REST request may have timed out
+                let _ = reply.send(r.map(|_| offset)); // the REST request may have timed out
             }
             (PublishAnswer::Conn { request_id }, r) => {
                 let Some(o) = origin else { return };
                 let frame = match r {
-                    Ok(()) => match request_id {
+                    Ok(_) => match request_id {
                         Some(rid) => enc::publish_ack(&rid, offset),
                         None => return,
                     },

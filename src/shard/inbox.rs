@@ -63,9 +63,9 @@ impl Shard {
                 let shards = self.shards();
                 let mut st = self.state.borrow_mut();
                 let answer = history.map(|h| self.history_answer(&mut st, app, &channel, &h));
-                st.rosters.join(
+                let first = st.rosters.join(
                     app,
-                    channel,
+                    channel.clone(),
                     peer,
                     metadata,
                     from,
@@ -74,6 +74,11 @@ impl Shard {
                     shards,
                     |s, m| self.route(s, m),
                 );
+                if first {
+                    if let Some(link) = &self.broker.cluster {
+                        link.interest(app, &channel, true); // [ext] protocol §9
+                    }
+                }
                 self.counters()
                     .channels
                     .store(st.rosters.len() as u64, Ordering::Relaxed);
@@ -85,8 +90,14 @@ impl Shard {
                 from,
             } => {
                 let mut st = self.state.borrow_mut();
-                st.rosters
-                    .leave(app, channel, peer, from, |s, m| self.route(s, m));
+                let last = st
+                    .rosters
+                    .leave(app, channel.clone(), peer, from, |s, m| self.route(s, m));
+                if last {
+                    if let Some(link) = &self.broker.cluster {
+                        link.interest(app, &channel, false); // [ext] protocol §9
+                    }
+                }
                 self.counters()
                     .channels
                     .store(st.rosters.len() as u64, Ordering::Relaxed);

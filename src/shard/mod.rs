@@ -96,6 +96,8 @@ pub struct Broker {
     pub app_peak: Vec<AtomicU32>,
     /// Per-shard counters (each written by its shard only) and the REST thread's.
     pub metrics: Metrics,
+    /// [ext] The cluster link (protocol §9), when `[cluster]` is configured.
+    pub cluster: Option<Arc<crate::cluster::Link>>,
 }
 
 impl Broker {

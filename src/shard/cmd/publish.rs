@@ -98,7 +98,11 @@ pub(super) fn apply(
         |s| mesh.wake(s),
     );
     match published {
-        Ok(()) => {
+        Ok(p) => {
+            // [ext] To the other nodes (protocol §9): one queue push to the cluster link.
+            if let Some(link) = &shard.broker.cluster {
+                link.publish(&p);
+            }
             count_message(shard, id.app, |c| &c.publications);
             ack(conn, request_id);
         }

@@ -1,0 +1,218 @@
+//! [ext] The cluster link (protocol §9): several ringcast nodes as one broker over NATS.
+//!
+//! The link is its own thread (like the REST acceptor), running a current-thread tokio
+//! runtime with one NATS connection ([`async_nats`]). It is outside the shards' hot path:
+//! a shard hands it an `Arc<Publication>` with one bounded, non-blocking queue push, and
+//! the link hands publications from other nodes to every shard through the mesh, as the
+//! REST thread does ([`crate::router::mesh::Source::External`]).
+//!
+//! - [`subject`]: channel names as NATS subjects (encoded so that no name collides with
+//!   another or escapes its app);
+//! - [`wire`]: the bytes of a publication on NATS (the frames, encoded once cluster-wide);
+//! - [`link`]: the thread: connection, interest, forwarding both ways, counters.
+//!
+//! Interest: a node subscribes on NATS to a channel's subject while it has at least one
+//! subscriber on that channel. The channel's owner shard knows that (its presence roster
+//! counts every subscription of every shard) and tells the link when a channel gains its
+//! first subscriber and loses its last. A publication therefore crosses NATS once per
+//! interested node, never once per subscriber, and a node receives only the channels it
+//! has subscribers for.
+//!
+//! Decisions and what is not built yet are in docs/cluster.md.
+
+pub mod link;
+pub mod subject;
+pub mod wire;
+
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    Arc,
+};
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::{auth::AppId, router::Publication};
+
+/// `[cluster]` in the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server(s), comma-separated: `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// This node's name (default: `node-` and 8 random hex digits).
+    pub node_id: Option<String>,
+    /// First subject tokens of everything ringcast sends (default `ringcast`).
+    pub subject_prefix: Option<String>,
+    /// Publications queued for NATS before the link drops and counts them (default 65,536).
+    pub max_pending: Option<usize>,
+}
+
+/// The link's counters (`ringcast_cluster_*` in `/metrics`).
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Publications sent to NATS.
+    pub published: AtomicU64,
+    /// Publications received from other nodes and handed to the shards.
+    pub received: AtomicU64,
+    /// Publications not forwarded because NATS was unreachable.
+    pub dropped_link_down: AtomicU64,
+    /// Publications not forwarded because the link's queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Received publications dropped: malformed, unknown app, or the shards' queues full.
+    pub dropped_inbound: AtomicU64,
+    /// Reconnections to NATS after a disconnect.
+    pub reconnects: AtomicU64,
+    /// NATS subjects this node is subscribed to (channels with local subscribers).
+    pub interest: AtomicU64,
+}
+
+/// The shards' handle on the link.
+#[derive(Debug)]
+pub struct Link {
+    /// This node's name.
+    pub node_id: String,
+    /// Subject prefix.
+    pub prefix: String,
+    /// Whether the NATS connection is up.
+    pub up: AtomicBool,
+    /// Counters.
+    pub counters: LinkCounters,
+    /// Publications to send, bounded (`max_pending`).
+    publications: mpsc::Sender<Arc<Publication>>,
+    /// Interest changes. Unbounded: each one is a channel gaining its first or losing its
+    /// last subscriber on this node, which subscriptions (bounded per connection, and by
+    /// every connection's token bucket) bound; losing one would leave interest wrong.
+    interest: mpsc::UnboundedSender<Interest>,
+}
+
+impl Link {
+    /// The `ringcast_cluster_*` metrics, in Prometheus text.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let c = &self.counters;
+        let mut s = String::with_capacity(1024);
+        let node = &self.node_id;
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(s, "{name}{{node=\"{node}\"{labels}}} {v}");
+            }
+        };
+        metric(
+            "ringcast_cluster_link_up",
+            "gauge",
+            "1 while this node's NATS connection is up.",
+            &[("", u64::from(self.up.load(Relaxed)))],
+        );
+        metric(
+            "ringcast_cluster_published_total",
+            "counter",
+            "Publications this node sent to the other nodes through NATS.",
+            &[("", c.published.load(Relaxed))],
+        );
+        metric(
+            "ringcast_cluster_received_total",
+            "counter",
+            "Publications received from other nodes and handed to the shards.",
+            &[("", c.received.load(Relaxed))],
+        );
+        metric(
+            "ringcast_cluster_dropped_total",
+            "counter",
+            "Publications the link could not forward, by reason.",
+            &[
+                (",reason=\"link_down\"", c.dropped_link_down.load(Relaxed)),
+                (",reason=\"queue_full\"", c.dropped_queue_full.load(Relaxed)),
+                (",reason=\"inbound\"", c.dropped_inbound.load(Relaxed)),
+            ],
+        );
+        metric(
+            "ringcast_cluster_reconnects_total",
+            "counter",
+            "Times the NATS connection was lost (async-nats reconnects by itself).",
+            &[("", c.reconnects.load(Relaxed))],
+        );
+        metric(
+            "ringcast_cluster_interest",
+            "gauge",
+            "Channels this node is subscribed to on NATS (those with local subscribers).",
+            &[("", c.interest.load(Relaxed))],
+        );
+        s
+    }
+}
+
+/// A channel gained its first subscriber on this node (`on`) or lost its last.
+#[derive(Debug)]
+pub struct Interest {
+    /// Tenant.
+    pub app: AppId,
+    /// Channel.
+    pub channel: Arc<str>,
+    /// Subscribe (true) or unsubscribe.
+    pub on: bool,
+}
+
+/// The receiving ends, for [`link::start`].
+#[derive(Debug)]
+pub struct LinkQueues {
+    publications: mpsc::Receiver<Arc<Publication>>,
+    interest: mpsc::UnboundedReceiver<Interest>,
+}
+
+/// Default of `max_pending`.
+pub const DEFAULT_MAX_PENDING: usize = 65_536;
+
+impl Link {
+    /// A link for `config`; [`link::start`] connects it.
+    pub fn new(config: &ClusterConfig) -> (Arc<Link>, LinkQueues) {
+        let (ptx, prx) = mpsc::channel(config.max_pending.unwrap_or(DEFAULT_MAX_PENDING).max(1));
+        let (itx, irx) = mpsc::unbounded_channel();
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+        let link = Link {
+            node_id,
+            prefix: config
+                .subject_prefix
+                .clone()
+                .unwrap_or_else(|| "ringcast".into()),
+            up: AtomicBool::new(false),
+            counters: LinkCounters::default(),
+            publications: ptx,
+            interest: itx,
+        };
+        (
+            Arc::new(link),
+            LinkQueues {
+                publications: prx,
+                interest: irx,
+            },
+        )
+    }
+
+    /// Forwards a publication made on this node to the other nodes: one queue push, never
+    /// blocking; dropped and counted when NATS is down or the queue is full.
+    pub fn publish(&self, p: &Arc<Publication>) {
+        if !self.up.load(Relaxed) {
+            self.counters.dropped_link_down.fetch_add(1, Relaxed);
+            return;
+        }
+        if self.publications.try_send(p.clone()).is_err() {
+            self.counters.dropped_queue_full.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Called by a channel's owner shard: the channel gained its first subscriber on this
+    /// node (`on`) or lost its last.
+    pub fn interest(&self, app: AppId, channel: &Arc<str>, on: bool) {
+        // Fails only once the link thread is gone (shutdown).
+        let _ = self.interest.send(Interest {
+            app,
+            channel: channel.clone(),
+            on,
+        });
+    }
+}

@@ -1,0 +1,113 @@
+//! NATS subjects for channels (protocol §9): `{prefix}.p.{app}.{segment}.{segment}…`, one
+//! token per `/`-separated segment of the channel name.
+//!
+//! A NATS subject token may not contain `.`, `*`, `>` or whitespace, so every token is
+//! encoded: a segment made only of `[A-Za-z0-9_-]` (and not empty) is kept as it is;
+//! anything else becomes `~` followed by the lowercase hex of its bytes (`~` alone for an
+//! empty segment). `~` never appears in a kept token, so the encoding is injective: no two
+//! channel names share a subject, and no name can produce a `.`, a wildcard or another
+//! app's prefix. The same applies to the app id. Keeping one token per segment leaves room
+//! for mapping pattern subscriptions onto NATS wildcards later.
+
+use std::fmt::Write;
+
+/// Appends the token for `segment` to `out`.
+fn push_token(out: &mut String, segment: &str) {
+    let plain = !segment.is_empty()
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        out.push_str(segment);
+    } else {
+        out.push('~');
+        for b in segment.bytes() {
+            let _ = write!(out, "{b:02x}");
+        }
+    }
+}
+
+/// The subject a publication on `channel` of app `app` travels on.
+pub fn channel_subject(prefix: &str, app: &str, channel: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 4 + app.len() + channel.len() * 2);
+    s.push_str(prefix);
+    s.push_str(".p.");
+    push_token(&mut s, app);
+    for seg in channel.split('/') {
+        s.push('.');
+        push_token(&mut s, seg);
+    }
+    s
+}
+
+/// True when `prefix` is usable as a subject prefix: dot-separated tokens of
+/// `[A-Za-z0-9_-]` (no wildcard, no empty token).
+pub fn valid_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.split('.').all(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn valid_subject(s: &str) -> bool {
+        s.split('.').all(|t| {
+            !t.is_empty()
+                && t != "*"
+                && t != ">"
+                && t.bytes()
+                    .all(|b| b > b' ' && b < 0x7f && b != b'*' && b != b'>')
+        })
+    }
+
+    #[test]
+    fn plain_segments_are_kept_and_the_rest_is_hex() {
+        assert_eq!(
+            channel_subject("rc", "app", "agents/a-1/status"),
+            "rc.p.app.agents.a-1.status"
+        );
+        assert_eq!(channel_subject("rc", "app", "a.b"), "rc.p.app.~612e62");
+        assert_eq!(channel_subject("rc", "app", "x//y"), "rc.p.app.x.~.y");
+        assert_eq!(
+            channel_subject("rc", "my app", "*"),
+            "rc.p.~6d7920617070.~2a"
+        );
+        assert_eq!(channel_subject("rc", "a", "~61"), "rc.p.a.~7e3631");
+    }
+
+    #[test]
+    fn no_two_names_share_a_subject_and_every_subject_is_valid() {
+        let apps = ["a", "a.b", "~61", "", "b"];
+        let channels = [
+            "a", "a/b", "a.b", "a/b/", "/a", "a//b", "~61", "61", "~", "a b", ">", "*", "a/*", "é",
+            "a-b", "a_b", "A", "a/~", "~/a", "..", "/", "//",
+        ];
+        let mut seen = HashMap::new();
+        for app in apps {
+            for ch in channels {
+                let s = channel_subject("ringcast.x", app, ch);
+                assert!(valid_subject(&s), "{s}");
+                if let Some(prev) = seen.insert(s.clone(), (app, ch)) {
+                    panic!("{s}: {prev:?} and {:?}", (app, ch));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        assert!(valid_prefix("ringcast") && valid_prefix("rc.prod-1"));
+        assert!(
+            !valid_prefix("")
+                && !valid_prefix("a..b")
+                && !valid_prefix("a.*")
+                && !valid_prefix("a b")
+        );
+    }
+}

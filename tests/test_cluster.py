@@ -1,0 +1,315 @@
+"""Verifies protocol.md §9 (the cluster over NATS), the parts built so far (docs/cluster.md):
+three real ringcast nodes (2 shards each) joined through a real nats-server started here, with
+real WebSocket clients (python-websockets) and REST.
+
+- a publication (WebSocket or REST, on any node) reaches every subscriber on every node,
+  exactly once, in per-publisher order, with 2 publishers on different nodes at once;
+- interest: a node receives only channels it has subscribers for; a publication crosses NATS
+  once per interested node (the sender's `published` and each receiver's `received` counters
+  count publications, not subscribers); interest goes when the last subscriber leaves;
+- channel names that are not NATS tokens (`.`, spaces, `*`, `>`, empty segments) never collide
+  or leak into another channel, and apps stay isolated across nodes;
+- /healthz and /metrics report the link; nats-server stopped: each node keeps serving its own
+  connections and counts what it could not forward; nats-server back on the same port: the
+  link reconnects by itself, interest is re-established, and publications cross again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from helpers import (
+    OTHER_KEY_ID,
+    OTHER_SECRET,
+    Broker,
+    chan,
+    mint,
+    rest_metrics,
+    rest_request,
+    wait_until,
+)
+
+FAST = ["--rate-limit-per-sec", "1000000", "--rate-limit-burst", "1000000"]
+NATS = shutil.which("nats-server")
+
+if NATS is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("nats-server is not installed (.ci/run installs it with apt)")
+    pytest.skip("nats-server is not installed (apt install nats-server)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Nats:
+    """A real nats-server on 127.0.0.1:<port>, restartable on the same port."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [NATS, "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=5)
+
+
+def health(b: Broker) -> dict:
+    r = rest_request(b, "GET", "/healthz", auth=None)
+    assert r.status == 200, r
+    return json.loads(r.body)
+
+
+def link_up(b: Broker) -> bool:
+    return health(b).get("cluster", {}).get("nats") == "connected"
+
+
+def metric(b: Broker, name: str, **labels) -> float:
+    m = rest_metrics(b)
+    total = 0.0
+    for k, v in m.items():
+        if k == name or k.startswith(name + "{"):
+            if all(f'{lk}="{lv}"' in k for lk, lv in labels.items()):
+                total += v
+    return total
+
+
+@pytest.fixture(scope="module")
+def nats():
+    n = Nats()
+    yield n
+    n.stop()
+
+
+@pytest.fixture(scope="module")
+def nodes(nats):
+    bs = [
+        Broker(args=[*FAST, "--nats-url", nats.url, "--node-id", f"n{i}"], shards=2, name=f"node{i}")
+        for i in range(3)
+    ]
+    for b in bs:
+        wait_until(lambda b=b: link_up(b), timeout=10, what=f"{b.name} connected to NATS")
+    yield bs
+    for b in bs:
+        b.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_interest_left(request):
+    """Each test starts with no channel interest anywhere (the previous test's clients are
+    closed after it, and their channels' interest goes shortly after), so that `settle`
+    counts exactly this test's channels."""
+    if "nodes" in request.fixturenames:
+        for b in request.getfixturevalue("nodes"):
+            wait_until(lambda b=b: metric(b, "ringcast_cluster_interest") == 0, timeout=5, what=f"{b.name} interest cleared")
+    yield
+
+
+def peer(b: Broker, name: str, shard=None, **claims):
+    return b.connect(mint(name, **claims), shard=shard, name=name)
+
+
+def settle(*brokers: Broker, channel_count_at_least: int = 1) -> None:
+    """Waits until every node listed has NATS interest for at least that many channels (the
+    interest is set up by the channel's owner shard right after the subscribe; tests start
+    from none, see `no_interest_left`)."""
+    for b in brokers:
+        wait_until(
+            lambda b=b: metric(b, "ringcast_cluster_interest") >= channel_count_at_least,
+            timeout=5,
+            what=f"{b.name} interest",
+        )
+    time.sleep(0.1)  # the SUB reaches nats-server after the gauge moves
+
+
+def test_healthz_and_metrics_report_the_link(nodes):
+    for i, b in enumerate(nodes):
+        h = health(b)
+        assert h["status"] == "ok"
+        assert h["cluster"] == {"node": f"n{i}", "nats": "connected"}
+        assert metric(b, "ringcast_cluster_link_up", node=f"n{i}") == 1
+
+
+def test_a_publication_reaches_every_subscriber_on_every_node_once_in_order(nodes):
+    ch = chan("cl")
+    subs = []
+    for i, b in enumerate(nodes):
+        for s in range(2):  # one subscriber per shard per node
+            c = peer(b, f"sub{i}{s}", shard=s)
+            c.subscribe(ch)
+            subs.append(c)
+    settle(*nodes)
+    pubs = [peer(nodes[0], "pubA", shard=0), peer(nodes[2], "pubC", shard=1)]
+    per = 300
+
+    def run(p):
+        for k in range(per):
+            p.publish(ch, {"p": p.name, "k": k}, ack=(k % 50 == 49))
+        p.sync()
+
+    ts = [threading.Thread(target=run, args=(p,)) for p in pubs]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    for c in subs:
+        got = {"pubA": [], "pubC": []}
+        deadline = time.monotonic() + 10
+        while sum(map(len, got.values())) < 2 * per and time.monotonic() < deadline:
+            for m in c.collect(0.2):
+                if m["type"] == "message" and m["channel"] == ch:
+                    got[m["data"]["p"]].append(m["data"]["k"])
+        for name, ks in got.items():
+            assert ks == list(range(per)), f"{c.name} from {name}: {len(ks)} messages, in order: {ks == sorted(ks)}"
+    # The publishers got nothing back (a publisher never receives its own message), and
+    # the other publisher's messages only if subscribed (they are not).
+    for p in pubs:
+        p.no_message_within(0.2, ignore=("presence",))
+
+
+def test_rest_publish_on_any_node_reaches_the_others(nodes):
+    ch = chan("clrest")
+    c1, c2 = peer(nodes[1], "r1"), peer(nodes[2], "r2")
+    c1.subscribe(ch)
+    c2.subscribe(ch)
+    settle(nodes[1], nodes[2])
+    r = rest_request(nodes[0], "POST", f"/v1/channels/{ch}/publish", {"data": {"via": "rest"}})
+    assert r.status == 200, r
+    for c in (c1, c2):
+        m = c.expect_type("message", skip=True, channel=ch)
+        assert m["data"] == {"via": "rest"}
+
+
+def test_interest_a_publication_crosses_nats_once_per_interested_node(nodes):
+    a, b, c = nodes
+    ch = chan("clint")
+    subs = [peer(b, f"i{k}", shard=k % 2) for k in range(5)]
+    for s in subs:
+        s.subscribe(ch)
+    interest_c = metric(c, "ringcast_cluster_interest")
+    settle(b)
+    before = {n.name: (metric(n, "ringcast_cluster_published_total"), metric(n, "ringcast_cluster_received_total")) for n in nodes}
+    p = peer(a, "ip")
+    n = 40
+    for k in range(n):
+        p.publish(ch, k, ack=(k == n - 1))
+    for s in subs:
+        got = []
+        deadline = time.monotonic() + 5
+        while len(got) < n and time.monotonic() < deadline:
+            got += [m["data"] for m in s.collect(0.1) if m["type"] == "message"]
+        assert got == list(range(n))
+    time.sleep(0.3)
+    after = {nd.name: (metric(nd, "ringcast_cluster_published_total"), metric(nd, "ringcast_cluster_received_total")) for nd in nodes}
+    assert after[a.name][0] - before[a.name][0] == n, "once per publication, not per subscriber or node"
+    assert after[b.name][1] - before[b.name][1] == n, "5 subscribers on b: the publication crossed once"
+    assert after[c.name][1] == before[c.name][1], "c has no subscriber: it received nothing"
+    assert metric(c, "ringcast_cluster_interest") == interest_c
+    # The last subscriber leaves: b drops its interest.
+    interest_b = metric(b, "ringcast_cluster_interest")
+    for s in subs:
+        s.unsubscribe(ch)
+    wait_until(lambda: metric(b, "ringcast_cluster_interest") == interest_b - 1, timeout=5, what="interest dropped")
+
+
+def test_channel_names_that_are_not_nats_tokens_never_collide(nodes):
+    a, b = nodes[0], nodes[1]
+    base = chan("clname")
+    names = [f"{base}/x.y", f"{base}/x/y", f"{base}/x y", f"{base}/*", f"{base}/>", f"{base}//x", f"{base}/x", f"{base}/~78"]
+    subs = {}
+    for i, name in enumerate(names):
+        c = peer(b, f"nm{i}")
+        c.subscribe(name)
+        subs[name] = c
+    settle(b, channel_count_at_least=len(names))
+    p = peer(a, "nmpub")
+    for name in names:
+        p.publish(name, {"for": name})
+    for name, c in subs.items():
+        m = c.expect_type("message", skip=True)
+        assert m["channel"] == name and m["data"] == {"for": name}
+        c.no_message_within(0.3, ignore=("presence",))
+
+
+def test_apps_stay_isolated_across_nodes(nodes):
+    a, b = nodes[0], nodes[1]
+    ch = chan("clapp")
+    mine = peer(b, "appmine")
+    mine.subscribe(ch)
+    theirs = b.connect(mint("apptheirs", key_id=OTHER_KEY_ID, secret=OTHER_SECRET), name="apptheirs")
+    theirs.subscribe(ch)
+    settle(b)
+    peer(a, "apppub").publish(ch, "test-app")
+    assert mine.expect_type("message", skip=True, channel=ch)["data"] == "test-app"
+    theirs.no_message_within(0.4, ignore=("presence",))
+
+
+def test_nats_down_local_traffic_continues_and_drops_are_counted_then_it_reconnects(nats, nodes):
+    a, b = nodes[0], nodes[1]
+    ch = chan("cldown")
+    local = peer(a, "dl-local")
+    local.subscribe(ch)
+    remote = peer(b, "dl-remote")
+    remote.subscribe(ch)
+    settle(a, b)
+    p = peer(a, "dl-pub")
+    p.publish(ch, "before")
+    assert local.expect_type("message", skip=True)["data"] == "before"
+    assert remote.expect_type("message", skip=True)["data"] == "before"
+
+    nats.stop()
+    wait_until(lambda: not link_up(a) and not link_up(b), timeout=10, what="links down")
+    dropped = metric(a, "ringcast_cluster_dropped_total", reason="link_down")
+    for k in range(5):
+        p.publish(ch, f"down{k}")
+    # Local subscribers are served as before.
+    assert [local.expect_type("message", skip=True)["data"] for _ in range(5)] == [f"down{k}" for k in range(5)]
+    assert metric(a, "ringcast_cluster_dropped_total", reason="link_down") == dropped + 5
+    remote.no_message_within(0.3, ignore=("presence",))
+    assert health(a)["status"] == "ok" and health(a)["cluster"]["nats"] == "disconnected"
+
+    nats.start()
+    wait_until(lambda: all(link_up(n) for n in nodes), timeout=20, what="links back")
+    assert metric(a, "ringcast_cluster_reconnects_total") >= 1
+    # async-nats re-sends the subscriptions; publications cross again.
+    deadline = time.monotonic() + 10
+    got = None
+    k = 0
+    while got is None and time.monotonic() < deadline:
+        p.publish(ch, f"after{k}")
+        for m in remote.collect(0.2):
+            if m["type"] == "message":
+                got = m["data"]
+        k += 1
+    assert got is not None and got.startswith("after"), "publications cross again after NATS returns"
