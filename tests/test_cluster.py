@@ -9,6 +9,8 @@ real WebSocket clients (python-websockets) and REST.
   count publications, not subscribers); interest goes when the last subscriber leaves;
 - channel names that are not NATS tokens (`.`, spaces, `*`, `>`, empty segments) never collide
   or leak into another channel, and apps stay isolated across nodes;
+- `send` reaches the target's connections on every node (acked when some node has one,
+  `peer_not_found` when none does, again after the peer left every node);
 - /healthz and /metrics report the link; nats-server stopped: each node keeps serving its own
   connections and counts what it could not forward; nats-server back on the same port: the
   link reconnects by itself, interest is re-established, and publications cross again.
@@ -132,7 +134,12 @@ def no_interest_left(request):
     counts exactly this test's channels."""
     if "nodes" in request.fixturenames:
         for b in request.getfixturevalue("nodes"):
-            wait_until(lambda b=b: metric(b, "ringcast_cluster_interest") == 0, timeout=5, what=f"{b.name} interest cleared")
+            wait_until(
+                lambda b=b: metric(b, "ringcast_cluster_interest", kind="channel") == 0
+                and metric(b, "ringcast_cluster_interest", kind="peer") == 0,
+                timeout=5,
+                what=f"{b.name} interest cleared",
+            )
     yield
 
 
@@ -146,7 +153,7 @@ def settle(*brokers: Broker, channel_count_at_least: int = 1) -> None:
     from none, see `no_interest_left`)."""
     for b in brokers:
         wait_until(
-            lambda b=b: metric(b, "ringcast_cluster_interest") >= channel_count_at_least,
+            lambda b=b: metric(b, "ringcast_cluster_interest", kind="channel") >= channel_count_at_least,
             timeout=5,
             what=f"{b.name} interest",
         )
@@ -217,7 +224,7 @@ def test_interest_a_publication_crosses_nats_once_per_interested_node(nodes):
     subs = [peer(b, f"i{k}", shard=k % 2) for k in range(5)]
     for s in subs:
         s.subscribe(ch)
-    interest_c = metric(c, "ringcast_cluster_interest")
+    interest_c = metric(c, "ringcast_cluster_interest", kind="channel")
     settle(b)
     before = {n.name: (metric(n, "ringcast_cluster_published_total"), metric(n, "ringcast_cluster_received_total")) for n in nodes}
     p = peer(a, "ip")
@@ -235,12 +242,12 @@ def test_interest_a_publication_crosses_nats_once_per_interested_node(nodes):
     assert after[a.name][0] - before[a.name][0] == n, "once per publication, not per subscriber or node"
     assert after[b.name][1] - before[b.name][1] == n, "5 subscribers on b: the publication crossed once"
     assert after[c.name][1] == before[c.name][1], "c has no subscriber: it received nothing"
-    assert metric(c, "ringcast_cluster_interest") == interest_c
+    assert metric(c, "ringcast_cluster_interest", kind="channel") == interest_c
     # The last subscriber leaves: b drops its interest.
-    interest_b = metric(b, "ringcast_cluster_interest")
+    interest_b = metric(b, "ringcast_cluster_interest", kind="channel")
     for s in subs:
         s.unsubscribe(ch)
-    wait_until(lambda: metric(b, "ringcast_cluster_interest") == interest_b - 1, timeout=5, what="interest dropped")
+    wait_until(lambda: metric(b, "ringcast_cluster_interest", kind="channel") == interest_b - 1, timeout=5, what="interest dropped")
 
 
 def test_channel_names_that_are_not_nats_tokens_never_collide(nodes):
@@ -313,3 +320,57 @@ def test_nats_down_local_traffic_continues_and_drops_are_counted_then_it_reconne
                 got = m["data"]
         k += 1
     assert got is not None and got.startswith("after"), "publications cross again after NATS returns"
+
+
+def wait_peer_interest(b: Broker, n: int) -> None:
+    wait_until(lambda: metric(b, "ringcast_cluster_interest", kind="peer") >= n, timeout=5, what=f"{b.name} peer interest")
+    time.sleep(0.1)  # the SUB reaches nats-server after the gauge moves
+
+
+def test_send_reaches_the_peer_on_another_node_with_an_ack(nodes):
+    a, b, c = nodes
+    target_b1 = peer(b, "dm-target", shard=0)
+    target_b2 = peer(b, "dm-target", shard=1)
+    target_c = peer(c, "dm-target")
+    wait_peer_interest(b, 1)
+    wait_peer_interest(c, 1)
+    sender = peer(a, "dm-sender")
+    before = metric(a, "ringcast_cluster_directs_sent_total")
+    for k in range(20):
+        sender.send_to("dm-target", {"k": k})  # acked: some node holds the peer
+    for t in (target_b1, target_b2, target_c):
+        got = [t.expect_type("direct", skip=True)["data"]["k"] for _ in range(20)]
+        assert got == list(range(20)), f"{t.name}: every direct once, in order"
+        assert t.log[-1]["from"] == "dm-sender"
+    assert metric(a, "ringcast_cluster_directs_sent_total") == before + 20
+
+
+def test_send_to_a_peer_on_no_node_is_peer_not_found(nodes):
+    a = nodes[0]
+    sender = peer(a, "nf-sender")
+    r = sender.request({"type": "send", "to": "nobody-anywhere", "data": 1})
+    assert r["type"] == "error" and r["code"] == "peer_not_found", r
+
+
+def test_send_with_the_peer_here_and_elsewhere_reaches_both(nodes):
+    a, b = nodes[0], nodes[1]
+    here = peer(a, "both-target")
+    there = peer(b, "both-target")
+    wait_peer_interest(b, 1)
+    sender = peer(a, "both-sender")
+    sender.send_to("both-target", "hi")
+    assert here.expect_type("direct", skip=True)["data"] == "hi"
+    assert there.expect_type("direct", skip=True)["data"] == "hi"
+
+
+def test_a_peer_that_left_every_node_is_not_found_again(nodes):
+    a, b = nodes[0], nodes[1]
+    t = peer(b, "gone-target")
+    wait_peer_interest(b, 1)
+    sender = peer(a, "gone-sender")
+    sender.send_to("gone-target", 1)
+    t.close()
+    wait_until(lambda: metric(b, "ringcast_cluster_interest", kind="peer") == 0, timeout=5, what="peer interest gone")
+    time.sleep(0.1)
+    r = sender.request({"type": "send", "to": "gone-target", "data": 2})
+    assert r["code"] == "peer_not_found", r

@@ -4,6 +4,11 @@
 //!   and are published on their channel's subject ([`super::subject`]) with the frames this
 //!   node encoded ([`super::wire`]). The connection is made with `no_echo`, so a node never
 //!   receives its own publications back.
+//! - Directs: a `send` whose target has connections on this node is delivered here and
+//!   published on the peer's subject for the other nodes; when it has none here, it is
+//!   published with a reply subject in this node's inbox, and the first node that delivers
+//!   it answers (NATS answers "no responders" at once when no node holds the peer), which
+//!   becomes the sender's ack or `peer_not_found`.
 //! - In: one NATS subscription per channel with subscribers on this node, each read by its
 //!   own task, which decodes a message and hands it to every shard as one
 //!   `Arc<Publication>` ([`crate::router::fanout::publish`] from `Source::External`, as the
@@ -17,16 +22,23 @@
 use std::{
     collections::HashMap,
     sync::{atomic::Ordering::Relaxed, Arc},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::{subject::channel_subject, wire, Link, LinkQueues};
+use super::{
+    subject::{channel_subject, inbox_subject, peer_subject},
+    wire::{self, Kind},
+    Answer, Link, LinkQueues, Out, DIRECT_ANSWER_TIMEOUT,
+};
 use crate::{
     auth::AppId,
-    router::{fanout, mesh::Source, Publication},
+    protocol::{encode, ErrorCode},
+    router::{fanout, mesh::Source, Direct, Publication, ShardId, ShardMsg},
     shard::Broker,
 };
 
@@ -57,6 +69,12 @@ pub fn start(
         .context("spawning the cluster link thread")
 }
 
+/// A remote-only `send` waiting for a node to answer.
+struct Pending {
+    answer: Answer,
+    deadline: Instant,
+}
+
 async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: Arc<Broker>) {
     let events = link.clone();
     let options = async_nats::ConnectOptions::new()
@@ -77,42 +95,161 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
         }
     };
     tracing::info!(url = %nats_url, node = %link.node_id, "cluster: link started");
-    let mut subs: HashMap<(AppId, Arc<str>), JoinHandle<()>> = HashMap::new();
+    let inbox = inbox_subject(&link.prefix, &link.node_id);
+    let mut answers = match client.subscribe(format!("{inbox}.*")).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cluster: cannot subscribe to the answers inbox; this node runs alone");
+            return;
+        }
+    };
+    let max_pending = link.out_capacity();
+    let mut channels: HashMap<(AppId, Arc<str>), JoinHandle<()>> = HashMap::new();
+    // Per peer: how many shards hold a connection of it, and the subscription's task.
+    let mut peers: HashMap<(AppId, Arc<str>), (u32, JoinHandle<()>)> = HashMap::new();
+    // Bounded by `max_pending` (past it a remote-only send is answered `rate_limited`).
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut sweep = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
-            p = queues.publications.recv() => {
-                let Some(p) = p else { break };
-                let app = broker.auth.app_name(p.app);
-                let payload = wire::encode(app, &p.channel, &p.frame, p.frame_with_meta.as_deref());
-                let subject = channel_subject(&link.prefix, app, &p.channel);
-                match client.publish(subject, payload).await {
-                    Ok(()) => link.counters.published.fetch_add(1, Relaxed),
-                    Err(_) => link.counters.dropped_link_down.fetch_add(1, Relaxed),
-                };
+            o = queues.out.recv() => {
+                let Some(o) = o else { break };
+                match o {
+                    Out::Publication(p) => {
+                        let app = broker.auth.app_name(p.app);
+                        let payload = wire::encode(Kind::Publication, app, &p.channel, &p.frame, p.frame_with_meta.as_deref());
+                        let subject = channel_subject(&link.prefix, app, &p.channel);
+                        match client.publish(subject, payload).await {
+                            Ok(()) => link.counters.published.fetch_add(1, Relaxed),
+                            Err(_) => link.counters.dropped_link_down.fetch_add(1, Relaxed),
+                        };
+                    }
+                    Out::Direct(d, answer) => {
+                        let app = broker.auth.app_name(d.app);
+                        let payload = wire::encode(Kind::Direct, app, &d.to, &d.frame, None);
+                        let subject = peer_subject(&link.prefix, app, &d.to);
+                        let sent = match answer {
+                            None => client.publish(subject, payload).await,
+                            Some(answer) if pending.len() >= max_pending => {
+                                answer_conn(&broker, &answer, Err(ErrorCode::RateLimited));
+                                continue;
+                            }
+                            Some(answer) => {
+                                next_id += 1;
+                                let reply = format!("{inbox}.{next_id}");
+                                let r = client.publish_with_reply(subject, reply, payload).await;
+                                match r {
+                                    Ok(()) => {
+                                        pending.insert(next_id, Pending { answer, deadline: Instant::now() + DIRECT_ANSWER_TIMEOUT });
+                                    }
+                                    Err(_) => answer_conn(&broker, &answer, Err(ErrorCode::PeerNotFound)),
+                                }
+                                r
+                            }
+                        };
+                        match sent {
+                            Ok(()) => link.counters.directs_sent.fetch_add(1, Relaxed),
+                            Err(_) => link.counters.dropped_link_down.fetch_add(1, Relaxed),
+                        };
+                    }
+                }
             }
             i = queues.interest.recv() => {
                 let Some(i) = i else { break };
-                let key = (i.app, i.channel);
-                if i.on {
-                    if subs.contains_key(&key) {
+                let key = (i.app, i.name);
+                let app = broker.auth.app_name(key.0);
+                if !i.peer {
+                    if i.on {
+                        if channels.contains_key(&key) {
+                            continue;
+                        }
+                        let subject = channel_subject(&link.prefix, app, &key.1);
+                        match client.subscribe(subject.clone()).await {
+                            Ok(sub) => {
+                                let task = tokio::spawn(receive_publications(sub, link.clone(), broker.clone()));
+                                channels.insert(key, task);
+                            }
+                            Err(e) => tracing::warn!(subject, error = %e, "cluster: subscribe failed"),
+                        }
+                    } else if let Some(task) = channels.remove(&key) {
+                        // Dropping the subscriber (with its task) unsubscribes.
+                        task.abort();
+                    }
+                } else if i.on {
+                    if let Some((n, _)) = peers.get_mut(&key) {
+                        *n += 1;
                         continue;
                     }
-                    let subject = channel_subject(&link.prefix, broker.auth.app_name(key.0), &key.1);
+                    let subject = peer_subject(&link.prefix, app, &key.1);
                     match client.subscribe(subject.clone()).await {
                         Ok(sub) => {
-                            let task = tokio::spawn(receive(sub, link.clone(), broker.clone()));
-                            subs.insert(key, task);
+                            let task = tokio::spawn(receive_directs(sub, client.clone(), link.clone(), broker.clone()));
+                            peers.insert(key, (1, task));
                         }
                         Err(e) => tracing::warn!(subject, error = %e, "cluster: subscribe failed"),
                     }
-                } else if let Some(task) = subs.remove(&key) {
-                    // Dropping the subscriber (with its task) unsubscribes.
-                    task.abort();
+                } else if let Some((n, _)) = peers.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        if let Some((_, task)) = peers.remove(&key) {
+                            task.abort();
+                        }
+                    }
                 }
-                link.counters.interest.store(subs.len() as u64, Relaxed);
+                link.counters.interest_channels.store(channels.len() as u64, Relaxed);
+                link.counters.interest_peers.store(peers.len() as u64, Relaxed);
+            }
+            m = answers.next() => {
+                let Some(m) = m else { break };
+                let Some(id) = m.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok()) else { continue };
+                // The first answer settles it; later ones (several nodes had the peer) are
+                // ignored.
+                let Some(p) = pending.remove(&id) else { continue };
+                let found = m.status != Some(async_nats::StatusCode::NO_RESPONDERS);
+                answer_conn(&broker, &p.answer, if found { Ok(()) } else { Err(ErrorCode::PeerNotFound) });
+            }
+            _ = sweep.tick() => {
+                if pending.is_empty() {
+                    continue;
+                }
+                let now = Instant::now();
+                pending.retain(|_, p| {
+                    if p.deadline > now {
+                        return true;
+                    }
+                    answer_conn(&broker, &p.answer, Err(ErrorCode::InternalError));
+                    false
+                });
             }
         }
     }
+}
+
+/// Tells a remote-only send's connection how it went: an ack (when it had a requestId),
+/// or the error.
+fn answer_conn(broker: &Broker, a: &Answer, outcome: Result<(), ErrorCode>) {
+    let frame = match (outcome, &a.request_id) {
+        (Ok(()), Some(rid)) => encode::ack(rid),
+        (Ok(()), None) => return,
+        (Err(code), rid) => {
+            let why = match code {
+                ErrorCode::PeerNotFound => "peer not connected to any node",
+                ErrorCode::RateLimited => "too many sends waiting for other nodes; retry later",
+                _ => "no node answered in time",
+            };
+            encode::error(code, rid.as_deref(), Some(why))
+        }
+    };
+    broker.mesh.push(
+        Source::External,
+        a.conn.shard,
+        ShardMsg::ConnFrame {
+            conn: a.conn.conn,
+            frame,
+            large: false,
+        },
+    );
 }
 
 fn on_event(link: &Link, event: async_nats::Event) {
@@ -138,10 +275,14 @@ fn on_event(link: &Link, event: async_nats::Event) {
 
 /// Reads one channel's subscription: every message becomes one `Arc<Publication>` for
 /// every shard.
-async fn receive(mut sub: async_nats::Subscriber, link: Arc<Link>, broker: Arc<Broker>) {
+async fn receive_publications(
+    mut sub: async_nats::Subscriber,
+    link: Arc<Link>,
+    broker: Arc<Broker>,
+) {
     let mesh = &broker.mesh;
     while let Some(m) = sub.next().await {
-        let Some(w) = wire::decode(m.payload) else {
+        let Some(w) = wire::decode(m.payload).filter(|w| w.kind == Kind::Publication) else {
             link.counters.dropped_inbound.fetch_add(1, Relaxed);
             continue;
         };
@@ -154,7 +295,7 @@ async fn receive(mut sub: async_nats::Subscriber, link: Arc<Link>, broker: Arc<B
             Source::External,
             || Publication {
                 app,
-                channel: Arc::from(w.channel.as_str()),
+                channel: Arc::from(w.name.as_str()),
                 origin: None,
                 frame: w.frame,
                 frame_with_meta: w.frame_with_meta,
@@ -166,5 +307,46 @@ async fn receive(mut sub: async_nats::Subscriber, link: Arc<Link>, broker: Arc<B
             Ok(_) => link.counters.received.fetch_add(1, Relaxed),
             Err(fanout::Busy) => link.counters.dropped_inbound.fetch_add(1, Relaxed),
         };
+    }
+}
+
+/// Reads one peer's subscription: every direct message goes to every shard (each delivers
+/// to its connections of the peer), and a sender waiting for an answer gets one.
+async fn receive_directs(
+    mut sub: async_nats::Subscriber,
+    client: async_nats::Client,
+    link: Arc<Link>,
+    broker: Arc<Broker>,
+) {
+    let mesh = &broker.mesh;
+    while let Some(m) = sub.next().await {
+        let reply = m.reply.clone();
+        let Some(w) = wire::decode(m.payload).filter(|w| w.kind == Kind::Direct) else {
+            link.counters.dropped_inbound.fetch_add(1, Relaxed);
+            continue;
+        };
+        let Some(app) = broker.auth.app_id(&w.app) else {
+            link.counters.dropped_inbound.fetch_add(1, Relaxed);
+            continue;
+        };
+        let shards = (0..mesh.shards() as u16).map(ShardId);
+        if !shards.clone().all(|s| mesh.has_room(s)) {
+            link.counters.dropped_inbound.fetch_add(1, Relaxed);
+            continue;
+        }
+        let d = Arc::new(Direct {
+            app,
+            to: Arc::from(w.name.as_str()),
+            origin: None,
+            frame: w.frame,
+        });
+        for s in shards {
+            mesh.push(Source::External, s, ShardMsg::Direct(d.clone()));
+        }
+        link.counters.directs_received.fetch_add(1, Relaxed);
+        if let Some(r) = reply {
+            // The sender's node waits for one answer: "delivered here".
+            let _ = client.publish(r, Bytes::new()).await;
+        }
     }
 }

@@ -32,7 +32,10 @@ use std::sync::{
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::{auth::AppId, router::Publication};
+use crate::{
+    auth::AppId,
+    router::{ConnRef, Direct, Publication},
+};
 
 /// `[cluster]` in the config file.
 #[derive(Clone, Debug, Deserialize)]
@@ -44,9 +47,34 @@ pub struct ClusterConfig {
     pub node_id: Option<String>,
     /// First subject tokens of everything ringcast sends (default `ringcast`).
     pub subject_prefix: Option<String>,
-    /// Publications queued for NATS before the link drops and counts them (default 65,536).
+    /// Publications and direct messages queued for NATS before the link drops and counts
+    /// them (default 65,536).
     pub max_pending: Option<usize>,
 }
+
+/// What the shards hand the link.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// A publication made on this node.
+    Publication(Arc<Publication>),
+    /// A direct message made on this node, for the target's connections on other nodes;
+    /// with `answer` when this node has none of them, so that the sender learns whether
+    /// any node had (ack or `peer_not_found`).
+    Direct(Arc<Direct>, Option<Answer>),
+}
+
+/// Where the outcome of a remote-only `send` goes.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// The sending connection.
+    pub conn: ConnRef,
+    /// Its requestId (the ack needs one; an error is sent either way).
+    pub request_id: Option<Box<str>>,
+}
+
+/// How long a `send` whose target is only on other nodes waits for one of them to answer
+/// before the sender gets `internal_error` (NATS answers at once when nobody listens).
+pub const DIRECT_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The link's counters (`ringcast_cluster_*` in `/metrics`).
 #[derive(Debug, Default)]
@@ -61,10 +89,16 @@ pub struct LinkCounters {
     pub dropped_queue_full: AtomicU64,
     /// Received publications dropped: malformed, unknown app, or the shards' queues full.
     pub dropped_inbound: AtomicU64,
+    /// Direct messages sent to other nodes.
+    pub directs_sent: AtomicU64,
+    /// Direct messages received from other nodes.
+    pub directs_received: AtomicU64,
     /// Reconnections to NATS after a disconnect.
     pub reconnects: AtomicU64,
-    /// NATS subjects this node is subscribed to (channels with local subscribers).
-    pub interest: AtomicU64,
+    /// Channels this node is subscribed to on NATS (those with local subscribers).
+    pub interest_channels: AtomicU64,
+    /// Peers this node is subscribed to on NATS (those with local connections).
+    pub interest_peers: AtomicU64,
 }
 
 /// The shards' handle on the link.
@@ -78,11 +112,12 @@ pub struct Link {
     pub up: AtomicBool,
     /// Counters.
     pub counters: LinkCounters,
-    /// Publications to send, bounded (`max_pending`).
-    publications: mpsc::Sender<Arc<Publication>>,
+    /// Publications and direct messages to send, bounded (`max_pending`).
+    out: mpsc::Sender<Out>,
     /// Interest changes. Unbounded: each one is a channel gaining its first or losing its
-    /// last subscriber on this node, which subscriptions (bounded per connection, and by
-    /// every connection's token bucket) bound; losing one would leave interest wrong.
+    /// last subscriber on this node, or a shard gaining its first or losing its last
+    /// connection of a peer, which subscriptions and connections (bounded, and by every
+    /// connection's token bucket) bound; losing one would leave interest wrong.
     interest: mpsc::UnboundedSender<Interest>,
 }
 
@@ -128,6 +163,18 @@ impl Link {
             ],
         );
         metric(
+            "ringcast_cluster_directs_sent_total",
+            "counter",
+            "Direct messages this node sent to the other nodes through NATS.",
+            &[("", c.directs_sent.load(Relaxed))],
+        );
+        metric(
+            "ringcast_cluster_directs_received_total",
+            "counter",
+            "Direct messages received from other nodes and handed to the shards.",
+            &[("", c.directs_received.load(Relaxed))],
+        );
+        metric(
             "ringcast_cluster_reconnects_total",
             "counter",
             "Times the NATS connection was lost (async-nats reconnects by itself).",
@@ -136,28 +183,34 @@ impl Link {
         metric(
             "ringcast_cluster_interest",
             "gauge",
-            "Channels this node is subscribed to on NATS (those with local subscribers).",
-            &[("", c.interest.load(Relaxed))],
+            "Subjects this node is subscribed to on NATS: channels with local subscribers, peers with local connections.",
+            &[
+                (",kind=\"channel\"", c.interest_channels.load(Relaxed)),
+                (",kind=\"peer\"", c.interest_peers.load(Relaxed)),
+            ],
         );
         s
     }
 }
 
-/// A channel gained its first subscriber on this node (`on`) or lost its last.
+/// A change of what this node wants from NATS.
 #[derive(Debug)]
 pub struct Interest {
     /// Tenant.
     pub app: AppId,
-    /// Channel.
-    pub channel: Arc<str>,
-    /// Subscribe (true) or unsubscribe.
+    /// The channel, or the peer.
+    pub name: Arc<str>,
+    /// A peer (a shard's first or last connection of it) rather than a channel (the
+    /// node's first or last subscriber).
+    pub peer: bool,
+    /// Gained (true) or lost.
     pub on: bool,
 }
 
 /// The receiving ends, for [`link::start`].
 #[derive(Debug)]
 pub struct LinkQueues {
-    publications: mpsc::Receiver<Arc<Publication>>,
+    out: mpsc::Receiver<Out>,
     interest: mpsc::UnboundedReceiver<Interest>,
 }
 
@@ -181,16 +234,21 @@ impl Link {
                 .unwrap_or_else(|| "ringcast".into()),
             up: AtomicBool::new(false),
             counters: LinkCounters::default(),
-            publications: ptx,
+            out: ptx,
             interest: itx,
         };
         (
             Arc::new(link),
             LinkQueues {
-                publications: prx,
+                out: prx,
                 interest: irx,
             },
         )
+    }
+
+    /// The publications-and-directs queue's bound (`max_pending`).
+    pub(crate) fn out_capacity(&self) -> usize {
+        self.out.max_capacity()
     }
 
     /// Forwards a publication made on this node to the other nodes: one queue push, never
@@ -200,9 +258,37 @@ impl Link {
             self.counters.dropped_link_down.fetch_add(1, Relaxed);
             return;
         }
-        if self.publications.try_send(p.clone()).is_err() {
+        if self.out.try_send(Out::Publication(p.clone())).is_err() {
             self.counters.dropped_queue_full.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Forwards a direct message to the target's connections on other nodes. With
+    /// `answer` (the target has no connection on this node) the link reports to the
+    /// sender whether some node had one. Returns false, having sent nothing, when NATS is
+    /// down or the queue is full (counted): the caller answers the sender itself.
+    pub(crate) fn send_direct(&self, d: &Arc<Direct>, answer: Option<Answer>) -> bool {
+        if !self.up.load(Relaxed) {
+            self.counters.dropped_link_down.fetch_add(1, Relaxed);
+            return false;
+        }
+        if self.out.try_send(Out::Direct(d.clone(), answer)).is_err() {
+            self.counters.dropped_queue_full.fetch_add(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Called by a shard when it gains its first connection of `peer` (`on`) or loses its
+    /// last: the link subscribes to the peer's subject while any shard has one.
+    pub fn peer_interest(&self, app: AppId, peer: &Arc<str>, on: bool) {
+        // Fails only once the link thread is gone (shutdown).
+        let _ = self.interest.send(Interest {
+            app,
+            name: peer.clone(),
+            peer: true,
+            on,
+        });
     }
 
     /// Called by a channel's owner shard: the channel gained its first subscriber on this
@@ -211,7 +297,8 @@ impl Link {
         // Fails only once the link thread is gone (shutdown).
         let _ = self.interest.send(Interest {
             app,
-            channel: channel.clone(),
+            name: channel.clone(),
+            peer: false,
             on,
         });
     }

@@ -40,6 +40,23 @@ pub fn channel_subject(prefix: &str, app: &str, channel: &str) -> String {
     s
 }
 
+/// The subject a direct message to `peer` of app `app` travels on: `{prefix}.d.{app}.{peer}`
+/// (the peer id as one token, encoded like a segment).
+pub fn peer_subject(prefix: &str, app: &str, peer: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + 4 + app.len() + peer.len() * 2);
+    s.push_str(prefix);
+    s.push_str(".d.");
+    push_token(&mut s, app);
+    s.push('.');
+    push_token(&mut s, peer);
+    s
+}
+
+/// The subject of this node's answers inbox: `{prefix}.r.{node}` (node ids are tokens).
+pub fn inbox_subject(prefix: &str, node: &str) -> String {
+    format!("{prefix}.r.{node}")
+}
+
 /// True when `prefix` is usable as a subject prefix: dot-separated tokens of
 /// `[A-Za-z0-9_-]` (no wildcard, no empty token).
 pub fn valid_prefix(prefix: &str) -> bool {
@@ -98,6 +115,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn peers_are_one_token() {
+        assert_eq!(peer_subject("rc", "app", "agent-1"), "rc.d.app.agent-1");
+        assert_eq!(peer_subject("rc", "app", "a.b/c"), "rc.d.app.~612e622f63");
+        assert_ne!(
+            peer_subject("rc", "a", "b"),
+            channel_subject("rc", "a", "b")
+        );
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! What crosses NATS for one publication (protocol §9): the frames the publishing node
-//! encoded, so that a publication is encoded once cluster-wide and the receiving node
-//! delivers the same bytes. Binary, length-prefixed, versioned:
+//! What crosses NATS for one publication or direct message (protocol §9): the frames the
+//! sending node encoded, so that a message is encoded once cluster-wide and the receiving
+//! node delivers the same bytes. Binary, length-prefixed, versioned:
 //!
 //! ```text
-//! u8 version (1) | u8 kind (b'P') | u16 app id length | app id | u16 channel length | channel
-//! | u32 frame length | frame | u32 metadata frame length (u32::MAX: none) | metadata frame
+//! u8 version (1) | u8 kind (b'P' publication, b'D' direct) | u16 app id length | app id
+//! | u16 name length | name (the channel, or the target peer) | u32 frame length | frame
+//! | u32 metadata frame length (u32::MAX: none) | metadata frame
 //! ```
 //!
 //! Lengths are big-endian. Anything that does not parse is dropped and counted by the link.
@@ -12,41 +13,67 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 const VERSION: u8 = 1;
-const KIND_PUBLICATION: u8 = b'P';
 const NONE: u32 = u32::MAX;
 
-/// A publication as it crosses NATS.
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A publication on a channel.
+    Publication,
+    /// A direct message to a peer.
+    Direct,
+}
+
+impl Kind {
+    fn byte(self) -> u8 {
+        match self {
+            Kind::Publication => b'P',
+            Kind::Direct => b'D',
+        }
+    }
+}
+
+/// A message as it crosses NATS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WirePublication {
+pub struct WireMsg {
+    /// Publication or direct.
+    pub kind: Kind,
     /// The app's configured id (apps are matched by id across nodes).
     pub app: String,
-    /// Channel name.
-    pub channel: String,
+    /// The channel (publication) or the target peer (direct).
+    pub name: String,
     /// The `message` frame (WebSocket header included).
     pub frame: Bytes,
     /// The frame with `fromMetadata`, when the publisher had metadata.
     pub frame_with_meta: Option<Bytes>,
 }
 
-/// Encodes a publication; one allocation, sized up front.
-pub fn encode(app: &str, channel: &str, frame: &[u8], frame_with_meta: Option<&[u8]>) -> Bytes {
+/// Encodes a message; one allocation, sized up front.
+pub fn encode(
+    kind: Kind,
+    app: &str,
+    name: &str,
+    frame: &[u8],
+    frame_with_meta: Option<&[u8]>,
+) -> Bytes {
     let mut b = BytesMut::with_capacity(
         2 + 2
             + app.len()
             + 2
-            + channel.len()
+            + name.len()
             + 4
             + frame.len()
             + 4
             + frame_with_meta.map_or(0, <[u8]>::len),
     );
     b.put_u8(VERSION);
-    b.put_u8(KIND_PUBLICATION);
-    // Both fit: app ids are config strings and channel names are at most 256 bytes.
+    b.put_u8(kind.byte());
+    // Both fit: app ids are config strings, channel names are at most 256 bytes and peer
+    // ids 128.
     b.put_u16(app.len() as u16);
     b.put_slice(app.as_bytes());
-    b.put_u16(channel.len() as u16);
-    b.put_slice(channel.as_bytes());
+    b.put_u16(name.len() as u16);
+    b.put_slice(name.as_bytes());
     b.put_u32(frame.len() as u32);
     b.put_slice(frame);
     match frame_with_meta {
@@ -61,7 +88,7 @@ pub fn encode(app: &str, channel: &str, frame: &[u8], frame_with_meta: Option<&[
 
 /// Decodes a payload; `None` for anything malformed (wrong version, short, bad UTF-8).
 /// The frames are slices of `payload` (no copy).
-pub fn decode(mut payload: Bytes) -> Option<WirePublication> {
+pub fn decode(mut payload: Bytes) -> Option<WireMsg> {
     fn take(p: &mut Bytes, n: usize) -> Option<Bytes> {
         (p.remaining() >= n).then(|| p.split_to(n))
     }
@@ -72,14 +99,16 @@ pub fn decode(mut payload: Bytes) -> Option<WirePublication> {
         let n = p.get_u16() as usize;
         String::from_utf8(take(p, n)?.to_vec()).ok()
     }
-    if payload.remaining() < 2
-        || payload.get_u8() != VERSION
-        || payload.get_u8() != KIND_PUBLICATION
-    {
+    if payload.remaining() < 2 || payload.get_u8() != VERSION {
         return None;
     }
+    let kind = match payload.get_u8() {
+        b'P' => Kind::Publication,
+        b'D' => Kind::Direct,
+        _ => return None,
+    };
     let app = text(&mut payload)?;
-    let channel = text(&mut payload)?;
+    let name = text(&mut payload)?;
     if payload.remaining() < 4 {
         return None;
     }
@@ -92,9 +121,10 @@ pub fn decode(mut payload: Bytes) -> Option<WirePublication> {
         NONE => None,
         n => Some(take(&mut payload, n as usize)?),
     };
-    payload.is_empty().then_some(WirePublication {
+    payload.is_empty().then_some(WireMsg {
+        kind,
         app,
-        channel,
+        name,
         frame,
         frame_with_meta,
     })
@@ -106,11 +136,15 @@ mod tests {
 
     #[test]
     fn round_trips_with_and_without_metadata() {
-        for meta in [None, Some(&b"\x81\x02{}"[..])] {
-            let b = encode("app", "a/b", b"\x81\x05hello", meta);
+        for (kind, meta) in [
+            (Kind::Publication, None),
+            (Kind::Direct, Some(&b"\x81\x02{}"[..])),
+        ] {
+            let b = encode(kind, "app", "a/b", b"\x81\x05hello", meta);
             let w = decode(b).unwrap();
+            assert_eq!(w.kind, kind);
             assert_eq!(w.app, "app");
-            assert_eq!(w.channel, "a/b");
+            assert_eq!(w.name, "a/b");
             assert_eq!(&w.frame[..], b"\x81\x05hello");
             assert_eq!(w.frame_with_meta.as_deref(), meta);
         }
@@ -118,7 +152,7 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_refused() {
-        let good = encode("app", "c", b"f", Some(b"g"));
+        let good = encode(Kind::Publication, "app", "c", b"f", Some(b"g"));
         for n in 0..good.len() {
             assert_eq!(decode(good.slice(..n)), None, "truncated at {n}");
         }
@@ -128,7 +162,10 @@ mod tests {
         let mut v2 = good.to_vec();
         v2[0] = 2;
         assert_eq!(decode(Bytes::from(v2)), None, "unknown version");
-        let mut huge = encode("app", "c", b"f", None).to_vec();
+        let mut kind = good.to_vec();
+        kind[1] = b'X';
+        assert_eq!(decode(Bytes::from(kind)), None, "unknown kind");
+        let mut huge = encode(Kind::Direct, "app", "c", b"f", None).to_vec();
         let at = 2 + 2 + 3 + 2 + 1;
         huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode(Bytes::from(huge)), None, "length past the end");

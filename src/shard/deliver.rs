@@ -101,7 +101,7 @@ impl Shard {
     }
 
     /// Routes a direct message to every connection of its target (but the sender's).
-    pub(crate) fn send_direct(&self, d: Direct) -> DirectSent {
+    pub(crate) fn send_direct(&self, d: Arc<Direct>) -> DirectSent {
         let remote = {
             let st = self.state.borrow();
             let app = d.app.0 as usize;
@@ -120,7 +120,6 @@ impl Shard {
         if !targets().all(|s| self.broker.mesh.has_room(ShardId(s))) {
             return DirectSent::Busy;
         }
-        let d = Arc::new(d);
         self.deliver_direct(&d);
         for s in targets() {
             self.broker.mesh.push(

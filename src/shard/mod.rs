@@ -349,6 +349,9 @@ impl Shard {
             conns.len() == 1
         };
         if first {
+            if let Some(link) = &self.broker.cluster {
+                link.peer_interest(app, &peer, true); // [ext] protocol §9
+            }
             self.broadcast(|| ShardMsg::PeerUp {
                 app,
                 peer: peer.clone(),
@@ -390,6 +393,9 @@ impl Shard {
         };
         if last {
             let (app, peer) = (entry.app, entry.peer.clone());
+            if let Some(link) = &self.broker.cluster {
+                link.peer_interest(app, &peer, false); // [ext] protocol §9
+            }
             self.broadcast(|| ShardMsg::PeerDown {
                 app,
                 peer: peer.clone(),

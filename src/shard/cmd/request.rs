@@ -90,12 +90,13 @@ pub(super) fn apply(
         t,
         id.peer_metadata_json.as_deref(),
     );
-    let sent = shard.send_direct(Direct {
+    // Node-local: requests do not cross nodes yet (docs/cluster.md).
+    let sent = shard.send_direct(Arc::new(Direct {
         app: id.app,
         to: Arc::from(to),
         origin: Some(shard.conn_ref(conn.id)),
         frame,
-    });
+    }));
     let mut st = shard.state.borrow_mut();
     match sent {
         DirectSent::Sent => {
