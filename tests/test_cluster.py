@@ -9,6 +9,9 @@ real WebSocket clients (python-websockets) and REST.
   count publications, not subscribers); interest goes when the last subscriber leaves;
 - channel names that are not NATS tokens (`.`, spaces, `*`, `>`, empty segments) never collide
   or leak into another channel, and apps stay isolated across nodes;
+- pattern subscriptions (§8.3) receive matching publications from other nodes, and a node whose
+  channel and pattern subscriptions overlap delivers each publication once (the link drops
+  the second copy NATS sends it);
 - `send` reaches the target's connections on every node (acked when some node has one,
   `peer_not_found` when none does, again after the peer left every node);
 - /healthz and /metrics report the link; nats-server stopped: each node keeps serving its own
@@ -136,7 +139,8 @@ def no_interest_left(request):
         for b in request.getfixturevalue("nodes"):
             wait_until(
                 lambda b=b: metric(b, "ringcast_cluster_interest", kind="channel") == 0
-                and metric(b, "ringcast_cluster_interest", kind="peer") == 0,
+                and metric(b, "ringcast_cluster_interest", kind="peer") == 0
+                and metric(b, "ringcast_cluster_interest", kind="pattern") == 0,
                 timeout=5,
                 what=f"{b.name} interest cleared",
             )
@@ -374,3 +378,59 @@ def test_a_peer_that_left_every_node_is_not_found_again(nodes):
     time.sleep(0.1)
     r = sender.request({"type": "send", "to": "gone-target", "data": 2})
     assert r["code"] == "peer_not_found", r
+
+
+def psub(c, pattern):
+    """Pattern subscribe (protocol §8.3), expecting its ack."""
+    return c.ok({"type": "subscribe", "channel": pattern, "pattern": True})
+
+
+def test_pattern_subscribers_receive_publications_from_other_nodes(nodes):
+    a, b = nodes[0], nodes[1]
+    base = chan("clpat")
+    watcher = peer(b, "pat-watcher")
+    psub(watcher, f"{base}/*/status")
+    wait_until(lambda: metric(b, "ringcast_cluster_interest", kind="pattern") == 1, timeout=5, what="pattern interest")
+    time.sleep(0.1)
+    p = peer(a, "pat-pub")
+    for k in range(10):
+        p.publish(f"{base}/agent{k}/status", k)
+        p.publish(f"{base}/agent{k}/log", "not for the watcher")
+    got = []
+    deadline = time.monotonic() + 5
+    while len(got) < 10 and time.monotonic() < deadline:
+        got += [(m["channel"], m["data"]) for m in watcher.collect(0.1) if m["type"] == "message"]
+    assert got == [(f"{base}/agent{k}/status", k) for k in range(10)]
+    watcher.no_message_within(0.3, ignore=("presence",))
+    watcher.ok({"type": "unsubscribe", "channel": f"{base}/*/status", "pattern": True})
+    wait_until(lambda: metric(b, "ringcast_cluster_interest", kind="pattern") == 0, timeout=5, what="pattern interest gone")
+
+
+def test_overlapping_subscriptions_on_a_node_deliver_each_publication_once(nodes):
+    a, b = nodes[0], nodes[1]
+    base = chan("clover")
+    exact = peer(b, "ov-exact")
+    exact.subscribe(f"{base}/a")
+    wide = peer(b, "ov-wide")
+    psub(wide, f"{base}/**")
+    both = peer(b, "ov-both")  # one connection holding both subscriptions
+    both.subscribe(f"{base}/a")
+    psub(both, f"{base}/**")
+    settle(b)
+    wait_until(lambda: metric(b, "ringcast_cluster_interest", kind="pattern") == 1, timeout=5, what="pattern interest")
+    time.sleep(0.1)
+    dups = metric(b, "ringcast_cluster_duplicates_total")
+    p = peer(a, "ov-pub")
+    n = 100
+    for k in range(n):
+        p.publish(f"{base}/a", k, ack=(k == n - 1))
+    for c in (exact, wide, both):
+        got = []
+        deadline = time.monotonic() + 5
+        while len(got) < n and time.monotonic() < deadline:
+            got += [m["data"] for m in c.collect(0.1) if m["type"] == "message"]
+        c_more = [m["data"] for m in c.collect(0.3) if m["type"] == "message"]
+        assert got + c_more == list(range(n)), f"{c.name}: each once, in order"
+    # The node's channel and pattern subscriptions both matched: NATS sent every publication
+    # twice, and the link dropped one copy of each.
+    assert metric(b, "ringcast_cluster_duplicates_total") - dups == n

@@ -20,7 +20,7 @@
 //!   never buffered without bound.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet, VecDeque},
     sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant},
 };
@@ -28,12 +28,12 @@ use std::{
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::task::JoinHandle;
+use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
-    subject::{channel_subject, inbox_subject, peer_subject},
+    subject::{channel_subject, inbox_subject, pattern_subject, peer_subject},
     wire::{self, Kind},
-    Answer, Link, LinkQueues, Out, DIRECT_ANSWER_TIMEOUT,
+    Answer, Interest, InterestKind, Link, LinkQueues, Out, DIRECT_ANSWER_TIMEOUT,
 };
 use crate::{
     auth::AppId,
@@ -75,6 +75,66 @@ struct Pending {
     deadline: Instant,
 }
 
+/// A message from one of the node's subscriptions, on its way to the main loop.
+struct Inbound {
+    payload: Bytes,
+    reply: Option<async_nats::Subject>,
+}
+
+/// How many received publication ids the duplicate filter remembers. A copy that arrives
+/// more than this many publications after the first would be delivered twice; the copies
+/// come from one TCP stream, back to back, so they arrive within a few messages.
+const DEDUP_WINDOW: usize = 65_536;
+
+/// The ids of the last [`DEDUP_WINDOW`] received publications (only while the node has
+/// pattern subscriptions on NATS: without them no two subscriptions overlap).
+#[derive(Default)]
+struct Dedup {
+    seen: HashSet<(u64, u64)>,
+    order: VecDeque<(u64, u64)>,
+}
+
+impl Dedup {
+    /// True the first time `id` is seen.
+    fn first(&mut self, id: (u64, u64)) -> bool {
+        if !self.seen.insert(id) {
+            return false;
+        }
+        if self.order.len() == DEDUP_WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.order.push_back(id);
+        true
+    }
+}
+
+/// A subscription's reading task.
+fn spawn_reader(mut sub: async_nats::Subscriber, tx: mpsc::Sender<Inbound>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let inbound = Inbound {
+                payload: m.payload,
+                reply: m.reply,
+            };
+            if tx.send(inbound).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// The node's subscriptions, by what they are for.
+#[derive(Default)]
+struct Subscriptions {
+    channels: HashMap<(AppId, Arc<str>), JoinHandle<()>>,
+    /// Per peer: how many shards hold a connection of it, and the reader.
+    peers: HashMap<(AppId, Arc<str>), (u32, JoinHandle<()>)>,
+    /// Per pattern subject: how many pattern subscriptions listen on it, and the reader.
+    patterns: HashMap<String, (u32, JoinHandle<()>)>,
+}
+
 async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: Arc<Broker>) {
     let events = link.clone();
     let options = async_nats::ConnectOptions::new()
@@ -103,10 +163,16 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
             return;
         }
     };
+    // The node's id as the origin of its messages (fixed seeds: the same on every run).
+    let origin = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(&link.node_id);
+    let mut seq = 0u64;
     let max_pending = link.out_capacity();
-    let mut channels: HashMap<(AppId, Arc<str>), JoinHandle<()>> = HashMap::new();
-    // Per peer: how many shards hold a connection of it, and the subscription's task.
-    let mut peers: HashMap<(AppId, Arc<str>), (u32, JoinHandle<()>)> = HashMap::new();
+    // Every subscription's reader feeds this one queue, so that the main loop alone
+    // delivers (and drops duplicates). Bounded: a full queue holds the readers back, and
+    // async-nats then drops for the slow subscription and reports it (counted `inbound`).
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(max_pending);
+    let mut subs = Subscriptions::default();
+    let mut dedup = Dedup::default();
     // Bounded by `max_pending` (past it a remote-only send is answered `rate_limited`).
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     let mut next_id = 0u64;
@@ -115,10 +181,11 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
         tokio::select! {
             o = queues.out.recv() => {
                 let Some(o) = o else { break };
+                seq += 1;
                 match o {
                     Out::Publication(p) => {
                         let app = broker.auth.app_name(p.app);
-                        let payload = wire::encode(Kind::Publication, app, &p.channel, &p.frame, p.frame_with_meta.as_deref());
+                        let payload = wire::encode(Kind::Publication, (origin, seq), app, &p.channel, &p.frame, p.frame_with_meta.as_deref());
                         let subject = channel_subject(&link.prefix, app, &p.channel);
                         match client.publish(subject, payload).await {
                             Ok(()) => link.counters.published.fetch_add(1, Relaxed),
@@ -127,7 +194,7 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
                     }
                     Out::Direct(d, answer) => {
                         let app = broker.auth.app_name(d.app);
-                        let payload = wire::encode(Kind::Direct, app, &d.to, &d.frame, None);
+                        let payload = wire::encode(Kind::Direct, (origin, seq), app, &d.to, &d.frame, None);
                         let subject = peer_subject(&link.prefix, app, &d.to);
                         let sent = match answer {
                             None => client.publish(subject, payload).await,
@@ -157,48 +224,11 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
             }
             i = queues.interest.recv() => {
                 let Some(i) = i else { break };
-                let key = (i.app, i.name);
-                let app = broker.auth.app_name(key.0);
-                if !i.peer {
-                    if i.on {
-                        if channels.contains_key(&key) {
-                            continue;
-                        }
-                        let subject = channel_subject(&link.prefix, app, &key.1);
-                        match client.subscribe(subject.clone()).await {
-                            Ok(sub) => {
-                                let task = tokio::spawn(receive_publications(sub, link.clone(), broker.clone()));
-                                channels.insert(key, task);
-                            }
-                            Err(e) => tracing::warn!(subject, error = %e, "cluster: subscribe failed"),
-                        }
-                    } else if let Some(task) = channels.remove(&key) {
-                        // Dropping the subscriber (with its task) unsubscribes.
-                        task.abort();
-                    }
-                } else if i.on {
-                    if let Some((n, _)) = peers.get_mut(&key) {
-                        *n += 1;
-                        continue;
-                    }
-                    let subject = peer_subject(&link.prefix, app, &key.1);
-                    match client.subscribe(subject.clone()).await {
-                        Ok(sub) => {
-                            let task = tokio::spawn(receive_directs(sub, client.clone(), link.clone(), broker.clone()));
-                            peers.insert(key, (1, task));
-                        }
-                        Err(e) => tracing::warn!(subject, error = %e, "cluster: subscribe failed"),
-                    }
-                } else if let Some((n, _)) = peers.get_mut(&key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        if let Some((_, task)) = peers.remove(&key) {
-                            task.abort();
-                        }
-                    }
-                }
-                link.counters.interest_channels.store(channels.len() as u64, Relaxed);
-                link.counters.interest_peers.store(peers.len() as u64, Relaxed);
+                interest(&client, &link, &broker, &mut subs, &in_tx, i).await;
+            }
+            m = in_rx.recv() => {
+                let Some(m) = m else { break };
+                deliver(&client, &link, &broker, &mut dedup, !subs.patterns.is_empty(), m).await;
             }
             m = answers.next() => {
                 let Some(m) = m else { break };
@@ -221,6 +251,158 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
                     answer_conn(&broker, &p.answer, Err(ErrorCode::InternalError));
                     false
                 });
+            }
+        }
+    }
+}
+
+/// Applies one interest change: subscribes or unsubscribes on NATS.
+async fn interest(
+    client: &async_nats::Client,
+    link: &Link,
+    broker: &Broker,
+    subs: &mut Subscriptions,
+    tx: &mpsc::Sender<Inbound>,
+    i: Interest,
+) {
+    let app = broker.auth.app_name(i.app);
+    let subscribe = |subject: String| async move {
+        match client.subscribe(subject.clone()).await {
+            Ok(sub) => Some(spawn_reader(sub, tx.clone())),
+            Err(e) => {
+                tracing::warn!(subject, error = %e, "cluster: subscribe failed");
+                None
+            }
+        }
+    };
+    match (i.kind, i.on) {
+        (InterestKind::Channel, true) => {
+            let key = (i.app, i.name);
+            if let std::collections::hash_map::Entry::Vacant(v) = subs.channels.entry(key) {
+                let subject = channel_subject(&link.prefix, app, &v.key().1);
+                if let Some(t) = subscribe(subject).await {
+                    v.insert(t);
+                }
+            }
+        }
+        (InterestKind::Channel, false) => {
+            // Aborting the reader drops its subscriber, which unsubscribes.
+            if let Some(t) = subs.channels.remove(&(i.app, i.name)) {
+                t.abort();
+            }
+        }
+        (InterestKind::Peer, true) => {
+            let key = (i.app, i.name);
+            if let Some((n, _)) = subs.peers.get_mut(&key) {
+                *n += 1;
+            } else if let Some(t) = subscribe(peer_subject(&link.prefix, app, &key.1)).await {
+                subs.peers.insert(key, (1, t));
+            }
+        }
+        (InterestKind::Peer, false) => {
+            let key = (i.app, i.name);
+            if let Some((n, _)) = subs.peers.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    if let Some((_, t)) = subs.peers.remove(&key) {
+                        t.abort();
+                    }
+                }
+            }
+        }
+        (InterestKind::Pattern, true) => {
+            let subject = pattern_subject(&link.prefix, app, &i.name);
+            if let Some((n, _)) = subs.patterns.get_mut(&subject) {
+                *n += 1;
+            } else if let Some(t) = subscribe(subject.clone()).await {
+                subs.patterns.insert(subject, (1, t));
+            }
+        }
+        (InterestKind::Pattern, false) => {
+            let subject = pattern_subject(&link.prefix, app, &i.name);
+            if let Some((n, _)) = subs.patterns.get_mut(&subject) {
+                *n -= 1;
+                if *n == 0 {
+                    if let Some((_, t)) = subs.patterns.remove(&subject) {
+                        t.abort();
+                    }
+                }
+            }
+        }
+    }
+    let c = &link.counters;
+    c.interest_channels
+        .store(subs.channels.len() as u64, Relaxed);
+    c.interest_peers.store(subs.peers.len() as u64, Relaxed);
+    c.interest_patterns
+        .store(subs.patterns.len() as u64, Relaxed);
+}
+
+/// Hands one received message to the shards: a publication as one `Arc<Publication>` for
+/// every shard (once, whatever the number of this node's subscriptions it matched), a
+/// direct message to every shard (each delivers to its connections of the peer), answering
+/// the sender's node when it waits.
+async fn deliver(
+    client: &async_nats::Client,
+    link: &Link,
+    broker: &Broker,
+    dedup: &mut Dedup,
+    overlapping: bool,
+    m: Inbound,
+) {
+    let c = &link.counters;
+    let mesh = &broker.mesh;
+    let Some(w) = wire::decode(m.payload) else {
+        c.dropped_inbound.fetch_add(1, Relaxed);
+        return;
+    };
+    let Some(app) = broker.auth.app_id(&w.app) else {
+        c.dropped_inbound.fetch_add(1, Relaxed);
+        return;
+    };
+    match w.kind {
+        Kind::Publication => {
+            if overlapping && !dedup.first(w.id) {
+                c.duplicates.fetch_add(1, Relaxed);
+                return;
+            }
+            let published = fanout::publish(
+                mesh,
+                Source::External,
+                || Publication {
+                    app,
+                    channel: Arc::from(w.name.as_str()),
+                    origin: None,
+                    frame: w.frame,
+                    frame_with_meta: w.frame_with_meta,
+                },
+                |_| {},
+                |s| mesh.wake(s),
+            );
+            match published {
+                Ok(_) => c.received.fetch_add(1, Relaxed),
+                Err(fanout::Busy) => c.dropped_inbound.fetch_add(1, Relaxed),
+            };
+        }
+        Kind::Direct => {
+            let shards = (0..mesh.shards() as u16).map(ShardId);
+            if !shards.clone().all(|s| mesh.has_room(s)) {
+                c.dropped_inbound.fetch_add(1, Relaxed);
+                return;
+            }
+            let d = Arc::new(Direct {
+                app,
+                to: Arc::from(w.name.as_str()),
+                origin: None,
+                frame: w.frame,
+            });
+            for s in shards {
+                mesh.push(Source::External, s, ShardMsg::Direct(d.clone()));
+            }
+            c.directs_received.fetch_add(1, Relaxed);
+            if let Some(r) = m.reply {
+                // The sender's node waits for one answer: "delivered here".
+                let _ = client.publish(r, Bytes::new()).await;
             }
         }
     }
@@ -270,83 +452,5 @@ fn on_event(link: &Link, event: async_nats::Event) {
             link.counters.dropped_inbound.fetch_add(1, Relaxed);
         }
         other => tracing::info!(node = %link.node_id, event = %other, "cluster: NATS event"),
-    }
-}
-
-/// Reads one channel's subscription: every message becomes one `Arc<Publication>` for
-/// every shard.
-async fn receive_publications(
-    mut sub: async_nats::Subscriber,
-    link: Arc<Link>,
-    broker: Arc<Broker>,
-) {
-    let mesh = &broker.mesh;
-    while let Some(m) = sub.next().await {
-        let Some(w) = wire::decode(m.payload).filter(|w| w.kind == Kind::Publication) else {
-            link.counters.dropped_inbound.fetch_add(1, Relaxed);
-            continue;
-        };
-        let Some(app) = broker.auth.app_id(&w.app) else {
-            link.counters.dropped_inbound.fetch_add(1, Relaxed);
-            continue;
-        };
-        let published = fanout::publish(
-            mesh,
-            Source::External,
-            || Publication {
-                app,
-                channel: Arc::from(w.name.as_str()),
-                origin: None,
-                frame: w.frame,
-                frame_with_meta: w.frame_with_meta,
-            },
-            |_| {},
-            |s| mesh.wake(s),
-        );
-        match published {
-            Ok(_) => link.counters.received.fetch_add(1, Relaxed),
-            Err(fanout::Busy) => link.counters.dropped_inbound.fetch_add(1, Relaxed),
-        };
-    }
-}
-
-/// Reads one peer's subscription: every direct message goes to every shard (each delivers
-/// to its connections of the peer), and a sender waiting for an answer gets one.
-async fn receive_directs(
-    mut sub: async_nats::Subscriber,
-    client: async_nats::Client,
-    link: Arc<Link>,
-    broker: Arc<Broker>,
-) {
-    let mesh = &broker.mesh;
-    while let Some(m) = sub.next().await {
-        let reply = m.reply.clone();
-        let Some(w) = wire::decode(m.payload).filter(|w| w.kind == Kind::Direct) else {
-            link.counters.dropped_inbound.fetch_add(1, Relaxed);
-            continue;
-        };
-        let Some(app) = broker.auth.app_id(&w.app) else {
-            link.counters.dropped_inbound.fetch_add(1, Relaxed);
-            continue;
-        };
-        let shards = (0..mesh.shards() as u16).map(ShardId);
-        if !shards.clone().all(|s| mesh.has_room(s)) {
-            link.counters.dropped_inbound.fetch_add(1, Relaxed);
-            continue;
-        }
-        let d = Arc::new(Direct {
-            app,
-            to: Arc::from(w.name.as_str()),
-            origin: None,
-            frame: w.frame,
-        });
-        for s in shards {
-            mesh.push(Source::External, s, ShardMsg::Direct(d.clone()));
-        }
-        link.counters.directs_received.fetch_add(1, Relaxed);
-        if let Some(r) = reply {
-            // The sender's node waits for one answer: "delivered here".
-            let _ = client.publish(r, Bytes::new()).await;
-        }
     }
 }

@@ -97,6 +97,11 @@ pub struct LinkCounters {
     pub reconnects: AtomicU64,
     /// Channels this node is subscribed to on NATS (those with local subscribers).
     pub interest_channels: AtomicU64,
+    /// Pattern subjects this node is subscribed to on NATS.
+    pub interest_patterns: AtomicU64,
+    /// Received publications dropped as duplicates (several of this node's subscriptions
+    /// matched them).
+    pub duplicates: AtomicU64,
     /// Peers this node is subscribed to on NATS (those with local connections).
     pub interest_peers: AtomicU64,
 }
@@ -175,6 +180,12 @@ impl Link {
             &[("", c.directs_received.load(Relaxed))],
         );
         metric(
+            "ringcast_cluster_duplicates_total",
+            "counter",
+            "Received publications dropped because another of this node's subscriptions (a pattern) had delivered them.",
+            &[("", c.duplicates.load(Relaxed))],
+        );
+        metric(
             "ringcast_cluster_reconnects_total",
             "counter",
             "Times the NATS connection was lost (async-nats reconnects by itself).",
@@ -187,6 +198,7 @@ impl Link {
             &[
                 (",kind=\"channel\"", c.interest_channels.load(Relaxed)),
                 (",kind=\"peer\"", c.interest_peers.load(Relaxed)),
+                (",kind=\"pattern\"", c.interest_patterns.load(Relaxed)),
             ],
         );
         s
@@ -198,13 +210,23 @@ impl Link {
 pub struct Interest {
     /// Tenant.
     pub app: AppId,
-    /// The channel, or the peer.
+    /// The channel, the peer, or the pattern.
     pub name: Arc<str>,
-    /// A peer (a shard's first or last connection of it) rather than a channel (the
-    /// node's first or last subscriber).
-    pub peer: bool,
+    /// What `name` is.
+    pub kind: InterestKind,
     /// Gained (true) or lost.
     pub on: bool,
+}
+
+/// What an [`Interest`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterestKind {
+    /// A channel: the node's first subscriber came or its last went.
+    Channel,
+    /// A peer: a shard's first connection of it came or its last went (the link counts).
+    Peer,
+    /// A pattern subscription was added or removed (the link counts per NATS subject).
+    Pattern,
 }
 
 /// The receiving ends, for [`link::start`].
@@ -279,6 +301,18 @@ impl Link {
         true
     }
 
+    /// Called by a shard when a pattern subscription (protocol §8.3) is added (`on`) or
+    /// removed: the link subscribes to the pattern's NATS subject while any exists.
+    pub fn pattern_interest(&self, app: AppId, pattern: &str, on: bool) {
+        // Fails only once the link thread is gone (shutdown).
+        let _ = self.interest.send(Interest {
+            app,
+            name: Arc::from(pattern),
+            kind: InterestKind::Pattern,
+            on,
+        });
+    }
+
     /// Called by a shard when it gains its first connection of `peer` (`on`) or loses its
     /// last: the link subscribes to the peer's subject while any shard has one.
     pub fn peer_interest(&self, app: AppId, peer: &Arc<str>, on: bool) {
@@ -286,7 +320,7 @@ impl Link {
         let _ = self.interest.send(Interest {
             app,
             name: peer.clone(),
-            peer: true,
+            kind: InterestKind::Peer,
             on,
         });
     }
@@ -298,7 +332,7 @@ impl Link {
         let _ = self.interest.send(Interest {
             app,
             name: channel.clone(),
-            peer: false,
+            kind: InterestKind::Channel,
             on,
         });
     }

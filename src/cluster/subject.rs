@@ -40,6 +40,31 @@ pub fn channel_subject(prefix: &str, app: &str, channel: &str) -> String {
     s
 }
 
+/// The subject a pattern subscription (protocol §8.3) listens on: the channel subject of
+/// its literal leading segments (those without `*` or `\\`), then `>` (NATS: one or more
+/// tokens); a pattern without any wildcard is the channel itself. Wider than the pattern
+/// (`agents/*/status` listens on `agents.>`): the shards' pattern matching picks the
+/// subscribers, and the link drops the copies a message gets when several of the node's
+/// subscriptions match it.
+pub fn pattern_subject(prefix: &str, app: &str, pattern: &str) -> String {
+    if !pattern.contains(['*', '\\']) {
+        return channel_subject(prefix, app, pattern);
+    }
+    let mut s = String::with_capacity(prefix.len() + 4 + app.len() + pattern.len() * 2);
+    s.push_str(prefix);
+    s.push_str(".p.");
+    push_token(&mut s, app);
+    for seg in pattern.split('/') {
+        if seg.contains(['*', '\\']) {
+            break;
+        }
+        s.push('.');
+        push_token(&mut s, seg);
+    }
+    s.push_str(".>");
+    s
+}
+
 /// The subject a direct message to `peer` of app `app` travels on: `{prefix}.d.{app}.{peer}`
 /// (the peer id as one token, encoded like a segment).
 pub fn peer_subject(prefix: &str, app: &str, peer: &str) -> String {
@@ -115,6 +140,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn patterns_listen_on_their_literal_head() {
+        assert_eq!(
+            pattern_subject("rc", "a", "agents/*/status"),
+            "rc.p.a.agents.>"
+        );
+        assert_eq!(pattern_subject("rc", "a", "agents/**"), "rc.p.a.agents.>");
+        assert_eq!(pattern_subject("rc", "a", "a.b/x*"), "rc.p.a.~612e62.>");
+        assert_eq!(pattern_subject("rc", "a", "**"), "rc.p.a.>");
+        assert_eq!(pattern_subject("rc", "a", "x\\*y/z"), "rc.p.a.>");
+        assert_eq!(
+            pattern_subject("rc", "a", "plain/name"),
+            channel_subject("rc", "a", "plain/name")
+        );
     }
 
     #[test]

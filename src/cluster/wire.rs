@@ -3,9 +3,16 @@
 //! node delivers the same bytes. Binary, length-prefixed, versioned:
 //!
 //! ```text
-//! u8 version (1) | u8 kind (b'P' publication, b'D' direct) | u16 app id length | app id
-//! | u16 name length | name (the channel, or the target peer) | u32 frame length | frame
-//! | u32 metadata frame length (u32::MAX: none) | metadata frame
+//! u8 version (1) | u8 kind (b'P' publication, b'D' direct) | u64 origin node | u64 sequence
+//! | u16 app id length | app id | u16 name length | name (the channel, or the target peer)
+//! | u32 frame length | frame | u32 metadata frame length (u32::MAX: none) | metadata frame
+//! ```
+//!
+//! The origin (a hash of the sending node's id) and its sequence number identify a message:
+//! a node whose subscriptions overlap (a channel and a pattern covering it) receives it
+//! twice and delivers it once.
+//!
+//! ```text
 //! ```
 //!
 //! Lengths are big-endian. Anything that does not parse is dropped and counted by the link.
@@ -38,6 +45,8 @@ impl Kind {
 pub struct WireMsg {
     /// Publication or direct.
     pub kind: Kind,
+    /// The sending node (a hash of its id) and the message's number there.
+    pub id: (u64, u64),
     /// The app's configured id (apps are matched by id across nodes).
     pub app: String,
     /// The channel (publication) or the target peer (direct).
@@ -51,13 +60,15 @@ pub struct WireMsg {
 /// Encodes a message; one allocation, sized up front.
 pub fn encode(
     kind: Kind,
+    id: (u64, u64),
     app: &str,
     name: &str,
     frame: &[u8],
     frame_with_meta: Option<&[u8]>,
 ) -> Bytes {
     let mut b = BytesMut::with_capacity(
-        2 + 2
+        2 + 16
+            + 2
             + app.len()
             + 2
             + name.len()
@@ -68,6 +79,8 @@ pub fn encode(
     );
     b.put_u8(VERSION);
     b.put_u8(kind.byte());
+    b.put_u64(id.0);
+    b.put_u64(id.1);
     // Both fit: app ids are config strings, channel names are at most 256 bytes and peer
     // ids 128.
     b.put_u16(app.len() as u16);
@@ -107,6 +120,10 @@ pub fn decode(mut payload: Bytes) -> Option<WireMsg> {
         b'D' => Kind::Direct,
         _ => return None,
     };
+    if payload.remaining() < 16 {
+        return None;
+    }
+    let id = (payload.get_u64(), payload.get_u64());
     let app = text(&mut payload)?;
     let name = text(&mut payload)?;
     if payload.remaining() < 4 {
@@ -123,6 +140,7 @@ pub fn decode(mut payload: Bytes) -> Option<WireMsg> {
     };
     payload.is_empty().then_some(WireMsg {
         kind,
+        id,
         app,
         name,
         frame,
@@ -140,9 +158,10 @@ mod tests {
             (Kind::Publication, None),
             (Kind::Direct, Some(&b"\x81\x02{}"[..])),
         ] {
-            let b = encode(kind, "app", "a/b", b"\x81\x05hello", meta);
+            let b = encode(kind, (7, 9), "app", "a/b", b"\x81\x05hello", meta);
             let w = decode(b).unwrap();
             assert_eq!(w.kind, kind);
+            assert_eq!(w.id, (7, 9));
             assert_eq!(w.app, "app");
             assert_eq!(w.name, "a/b");
             assert_eq!(&w.frame[..], b"\x81\x05hello");
@@ -152,7 +171,7 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_refused() {
-        let good = encode(Kind::Publication, "app", "c", b"f", Some(b"g"));
+        let good = encode(Kind::Publication, (1, 2), "app", "c", b"f", Some(b"g"));
         for n in 0..good.len() {
             assert_eq!(decode(good.slice(..n)), None, "truncated at {n}");
         }
@@ -165,8 +184,8 @@ mod tests {
         let mut kind = good.to_vec();
         kind[1] = b'X';
         assert_eq!(decode(Bytes::from(kind)), None, "unknown kind");
-        let mut huge = encode(Kind::Direct, "app", "c", b"f", None).to_vec();
-        let at = 2 + 2 + 3 + 2 + 1;
+        let mut huge = encode(Kind::Direct, (1, 2), "app", "c", b"f", None).to_vec();
+        let at = 2 + 16 + 2 + 3 + 2 + 1;
         huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode(Bytes::from(huge)), None, "length past the end");
     }

@@ -524,6 +524,11 @@ impl Shard {
         let mut st = self.state.borrow_mut();
         let new = st.patterns.insert(app, pattern, member)?;
         self.pattern_gauges(&st);
+        if new {
+            if let Some(link) = &self.broker.cluster {
+                link.pattern_interest(app, pattern, true); // [ext] protocol §9
+            }
+        }
         Ok(new)
     }
 
@@ -541,6 +546,11 @@ impl Shard {
         let mut st = self.state.borrow_mut();
         let removed = st.patterns.remove(app, pattern, conn).is_some();
         self.pattern_gauges(&st);
+        if removed {
+            if let Some(link) = &self.broker.cluster {
+                link.pattern_interest(app, pattern, false); // [ext] protocol §9
+            }
+        }
         removed
     }
 
