@@ -11,9 +11,9 @@
 # A leak of 300 B per connection gives 4.4 MiB a cycle.
 #
 # Why a slope and not "last within 5% of the first": the RSS after a drop is noisy (CI saw
-# 81.4, 81.2, 87.8 MiB, and a single comparison failed with no leak). Since the broker commits
-# mimalloc's arenas on demand (src/main.rs `allocator_tuning`), freed pages go back to the
-# kernel and the RSS after a drop follows live memory: about 26 MiB, ±2 MiB.
+# 81.4, 81.2, 87.8 MiB, and a single comparison failed with no leak): the allocator keeps
+# freed pages (in 2 MiB huge pages, docs/design.md "Allocator settings"), and which ones it
+# keeps varies from cycle to cycle by ±5 MiB around 80 MiB.
 #
 #   bash scripts/storm.sh [CONNS] [CYCLES]
 #

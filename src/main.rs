@@ -48,57 +48,8 @@ fn main() -> Result<()> {
     }
 }
 
-/// Commit the allocator's arenas on demand instead of all at once (mimalloc's default commits
-/// a whole arena when it is created, on systems that overcommit as Linux does, and then never
-/// gives its freed pages back). Measured: a fresh broker's RSS drops from 18 to 9 MiB, the
-/// memory per request in flight at 10,000 requests from 796 to about 300 B, and the RSS after
-/// a 15,000-connection storm from 80–88 MiB to about 26 MiB; fan-out CPU is unchanged
-/// (docs/design.md "Allocator settings"). An operator's `MIMALLOC_ARENA_EAGER_COMMIT` wins.
-///
-/// The first arena (1 GiB of address space) is reserved by the process's first allocation,
-/// before `main`, so this runs as an ELF constructor (`.init_array`), which the loader calls
-/// before `main` and before anything in Rust allocates. It allocates nothing itself:
-/// `getenv` reads the environment in place and the option calls touch only mimalloc's option
-/// table.
-#[allow(unsafe_code)] // an ELF constructor and mimalloc's FFI option calls; no safe equivalent.
-mod allocator_tuning {
-    /// mimalloc's `mi_option_arena_eager_commit`: enum value 4 in the mimalloc v3 `mimalloc.h`
-    /// that libmimalloc-sys 0.1.49 builds; its documented default is 2.
-    const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-    const ARENA_EAGER_COMMIT_DEFAULT: std::os::raw::c_long = 2;
-
-    extern "C" fn tune() {
-        // SAFETY: `getenv` with a NUL-terminated name only reads the environment (no thread
-        // can be setting it this early); `mi_option_get`/`mi_option_set` read and write
-        // mimalloc's option table and accept any value. The default check makes sure the enum
-        // value is the option we mean before changing it.
-        unsafe {
-            if !libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
-                return;
-            }
-            if libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT) == ARENA_EAGER_COMMIT_DEFAULT {
-                libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
-            }
-        }
-    }
-
-    #[used]
-    #[link_section = ".init_array"]
-    static TUNE: extern "C" fn() = tune;
-
-    /// Whether the setting is in force (for the start-up log line).
-    pub fn arena_eager_commit() -> std::os::raw::c_long {
-        // SAFETY: reads mimalloc's option table.
-        unsafe { libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT) }
-    }
-}
-
 fn run(args: RunArgs) -> Result<()> {
     let mut settings = Settings::resolve(&args)?;
-    tracing::debug!(
-        arena_eager_commit = allocator_tuning::arena_eager_commit(),
-        "mimalloc options"
-    );
     let dev = settings.apps.is_empty();
     if dev {
         settings.apps.push(generate_dev_app());

@@ -264,6 +264,7 @@ impl Conn1 {
             key_id: self.key_id.clone(),
             key_secret: self.key_secret.clone(),
             presence: false,
+            pub_addr: None,
             src_ips: vec![std::net::Ipv4Addr::new(127, 0, 0, 2)],
         })
     }

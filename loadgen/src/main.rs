@@ -225,6 +225,10 @@ struct Common {
     /// Broker address (must be loopback).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
+    /// Publishers connect here instead of `--addr` (another ringcast node of a cluster:
+    /// loadgen/cluster.sh). Must be loopback.
+    #[arg(long)]
+    pub_addr: Option<SocketAddr>,
     #[arg(long, env = "RINGCAST_KEY_ID", default_value = "sk_id_test1")]
     key_id: String,
     #[arg(
@@ -432,6 +436,9 @@ fn coordinate(c: Common, plan: Plan) -> Result<()> {
     if !c.addr.ip().is_loopback() {
         bail!("loadgen only targets loopback addresses, not {}", c.addr);
     }
+    if let Some(a) = c.pub_addr.filter(|a| !a.ip().is_loopback()) {
+        bail!("loadgen only targets loopback addresses, not {a}");
+    }
     let conns = plan.subs.len() + plan.pubs.len();
     let nw = c
         .workers
@@ -446,6 +453,7 @@ fn coordinate(c: Common, plan: Plan) -> Result<()> {
         key_id: c.key_id.clone(),
         key_secret: c.key_secret.clone(),
         presence: c.presence,
+        pub_addr: c.pub_addr,
         src_ips: (0..c.src_ips.max(1))
             .map(|k| Ipv4Addr::new(127, 0, 0, 2 + k))
             .collect(),

@@ -41,6 +41,9 @@ pub struct Endpoint {
     pub src_ips: Vec<Ipv4Addr>,
     /// Ask for presence frames (ringcast).
     pub presence: bool,
+    /// Where publishers connect, when not `addr` (another node of a cluster, protocol §9).
+    #[serde(default)]
+    pub pub_addr: Option<SocketAddr>,
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -233,7 +233,10 @@ async fn work() -> Result<()> {
         }));
     }
     for (j, p) in spec.pubs.iter().enumerate() {
-        let (ep, p, sem) = (spec.ep.clone(), p.clone(), sem.clone());
+        let (mut ep, p, sem) = (spec.ep.clone(), p.clone(), sem.clone());
+        if let Some(a) = ep.pub_addr {
+            ep.addr = a;
+        }
         let n = spec.id * 100_003 + n_subs + j;
         handles.push(tokio::task::spawn_local(async move {
             let _p = sem.acquire().await;
