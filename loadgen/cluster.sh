@@ -123,7 +123,7 @@ for m in modes:
     for d, cpu in data[m]:
         pubs = sum(s["sent"] for s in d["steps"])
         hz = cpu["hz"]
-        per[m].append({k: cpu[k] / hz / pubs * 1000 for k in ("a", "b", "nats")})
+        per[m].append({k: cpu[k] / hz / pubs * 1000 * 1000 for k in ("a", "b", "nats")})
 for k, name in (("b", "node B (subscribers' node)"), ("a", "node A (publisher's node, cluster run)"), ("nats", "nats-server")):
     print(f"| CPU ms per 1,000 publications (whole run), {name} | " + " | ".join(f(med([p[k] for p in per[m]])) if per[m] else "-" for m in modes) + " |")
 # What one publication puts on NATS: the wire header + app + channel + the frame.
