@@ -125,14 +125,42 @@ fn spawn_reader(mut sub: async_nats::Subscriber, tx: mpsc::Sender<Inbound>) -> J
     })
 }
 
+/// Subscriptions several holders share: how many hold each, and its reader.
+type Counted<K> = HashMap<K, (u32, JoinHandle<()>)>;
+
+/// One holder more for `key`; true when it is the first (the caller subscribes and inserts
+/// the reader with a count of 1).
+fn hold<K: std::hash::Hash + Eq>(map: &mut Counted<K>, key: &K) -> bool {
+    match map.get_mut(key) {
+        Some((n, _)) => {
+            *n += 1;
+            false
+        }
+        None => true,
+    }
+}
+
+/// One holder fewer for `key`; the last one's reader is stopped, which drops its
+/// subscriber and so unsubscribes.
+fn release<K: std::hash::Hash + Eq>(map: &mut Counted<K>, key: &K) {
+    if let Some((n, _)) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            if let Some((_, t)) = map.remove(key) {
+                t.abort();
+            }
+        }
+    }
+}
+
 /// The node's subscriptions, by what they are for.
 #[derive(Default)]
 struct Subscriptions {
     channels: HashMap<(AppId, Arc<str>), JoinHandle<()>>,
-    /// Per peer: how many shards hold a connection of it, and the reader.
-    peers: HashMap<(AppId, Arc<str>), (u32, JoinHandle<()>)>,
-    /// Per pattern subject: how many pattern subscriptions listen on it, and the reader.
-    patterns: HashMap<String, (u32, JoinHandle<()>)>,
+    /// Per peer: how many shards hold a connection of it.
+    peers: Counted<(AppId, Arc<str>)>,
+    /// Per pattern subject: how many pattern subscriptions listen on it.
+    patterns: Counted<String>,
 }
 
 async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: Arc<Broker>) {
@@ -293,41 +321,26 @@ async fn interest(
         }
         (InterestKind::Peer, true) => {
             let key = (i.app, i.name);
-            if let Some((n, _)) = subs.peers.get_mut(&key) {
-                *n += 1;
-            } else if let Some(t) = subscribe(peer_subject(&link.prefix, app, &key.1)).await {
-                subs.peers.insert(key, (1, t));
-            }
-        }
-        (InterestKind::Peer, false) => {
-            let key = (i.app, i.name);
-            if let Some((n, _)) = subs.peers.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    if let Some((_, t)) = subs.peers.remove(&key) {
-                        t.abort();
-                    }
+            if hold(&mut subs.peers, &key) {
+                if let Some(t) = subscribe(peer_subject(&link.prefix, app, &key.1)).await {
+                    subs.peers.insert(key, (1, t));
                 }
             }
         }
+        (InterestKind::Peer, false) => release(&mut subs.peers, &(i.app, i.name)),
         (InterestKind::Pattern, true) => {
             let subject = pattern_subject(&link.prefix, app, &i.name);
-            if let Some((n, _)) = subs.patterns.get_mut(&subject) {
-                *n += 1;
-            } else if let Some(t) = subscribe(subject.clone()).await {
-                subs.patterns.insert(subject, (1, t));
+            if hold(&mut subs.patterns, &subject) {
+                if let Some(t) = subscribe(subject.clone()).await {
+                    subs.patterns.insert(subject, (1, t));
+                }
             }
         }
         (InterestKind::Pattern, false) => {
-            let subject = pattern_subject(&link.prefix, app, &i.name);
-            if let Some((n, _)) = subs.patterns.get_mut(&subject) {
-                *n -= 1;
-                if *n == 0 {
-                    if let Some((_, t)) = subs.patterns.remove(&subject) {
-                        t.abort();
-                    }
-                }
-            }
+            release(
+                &mut subs.patterns,
+                &pattern_subject(&link.prefix, app, &i.name),
+            );
         }
     }
     let c = &link.counters;

@@ -276,13 +276,20 @@ impl Link {
     /// Forwards a publication made on this node to the other nodes: one queue push, never
     /// blocking; dropped and counted when NATS is down or the queue is full.
     pub fn publish(&self, p: &Arc<Publication>) {
+        self.enqueue(Out::Publication(p.clone()));
+    }
+
+    /// Queues `o` for the link thread; false (counted) when NATS is down or the queue is full.
+    fn enqueue(&self, o: Out) -> bool {
         if !self.up.load(Relaxed) {
             self.counters.dropped_link_down.fetch_add(1, Relaxed);
-            return;
+            return false;
         }
-        if self.out.try_send(Out::Publication(p.clone())).is_err() {
+        if self.out.try_send(o).is_err() {
             self.counters.dropped_queue_full.fetch_add(1, Relaxed);
+            return false;
         }
+        true
     }
 
     /// Forwards a direct message to the target's connections on other nodes. With
@@ -290,15 +297,7 @@ impl Link {
     /// sender whether some node had one. Returns false, having sent nothing, when NATS is
     /// down or the queue is full (counted): the caller answers the sender itself.
     pub(crate) fn send_direct(&self, d: &Arc<Direct>, answer: Option<Answer>) -> bool {
-        if !self.up.load(Relaxed) {
-            self.counters.dropped_link_down.fetch_add(1, Relaxed);
-            return false;
-        }
-        if self.out.try_send(Out::Direct(d.clone(), answer)).is_err() {
-            self.counters.dropped_queue_full.fetch_add(1, Relaxed);
-            return false;
-        }
-        true
+        self.enqueue(Out::Direct(d.clone(), answer))
     }
 
     /// Called by a shard when a pattern subscription (protocol §8.3) is added (`on`) or

@@ -27,12 +27,20 @@ fn push_token(out: &mut String, segment: &str) {
     }
 }
 
+/// `{prefix}.{kind}.{app token}`, with room for `more` bytes after it.
+fn head(prefix: &str, kind: &str, app: &str, more: usize) -> String {
+    let mut s = String::with_capacity(prefix.len() + kind.len() + 2 + app.len() * 2 + more);
+    s.push_str(prefix);
+    s.push('.');
+    s.push_str(kind);
+    s.push('.');
+    push_token(&mut s, app);
+    s
+}
+
 /// The subject a publication on `channel` of app `app` travels on.
 pub fn channel_subject(prefix: &str, app: &str, channel: &str) -> String {
-    let mut s = String::with_capacity(prefix.len() + 4 + app.len() + channel.len() * 2);
-    s.push_str(prefix);
-    s.push_str(".p.");
-    push_token(&mut s, app);
+    let mut s = head(prefix, "p", app, channel.len() * 2);
     for seg in channel.split('/') {
         s.push('.');
         push_token(&mut s, seg);
@@ -50,10 +58,7 @@ pub fn pattern_subject(prefix: &str, app: &str, pattern: &str) -> String {
     if !pattern.contains(['*', '\\']) {
         return channel_subject(prefix, app, pattern);
     }
-    let mut s = String::with_capacity(prefix.len() + 4 + app.len() + pattern.len() * 2);
-    s.push_str(prefix);
-    s.push_str(".p.");
-    push_token(&mut s, app);
+    let mut s = head(prefix, "p", app, pattern.len() * 2 + 2);
     for seg in pattern.split('/') {
         if seg.contains(['*', '\\']) {
             break;
@@ -68,10 +73,7 @@ pub fn pattern_subject(prefix: &str, app: &str, pattern: &str) -> String {
 /// The subject a direct message to `peer` of app `app` travels on: `{prefix}.d.{app}.{peer}`
 /// (the peer id as one token, encoded like a segment).
 pub fn peer_subject(prefix: &str, app: &str, peer: &str) -> String {
-    let mut s = String::with_capacity(prefix.len() + 4 + app.len() + peer.len() * 2);
-    s.push_str(prefix);
-    s.push_str(".d.");
-    push_token(&mut s, app);
+    let mut s = head(prefix, "d", app, peer.len() * 2 + 1);
     s.push('.');
     push_token(&mut s, peer);
     s
