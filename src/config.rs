@@ -552,6 +552,8 @@ impl Settings {
                     node_id: None,
                     subject_prefix: None,
                     max_pending: None,
+                    heartbeat_ms: None,
+                    node_timeout_ms: None,
                 }),
             }
             .map(|mut c| {
@@ -605,6 +607,21 @@ impl Settings {
                 c.max_pending.is_none_or(|n| n >= 1),
                 "[cluster] max_pending",
                 "be at least 1",
+            )?;
+            let beat = c
+                .heartbeat_ms
+                .unwrap_or(crate::cluster::DEFAULT_HEARTBEAT_MS);
+            check(
+                (50..=60_000).contains(&beat),
+                "[cluster] heartbeat_ms",
+                "be between 50 and 60000",
+            )?;
+            check(
+                c.node_timeout_ms
+                    .unwrap_or(crate::cluster::DEFAULT_NODE_TIMEOUT_MS)
+                    >= 2 * beat,
+                "[cluster] node_timeout_ms",
+                "be at least twice heartbeat_ms",
             )?;
         }
         check(

@@ -21,93 +21,21 @@ real WebSocket clients (python-websockets) and REST.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
 
 import pytest
 
+from cluster_helpers import FAST, Nats, health, link_up, metric, peer
 from helpers import (
     OTHER_KEY_ID,
     OTHER_SECRET,
     Broker,
     chan,
     mint,
-    rest_metrics,
     rest_request,
     wait_until,
 )
-
-FAST = ["--rate-limit-per-sec", "1000000", "--rate-limit-burst", "1000000"]
-NATS = shutil.which("nats-server")
-
-if NATS is None:
-    if os.environ.get("CI"):
-        raise RuntimeError("nats-server is not installed (.ci/run installs it with apt)")
-    pytest.skip("nats-server is not installed (apt install nats-server)", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Nats:
-    """A real nats-server on 127.0.0.1:<port>, restartable on the same port."""
-
-    def __init__(self):
-        self.port = free_port()
-        self.proc = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [NATS, "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nats-server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=5)
-
-
-def health(b: Broker) -> dict:
-    r = rest_request(b, "GET", "/healthz", auth=None)
-    assert r.status == 200, r
-    return json.loads(r.body)
-
-
-def link_up(b: Broker) -> bool:
-    return health(b).get("cluster", {}).get("nats") == "connected"
-
-
-def metric(b: Broker, name: str, **labels) -> float:
-    m = rest_metrics(b)
-    total = 0.0
-    for k, v in m.items():
-        if k == name or k.startswith(name + "{"):
-            if all(f'{lk}="{lv}"' in k for lk, lv in labels.items()):
-                total += v
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +75,6 @@ def no_interest_left(request):
     yield
 
 
-def peer(b: Broker, name: str, shard=None, **claims):
-    return b.connect(mint(name, **claims), shard=shard, name=name)
-
-
 def settle(*brokers: Broker, channel_count_at_least: int = 1) -> None:
     """Waits until every node listed has NATS interest for at least that many channels (the
     interest is set up by the channel's owner shard right after the subscribe; tests start
@@ -166,9 +90,11 @@ def settle(*brokers: Broker, channel_count_at_least: int = 1) -> None:
 
 def test_healthz_and_metrics_report_the_link(nodes):
     for i, b in enumerate(nodes):
+        # Every node hears the others' heartbeats within one heartbeat_ms (500 ms).
+        wait_until(lambda b=b: health(b)["cluster"].get("nodes") == 3, timeout=5, what="nodes alive")
         h = health(b)
         assert h["status"] == "ok"
-        assert h["cluster"] == {"node": f"n{i}", "nats": "connected"}
+        assert h["cluster"] == {"node": f"n{i}", "nats": "connected", "nodes": 3}
         assert metric(b, "ringcast_cluster_link_up", node=f"n{i}") == 1
 
 

@@ -18,6 +18,17 @@
 //!   subscription itself. Meanwhile local traffic is untouched, publications for other
 //!   nodes are dropped and counted (`ringcast_cluster_dropped_total{reason="link_down"}`),
 //!   never buffered without bound.
+//! - Presence: a channel's owner shard tells the link (in order, on the control queue) when
+//!   a peer's first subscription on this node comes or its last goes (`J`/`L` on the
+//!   channel's subject, so the other nodes see presence and publications of one channel in
+//!   one order), and sends the node's whole membership of a channel (`M`) when the node
+//!   gains the channel (asking the others for theirs), when the link (re)connects (asking
+//!   too) and when another node asks (`R`, after it heard from this node for the first time
+//!   or again). What arrives goes to the channel's owner shard, which merges it into the
+//!   roster.
+//! - Liveness: a heartbeat (`H`) every `heartbeat_ms` on `{prefix}.n`; a node not heard from
+//!   for `node_timeout_ms`, or replaced by a new incarnation of the same name, is gone: every
+//!   shard drops its members ([`super::nodes`]).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -31,16 +42,22 @@ use futures_util::StreamExt;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
-    subject::{channel_subject, inbox_subject, pattern_subject, peer_subject},
+    nodes::Nodes,
+    subject::{channel_subject, inbox_subject, nodes_subject, pattern_subject, peer_subject},
     wire::{self, Kind},
-    Answer, Interest, InterestKind, Link, LinkQueues, Out, DIRECT_ANSWER_TIMEOUT,
+    Answer, Ctl, Interest, InterestKind, Link, LinkQueues, Member, Out, RemoteChange,
+    RemotePresence, DIRECT_ANSWER_TIMEOUT,
 };
 use crate::{
     auth::AppId,
     protocol::{encode, ErrorCode},
-    router::{fanout, mesh::Source, Direct, Publication, ShardId, ShardMsg},
+    router::{fanout, mesh::Source, owner_of, Direct, Publication, ShardId, ShardMsg},
     shard::Broker,
 };
+
+/// Bytes of members per `M` message: a large roster is sent in parts, well under NATS'
+/// default 1 MiB payload limit.
+const MEMBERSHIP_PART_BYTES: usize = 256 * 1024;
 
 /// Starts the link thread: connects to `nats_url` (retrying in the background when NATS is
 /// not up yet: the broker starts serving local traffic either way) and runs until the
@@ -165,6 +182,9 @@ struct Subscriptions {
 
 async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: Arc<Broker>) {
     let events = link.clone();
+    // Each (re)connection: this node sends its memberships again, asking for the others'.
+    // Unbounded: one message per connection event.
+    let (connected_tx, mut connected) = mpsc::unbounded_channel::<()>();
     let options = async_nats::ConnectOptions::new()
         .name(format!("ringcast {}", link.node_id))
         .no_echo()
@@ -172,7 +192,8 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
         .max_reconnects(None)
         .event_callback(move |event| {
             let link = events.clone();
-            async move { on_event(&link, event) }
+            let connected = connected_tx.clone();
+            async move { on_event(&link, &connected, event) }
         });
     let client = match options.connect(nats_url.as_str()).await {
         Ok(c) => c,
@@ -191,9 +212,17 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
             return;
         }
     };
-    // The node's id as the origin of its messages (fixed seeds: the same on every run).
-    let origin = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(&link.node_id);
+    let mut node_msgs = match client.subscribe(nodes_subject(&link.prefix)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cluster: cannot subscribe to the nodes' subject; this node runs alone");
+            return;
+        }
+    };
+    let origin = link.origin;
     let mut seq = 0u64;
+    let mut nodes = Nodes::new(link.node_timeout);
+    let mut heartbeat = tokio::time::interval(link.heartbeat);
     let max_pending = link.out_capacity();
     // Every subscription's reader feeds this one queue, so that the main loop alone
     // delivers (and drops duplicates). Bounded: a full queue holds the readers back, and
@@ -250,13 +279,68 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
                     }
                 }
             }
-            i = queues.interest.recv() => {
-                let Some(i) = i else { break };
-                interest(&client, &link, &broker, &mut subs, &in_tx, i).await;
+            c = queues.ctl.recv() => {
+                let Some(c) = c else { break };
+                match c {
+                    Ctl::Interest(i) => interest(&client, &link, &broker, &mut subs, &in_tx, i).await,
+                    // While NATS is down presence is not sent: the memberships sent again on
+                    // reconnecting carry it.
+                    _ if !link.up.load(Relaxed) => {}
+                    Ctl::Member { app, channel, peer, metadata, on } => {
+                        seq += 1;
+                        let app = broker.auth.app_name(app);
+                        let body = wire::encode_members(0, 0, &[(peer, metadata)]);
+                        let kind = if on { Kind::Joined } else { Kind::Left };
+                        let payload = wire::encode(kind, (origin, seq), app, &channel, &body, None);
+                        if client.publish(channel_subject(&link.prefix, app, &channel), payload).await.is_ok() {
+                            link.counters.presence_sent.fetch_add(1, Relaxed);
+                        }
+                    }
+                    Ctl::Membership { app, channel, members, ask } => {
+                        let app = broker.auth.app_name(app);
+                        send_membership(&client, &link, (origin, &mut seq), app, &channel, &members, ask).await;
+                    }
+                }
             }
             m = in_rx.recv() => {
                 let Some(m) = m else { break };
-                deliver(&client, &link, &broker, &mut dedup, !subs.patterns.is_empty(), m).await;
+                deliver(&client, &link, &broker, &mut dedup, &mut nodes, !subs.patterns.is_empty(), m).await;
+            }
+            m = node_msgs.next() => {
+                let Some(m) = m else { break };
+                let Some(w) = wire::decode(m.payload) else {
+                    link.counters.dropped_inbound.fetch_add(1, Relaxed);
+                    continue;
+                };
+                match w.kind {
+                    Kind::Heartbeat => {
+                        let heard = nodes.heard(w.id.0, Some(&w.name), Instant::now());
+                        if let Some(old) = heard.replaced {
+                            node_gone(&link, &broker, old);
+                        }
+                        if heard.new {
+                            ask_resync(&client, &link, (origin, &mut seq), w.id.0).await;
+                        }
+                        link.live_nodes.store(nodes.len() as u64, Relaxed);
+                    }
+                    Kind::Resync if w.name.is_empty() || w.name == origin.to_string() => {
+                        all_shards(&broker, || ShardMsg::ClusterResync { ask: false });
+                    }
+                    _ => {}
+                }
+            }
+            _ = heartbeat.tick() => {
+                if link.up.load(Relaxed) {
+                    beat(&client, &link, (origin, &mut seq)).await;
+                }
+            }
+            c = connected.recv() => {
+                if c.is_none() { break }
+                // At once, so that the others know this node by name before its presence.
+                beat(&client, &link, (origin, &mut seq)).await;
+                // Ours again, asking the others for theirs: whatever either side missed
+                // while NATS was away is reconciled.
+                all_shards(&broker, || ShardMsg::ClusterResync { ask: true });
             }
             m = answers.next() => {
                 let Some(m) = m else { break };
@@ -268,10 +352,11 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
                 answer_conn(&broker, &p.answer, if found { Ok(()) } else { Err(ErrorCode::PeerNotFound) });
             }
             _ = sweep.tick() => {
-                if pending.is_empty() {
-                    continue;
-                }
                 let now = Instant::now();
+                for gone in nodes.expire(now) {
+                    node_gone(&link, &broker, gone);
+                }
+                link.live_nodes.store(nodes.len() as u64, Relaxed);
                 pending.retain(|_, p| {
                     if p.deadline > now {
                         return true;
@@ -360,6 +445,7 @@ async fn deliver(
     link: &Link,
     broker: &Broker,
     dedup: &mut Dedup,
+    nodes: &mut Nodes,
     overlapping: bool,
     m: Inbound,
 ) {
@@ -373,12 +459,55 @@ async fn deliver(
         c.dropped_inbound.fetch_add(1, Relaxed);
         return;
     };
+    if w.kind != Kind::Direct && overlapping && !dedup.first(w.id) {
+        c.duplicates.fetch_add(1, Relaxed);
+        return;
+    }
     match w.kind {
-        Kind::Publication => {
-            if overlapping && !dedup.first(w.id) {
-                c.duplicates.fetch_add(1, Relaxed);
+        Kind::Heartbeat | Kind::Resync => {}
+        Kind::Joined | Kind::Left | Kind::Membership => {
+            let Some(list) = wire::decode_members(w.frame) else {
+                c.dropped_inbound.fetch_add(1, Relaxed);
                 return;
-            }
+            };
+            // Known from now on (it expires if it goes silent); the heartbeat that names it
+            // makes the link ask it for all its memberships.
+            nodes.heard(w.id.0, None, Instant::now());
+            let change = match w.kind {
+                Kind::Membership => RemoteChange::Membership {
+                    members: list.members,
+                    gen: list.gen,
+                    last: list.flags & wire::LAST != 0,
+                    ask: list.flags & wire::ASK != 0,
+                },
+                kind => {
+                    let Some((peer, metadata)) = list.members.into_iter().next() else {
+                        c.dropped_inbound.fetch_add(1, Relaxed);
+                        return;
+                    };
+                    RemoteChange::Member {
+                        peer,
+                        metadata,
+                        on: kind == Kind::Joined,
+                    }
+                }
+            };
+            let channel: Arc<str> = Arc::from(w.name.as_str());
+            let owner = owner_of(app, &channel, mesh.shards());
+            let r = RemotePresence {
+                app,
+                channel,
+                origin: w.id.0,
+                change,
+            };
+            mesh.push(
+                Source::External,
+                owner,
+                ShardMsg::RemotePresence(Box::new(r)),
+            );
+            c.presence_received.fetch_add(1, Relaxed);
+        }
+        Kind::Publication => {
             let published = fanout::publish(
                 mesh,
                 Source::External,
@@ -447,9 +576,101 @@ fn answer_conn(broker: &Broker, a: &Answer, outcome: Result<(), ErrorCode>) {
     );
 }
 
-fn on_event(link: &Link, event: async_nats::Event) {
+/// Sends this node's whole membership of a channel, in parts of at most
+/// [`MEMBERSHIP_PART_BYTES`]; every part carries the first part's sequence number as the
+/// membership's generation, and the last one the flags.
+async fn send_membership(
+    client: &async_nats::Client,
+    link: &Link,
+    (origin, seq): (u64, &mut u64),
+    app: &str,
+    channel: &str,
+    members: &[Member],
+    ask: bool,
+) {
+    let subject = channel_subject(&link.prefix, app, channel);
+    let gen = *seq + 1;
+    let mut rest = members;
+    loop {
+        let mut size = 0;
+        let n = rest
+            .iter()
+            .take_while(|(p, m)| {
+                size += 6 + p.len() + m.as_ref().map_or(0, |m| m.len());
+                size <= MEMBERSHIP_PART_BYTES
+            })
+            .count()
+            .max(1)
+            .min(rest.len());
+        let (part, tail) = rest.split_at(n);
+        rest = tail;
+        let flags = if rest.is_empty() {
+            wire::LAST | if ask { wire::ASK } else { 0 }
+        } else {
+            0
+        };
+        *seq += 1;
+        let body = wire::encode_members(flags, gen, part);
+        let payload = wire::encode(Kind::Membership, (origin, *seq), app, channel, &body, None);
+        if client.publish(subject.clone(), payload).await.is_ok() {
+            link.counters.presence_sent.fetch_add(1, Relaxed);
+        }
+        if rest.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Tells the other nodes this one is alive.
+async fn beat(client: &async_nats::Client, link: &Link, (origin, seq): (u64, &mut u64)) {
+    *seq += 1;
+    let payload = wire::encode(
+        Kind::Heartbeat,
+        (origin, *seq),
+        "",
+        &link.node_id,
+        &[],
+        None,
+    );
+    let _ = client.publish(nodes_subject(&link.prefix), payload).await;
+}
+
+/// Asks node `target` (an origin) to send its memberships again.
+async fn ask_resync(
+    client: &async_nats::Client,
+    link: &Link,
+    (origin, seq): (u64, &mut u64),
+    target: u64,
+) {
+    *seq += 1;
+    let payload = wire::encode(
+        Kind::Resync,
+        (origin, *seq),
+        "",
+        &target.to_string(),
+        &[],
+        None,
+    );
+    let _ = client.publish(nodes_subject(&link.prefix), payload).await;
+}
+
+/// Node `origin` is gone: every shard drops its members.
+fn node_gone(link: &Link, broker: &Broker, origin: u64) {
+    link.counters.nodes_lost.fetch_add(1, Relaxed);
+    tracing::warn!(node = %link.node_id, gone = format!("{origin:016x}"), "cluster: a node went silent or restarted; its peers leave the rosters");
+    all_shards(broker, || ShardMsg::NodeGone { origin });
+}
+
+fn all_shards(broker: &Broker, msg: impl Fn() -> ShardMsg) {
+    for s in 0..broker.mesh.shards() as u16 {
+        broker.mesh.push(Source::External, ShardId(s), msg());
+    }
+}
+
+fn on_event(link: &Link, connected: &mpsc::UnboundedSender<()>, event: async_nats::Event) {
     match event {
         async_nats::Event::Connected => {
+            let _ = connected.send(());
             if link.up.swap(true, Relaxed) {
                 return;
             }

@@ -21,6 +21,7 @@
 //! Decisions and what is not built yet are in docs/cluster.md.
 
 pub mod link;
+pub mod nodes;
 pub mod subject;
 pub mod wire;
 
@@ -29,6 +30,7 @@ use std::sync::{
     Arc,
 };
 
+use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -50,6 +52,59 @@ pub struct ClusterConfig {
     /// Publications and direct messages queued for NATS before the link drops and counts
     /// them (default 65,536).
     pub max_pending: Option<usize>,
+    /// How often this node tells the others it is alive, in ms (default 500).
+    pub heartbeat_ms: Option<u64>,
+    /// A node not heard from for this long, in ms, is gone: its peers leave every roster
+    /// (default 2,500, so that a killed node is detected within 3 s).
+    pub node_timeout_ms: Option<u64>,
+}
+
+/// Default of `heartbeat_ms`.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 500;
+/// Default of `node_timeout_ms`.
+pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 2_500;
+
+/// Presence on another node (protocol §9), from the link to a channel's owner shard.
+#[derive(Debug)]
+pub struct RemotePresence {
+    /// Tenant.
+    pub app: AppId,
+    /// Channel.
+    pub channel: Arc<str>,
+    /// The node (its incarnation: a random number drawn when it started).
+    pub origin: u64,
+    /// What changed.
+    pub change: RemoteChange,
+}
+
+/// A `(peerId, metadata)` pair of a roster.
+pub type Member = (Arc<str>, Option<Bytes>);
+
+/// What a [`RemotePresence`] says.
+#[derive(Debug)]
+pub enum RemoteChange {
+    /// The node's first subscribed connection of `peer` came (`on`) or its last went.
+    Member {
+        /// The peer.
+        peer: Arc<str>,
+        /// Its public metadata.
+        metadata: Option<Bytes>,
+        /// Came or went.
+        on: bool,
+    },
+    /// Part of the node's whole membership of the channel. Every part of one membership has
+    /// the same `gen`; with `last`, the node's members not listed under `gen` have gone.
+    Membership {
+        /// Members in this part.
+        members: Vec<Member>,
+        /// Which membership this part belongs to.
+        gen: u64,
+        /// The last part.
+        last: bool,
+        /// The node asks every node with members on the channel for theirs (it has just
+        /// gained interest in the channel).
+        ask: bool,
+    },
 }
 
 /// What the shards hand the link.
@@ -104,6 +159,12 @@ pub struct LinkCounters {
     pub duplicates: AtomicU64,
     /// Peers this node is subscribed to on NATS (those with local connections).
     pub interest_peers: AtomicU64,
+    /// Other nodes declared gone.
+    pub nodes_lost: AtomicU64,
+    /// Presence messages sent to the other nodes.
+    pub presence_sent: AtomicU64,
+    /// Presence messages received from the other nodes.
+    pub presence_received: AtomicU64,
 }
 
 /// The shards' handle on the link.
@@ -111,6 +172,15 @@ pub struct LinkCounters {
 pub struct Link {
     /// This node's name.
     pub node_id: String,
+    /// This incarnation of the node: random, drawn at start, so a node restarted under the
+    /// same name is a new origin (its old members leave, its message ids start afresh).
+    pub origin: u64,
+    /// `heartbeat_ms`.
+    pub heartbeat: std::time::Duration,
+    /// `node_timeout_ms`.
+    pub node_timeout: std::time::Duration,
+    /// Other nodes heard from within `node_timeout`.
+    pub live_nodes: AtomicU64,
     /// Subject prefix.
     pub prefix: String,
     /// Whether the NATS connection is up.
@@ -119,11 +189,37 @@ pub struct Link {
     pub counters: LinkCounters,
     /// Publications and direct messages to send, bounded (`max_pending`).
     out: mpsc::Sender<Out>,
-    /// Interest changes. Unbounded: each one is a channel gaining its first or losing its
-    /// last subscriber on this node, or a shard gaining its first or losing its last
-    /// connection of a peer, which subscriptions and connections (bounded, and by every
-    /// connection's token bucket) bound; losing one would leave interest wrong.
-    interest: mpsc::UnboundedSender<Interest>,
+    /// Interest and presence changes. Unbounded: each one is a channel gaining its first or
+    /// losing its last subscriber on this node, a peer's first or last subscription to a
+    /// channel on this node, or a shard gaining its first or losing its last connection of
+    /// a peer, which subscriptions and connections (bounded, and by every connection's
+    /// token bucket) bound, plus one membership per channel with subscribers when the link
+    /// resynchronises; losing one would leave interest or rosters wrong.
+    ctl: mpsc::UnboundedSender<Ctl>,
+}
+
+/// What the shards tell the link, in order per shard (a channel's interest and presence
+/// both come from its owner shard, so the other nodes see them in the order they happened).
+#[derive(Debug)]
+pub(crate) enum Ctl {
+    /// Subscribe or unsubscribe on NATS.
+    Interest(Interest),
+    /// A peer's first subscribed connection on this node came (`on`) or its last went.
+    Member {
+        app: AppId,
+        channel: Arc<str>,
+        peer: Arc<str>,
+        metadata: Option<Bytes>,
+        on: bool,
+    },
+    /// This node's whole membership of a channel; with `ask`, the other nodes answer with
+    /// theirs.
+    Membership {
+        app: AppId,
+        channel: Arc<str>,
+        members: Vec<Member>,
+        ask: bool,
+    },
 }
 
 impl Link {
@@ -201,6 +297,27 @@ impl Link {
                 (",kind=\"pattern\"", c.interest_patterns.load(Relaxed)),
             ],
         );
+        metric(
+            "ringcast_cluster_nodes",
+            "gauge",
+            "Other nodes heard from within node_timeout_ms.",
+            &[("", self.live_nodes.load(Relaxed))],
+        );
+        metric(
+            "ringcast_cluster_nodes_lost_total",
+            "counter",
+            "Other nodes declared gone (silent past node_timeout_ms, or restarted): their peers left every roster here.",
+            &[("", c.nodes_lost.load(Relaxed))],
+        );
+        metric(
+            "ringcast_cluster_presence_total",
+            "counter",
+            "Presence changes (joined, left, whole memberships) exchanged with the other nodes, by direction.",
+            &[
+                (",direction=\"sent\"", c.presence_sent.load(Relaxed)),
+                (",direction=\"received\"", c.presence_received.load(Relaxed)),
+            ],
+        );
         s
     }
 }
@@ -233,7 +350,7 @@ pub enum InterestKind {
 #[derive(Debug)]
 pub struct LinkQueues {
     out: mpsc::Receiver<Out>,
-    interest: mpsc::UnboundedReceiver<Interest>,
+    ctl: mpsc::UnboundedReceiver<Ctl>,
 }
 
 /// Default of `max_pending`.
@@ -248,8 +365,13 @@ impl Link {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+        let ms = std::time::Duration::from_millis;
         let link = Link {
             node_id,
+            origin: rand::random::<u64>(),
+            heartbeat: ms(config.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS)),
+            node_timeout: ms(config.node_timeout_ms.unwrap_or(DEFAULT_NODE_TIMEOUT_MS)),
+            live_nodes: AtomicU64::new(0),
             prefix: config
                 .subject_prefix
                 .clone()
@@ -257,15 +379,9 @@ impl Link {
             up: AtomicBool::new(false),
             counters: LinkCounters::default(),
             out: ptx,
-            interest: itx,
+            ctl: itx,
         };
-        (
-            Arc::new(link),
-            LinkQueues {
-                out: prx,
-                interest: irx,
-            },
-        )
+        (Arc::new(link), LinkQueues { out: prx, ctl: irx })
     }
 
     /// The publications-and-directs queue's bound (`max_pending`).
@@ -304,35 +420,70 @@ impl Link {
     /// removed: the link subscribes to the pattern's NATS subject while any exists.
     pub fn pattern_interest(&self, app: AppId, pattern: &str, on: bool) {
         // Fails only once the link thread is gone (shutdown).
-        let _ = self.interest.send(Interest {
+        self.control(Ctl::Interest(Interest {
             app,
             name: Arc::from(pattern),
             kind: InterestKind::Pattern,
             on,
-        });
+        }));
     }
 
     /// Called by a shard when it gains its first connection of `peer` (`on`) or loses its
     /// last: the link subscribes to the peer's subject while any shard has one.
     pub fn peer_interest(&self, app: AppId, peer: &Arc<str>, on: bool) {
         // Fails only once the link thread is gone (shutdown).
-        let _ = self.interest.send(Interest {
+        self.control(Ctl::Interest(Interest {
             app,
             name: peer.clone(),
             kind: InterestKind::Peer,
             on,
-        });
+        }));
     }
 
     /// Called by a channel's owner shard: the channel gained its first subscriber on this
     /// node (`on`) or lost its last.
     pub fn interest(&self, app: AppId, channel: &Arc<str>, on: bool) {
         // Fails only once the link thread is gone (shutdown).
-        let _ = self.interest.send(Interest {
+        self.control(Ctl::Interest(Interest {
             app,
             name: channel.clone(),
             kind: InterestKind::Channel,
             on,
+        }));
+    }
+
+    /// Called by a channel's owner shard: `peer`'s first subscribed connection on this node
+    /// came (`on`) or its last went; the other nodes with subscribers on the channel learn it.
+    pub fn member(
+        &self,
+        app: AppId,
+        channel: &Arc<str>,
+        peer: &Arc<str>,
+        metadata: Option<Bytes>,
+        on: bool,
+    ) {
+        self.control(Ctl::Member {
+            app,
+            channel: channel.clone(),
+            peer: peer.clone(),
+            metadata,
+            on,
         });
+    }
+
+    /// Called by a channel's owner shard: this node's whole membership of `channel` (after
+    /// its first subscriber came, with `ask`, or when the link resynchronises).
+    pub fn membership(&self, app: AppId, channel: &Arc<str>, members: Vec<Member>, ask: bool) {
+        self.control(Ctl::Membership {
+            app,
+            channel: channel.clone(),
+            members,
+            ask,
+        });
+    }
+
+    fn control(&self, c: Ctl) {
+        // Fails only once the link thread is gone (shutdown).
+        let _ = self.ctl.send(c);
     }
 }

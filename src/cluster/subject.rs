@@ -84,6 +84,12 @@ pub fn inbox_subject(prefix: &str, node: &str) -> String {
     format!("{prefix}.r.{node}")
 }
 
+/// The subject every node's heartbeats and resynchronisation requests travel on:
+/// `{prefix}.n` (every node subscribes).
+pub fn nodes_subject(prefix: &str) -> String {
+    format!("{prefix}.n")
+}
+
 /// True when `prefix` is usable as a subject prefix: dot-separated tokens of
 /// `[A-Za-z0-9_-]` (no wildcard, no empty token).
 pub fn valid_prefix(prefix: &str) -> bool {

@@ -12,8 +12,15 @@
 //! a node whose subscriptions overlap (a channel and a pattern covering it) receives it
 //! twice and delivers it once.
 //!
-//! ```text
-//! ```
+//! Presence and liveness use the same envelope:
+//!
+//! - `J` / `L` (a peer's first subscribed connection on the node came / its last went) and
+//!   `M` (the node's whole membership of a channel, in parts): the name is the channel and
+//!   the frame is a member list ([`encode_members`]): `u8 flags (1: last part, 2: ask the
+//!   others for theirs) | u64 generation | u32 count | count × (u16 peer length | peer |
+//!   u32 metadata length (u32::MAX: none) | metadata)`;
+//! - `H` (heartbeat: the name is the node's id) and `R` (resynchronise: the name is the node
+//!   asked, empty for every node), both with an empty app and frame.
 //!
 //! Lengths are big-endian. Anything that does not parse is dropped and counted by the link.
 
@@ -29,15 +36,116 @@ pub enum Kind {
     Publication,
     /// A direct message to a peer.
     Direct,
+    /// A peer's first subscribed connection on the sending node.
+    Joined,
+    /// A peer's last subscribed connection on the sending node went.
+    Left,
+    /// A part of the sending node's whole membership of a channel.
+    Membership,
+    /// The sending node is alive.
+    Heartbeat,
+    /// The sending node asks one node (or every node) to send its memberships again.
+    Resync,
 }
+
+const KINDS: [(Kind, u8); 7] = [
+    (Kind::Publication, b'P'),
+    (Kind::Direct, b'D'),
+    (Kind::Joined, b'J'),
+    (Kind::Left, b'L'),
+    (Kind::Membership, b'M'),
+    (Kind::Heartbeat, b'H'),
+    (Kind::Resync, b'R'),
+];
 
 impl Kind {
     fn byte(self) -> u8 {
-        match self {
-            Kind::Publication => b'P',
-            Kind::Direct => b'D',
+        KINDS
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map_or(0, |(_, b)| *b)
+    }
+
+    fn from_byte(b: u8) -> Option<Kind> {
+        KINDS.iter().find(|(_, x)| *x == b).map(|(k, _)| *k)
+    }
+}
+
+/// Flag of a member list: the last part of a membership.
+pub const LAST: u8 = 1;
+/// Flag of a member list: the sender asks the other nodes for their memberships.
+pub const ASK: u8 = 2;
+
+/// A decoded member list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members {
+    /// [`LAST`], [`ASK`].
+    pub flags: u8,
+    /// The membership's generation (every part of one membership has the same).
+    pub gen: u64,
+    /// `(peerId, metadata)` pairs.
+    pub members: Vec<crate::cluster::Member>,
+}
+
+/// Encodes a member list (the frame of `J`, `L` and `M`).
+pub fn encode_members(flags: u8, gen: u64, members: &[crate::cluster::Member]) -> Bytes {
+    let size: usize = members
+        .iter()
+        .map(|(p, m)| 6 + p.len() + m.as_ref().map_or(0, |m| m.len()))
+        .sum();
+    let mut b = BytesMut::with_capacity(13 + size);
+    b.put_u8(flags);
+    b.put_u64(gen);
+    b.put_u32(members.len() as u32);
+    for (p, m) in members {
+        // Peer ids are at most 128 bytes, metadata at most 4 KiB.
+        b.put_u16(p.len() as u16);
+        b.put_slice(p.as_bytes());
+        match m {
+            Some(m) => {
+                b.put_u32(m.len() as u32);
+                b.put_slice(m);
+            }
+            None => b.put_u32(NONE),
         }
     }
+    b.freeze()
+}
+
+/// Decodes a member list; `None` when malformed. Metadata are slices of `frame`.
+pub fn decode_members(mut frame: Bytes) -> Option<Members> {
+    if frame.remaining() < 13 {
+        return None;
+    }
+    let flags = frame.get_u8();
+    let gen = frame.get_u64();
+    let n = frame.get_u32() as usize;
+    // Each member takes at least 6 bytes: a count past that is a lie, not an allocation.
+    if n > frame.remaining() / 6 {
+        return None;
+    }
+    let mut members = Vec::with_capacity(n);
+    for _ in 0..n {
+        if frame.remaining() < 2 {
+            return None;
+        }
+        let len = frame.get_u16() as usize;
+        if frame.remaining() < len + 4 {
+            return None;
+        }
+        let peer = std::str::from_utf8(&frame.split_to(len)).ok()?.into();
+        let meta = match frame.get_u32() {
+            NONE => None,
+            m if frame.remaining() >= m as usize => Some(frame.split_to(m as usize)),
+            _ => return None,
+        };
+        members.push((peer, meta));
+    }
+    frame.is_empty().then_some(Members {
+        flags,
+        gen,
+        members,
+    })
 }
 
 /// A message as it crosses NATS.
@@ -115,11 +223,7 @@ pub fn decode(mut payload: Bytes) -> Option<WireMsg> {
     if payload.remaining() < 2 || payload.get_u8() != VERSION {
         return None;
     }
-    let kind = match payload.get_u8() {
-        b'P' => Kind::Publication,
-        b'D' => Kind::Direct,
-        _ => return None,
-    };
+    let kind = Kind::from_byte(payload.get_u8())?;
     if payload.remaining() < 16 {
         return None;
     }
@@ -151,6 +255,7 @@ pub fn decode(mut payload: Bytes) -> Option<WireMsg> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn round_trips_with_and_without_metadata() {
@@ -188,5 +293,37 @@ mod tests {
         let at = 2 + 16 + 2 + 3 + 2 + 1;
         huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode(Bytes::from(huge)), None, "length past the end");
+    }
+
+    #[test]
+    fn member_lists_round_trip_and_refuse_malformed() {
+        let members: Vec<crate::cluster::Member> = vec![
+            (Arc::from("alice"), Some(Bytes::from_static(b"{\"a\":1}"))),
+            (Arc::from("bob"), None),
+        ];
+        let b = encode_members(LAST | ASK, 42, &members);
+        let m = decode_members(b.clone()).unwrap();
+        assert_eq!((m.flags, m.gen), (LAST | ASK, 42));
+        assert_eq!(m.members, members);
+        for n in 0..b.len() {
+            assert_eq!(decode_members(b.slice(..n)), None, "truncated at {n}");
+        }
+        let mut liar = b.to_vec();
+        liar[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            decode_members(Bytes::from(liar)),
+            None,
+            "count past the end"
+        );
+        for kind in [
+            Kind::Joined,
+            Kind::Left,
+            Kind::Membership,
+            Kind::Heartbeat,
+            Kind::Resync,
+        ] {
+            let w = decode(encode(kind, (1, 2), "", "n1", &[], None)).unwrap();
+            assert_eq!(w.kind, kind);
+        }
     }
 }

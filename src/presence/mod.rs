@@ -21,10 +21,39 @@ use crate::{
 
 #[derive(Debug)]
 struct PeerEntry {
-    /// Subscribed connections of this peer, across all shards.
+    /// Subscribed connections of this peer, across all shards of this node.
     conns: u32,
     /// Public metadata (compact JSON), from the peer's first connection.
     metadata: Option<Bytes>,
+    /// [ext] Other nodes (protocol §9) with a subscribed connection of this peer: each
+    /// node's origin and the generation of the membership that listed it (0 for a `joined`).
+    /// Empty (no allocation) on a single node.
+    nodes: Vec<(u64, u64)>,
+}
+
+impl PeerEntry {
+    /// In the roster: subscribed here or on another node.
+    fn present(&self) -> bool {
+        self.conns > 0 || !self.nodes.is_empty()
+    }
+}
+
+/// What a local join changed, for the cluster link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    /// The channel had no subscriber on this node before.
+    pub first_here: bool,
+    /// It is the peer's first subscribed connection on this node.
+    pub peer_first_here: bool,
+}
+
+/// What a local leave changed, for the cluster link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Left {
+    /// That was the channel's last subscriber on this node.
+    pub last_here: bool,
+    /// That was the peer's last subscribed connection on this node.
+    pub peer_last_here: bool,
 }
 
 #[derive(Debug)]
@@ -39,6 +68,70 @@ struct ChannelRoster {
 }
 
 impl ChannelRoster {
+    /// Another node holds `peer`; `joined` when that makes the peer present.
+    fn add_remote(
+        &mut self,
+        app: AppId,
+        channel: &Arc<str>,
+        peer: Arc<str>,
+        metadata: Option<Bytes>,
+        (origin, gen): (u64, u64),
+        send: &mut impl FnMut(ShardId, ShardMsg),
+    ) {
+        let entry = self.peers.entry(peer.clone()).or_insert(PeerEntry {
+            conns: 0,
+            metadata,
+            nodes: Vec::new(),
+        });
+        let was = entry.present();
+        match entry.nodes.iter_mut().find(|(o, _)| *o == origin) {
+            Some(slot) => slot.1 = gen,
+            None => entry.nodes.push((origin, gen)),
+        }
+        if !was {
+            self.cached = None;
+            let frame = event(channel, &peer, entry.metadata.as_deref(), true);
+            broadcast(&self.shard_subs, app, channel, &peer, frame, send);
+        }
+    }
+
+    /// Node `origin` no longer holds the peers `which` selects; `left` for each that is
+    /// then present nowhere.
+    fn drop_remote(
+        &mut self,
+        app: AppId,
+        channel: &Arc<str>,
+        which: impl Fn(&Arc<str>, &PeerEntry) -> bool,
+        origin: u64,
+        send: &mut impl FnMut(ShardId, ShardMsg),
+    ) {
+        let mut gone = Vec::new();
+        for (p, e) in self.peers.iter_mut() {
+            if which(p, e) && e.nodes.iter().any(|(o, _)| *o == origin) {
+                e.nodes.retain(|(o, _)| *o != origin);
+                if !e.present() {
+                    gone.push(p.clone());
+                }
+            }
+        }
+        for peer in gone {
+            self.cached = None;
+            if let Some(e) = self.peers.remove(&peer) {
+                let frame = event(channel, &peer, e.metadata.as_deref(), false);
+                broadcast(&self.shard_subs, app, channel, &peer, frame, send);
+            }
+        }
+    }
+
+    /// The peers subscribed on this node.
+    fn local_members(&self) -> Vec<crate::cluster::Member> {
+        self.peers
+            .iter()
+            .filter(|(_, e)| e.conns > 0)
+            .map(|(p, e)| (p.clone(), e.metadata.clone()))
+            .collect()
+    }
+
     /// The snapshot for `peer`: the cached one when it was made for `peer` and the roster
     /// has not changed since, else a fresh encode (which becomes the cached one).
     fn snapshot(&mut self, channel: &str, peer: &Arc<str>) -> Vec<Bytes> {
@@ -61,9 +154,8 @@ pub struct Rosters {
 
 impl Rosters {
     /// A connection of `peer` on `from` subscribed to `channel`. Emits the snapshot for it and,
-    /// for the peer's first connection, a `joined` event to every shard with subscribers.
-    /// Returns true when the channel had no subscriber on this node before (the cluster
-    /// link's interest).
+    /// for the peer's first connection (here or on another node), a `joined` event to every
+    /// shard with subscribers.
     #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
     pub fn join(
         &mut self,
@@ -76,7 +168,7 @@ impl Rosters {
         history: Option<Box<HistoryAnswer>>,
         shards: usize,
         mut send: impl FnMut(ShardId, ShardMsg),
-    ) -> bool {
+    ) -> Joined {
         let mut new = false;
         let roster = self
             .channels
@@ -106,21 +198,22 @@ impl Rosters {
             },
         );
         roster.shard_subs[from.shard.0 as usize] += 1;
-        let entry = roster
-            .peers
-            .entry(peer.clone())
-            .or_insert(PeerEntry { conns: 0, metadata });
+        let entry = roster.peers.entry(peer.clone()).or_insert(PeerEntry {
+            conns: 0,
+            metadata,
+            nodes: Vec::new(),
+        });
+        let was = entry.present();
         entry.conns += 1;
-        if entry.conns == 1 {
+        if !was {
             roster.cached = None;
-            let me = [PresencePeer {
-                peer_id: &peer,
-                metadata: entry.metadata.as_deref(),
-            }];
-            let frame = encode::presence(&channel, &me, &[]);
+            let frame = event(&channel, &peer, entry.metadata.as_deref(), true);
             broadcast(&roster.shard_subs, app, &channel, &peer, frame, &mut send);
         }
-        new
+        Joined {
+            first_here: new,
+            peer_first_here: entry.conns == 1,
+        }
     }
 
     /// An already subscribed connection subscribed again: it gets a fresh snapshot (every
@@ -150,9 +243,10 @@ impl Rosters {
         );
     }
 
-    /// A connection of `peer` on `from` left `channel`. For the peer's last connection, emits
-    /// `left` to every shard that still has subscribers. Returns true when that was the
-    /// channel's last subscriber on this node.
+    /// A connection of `peer` on `from` left `channel`. For the peer's last connection (here
+    /// and on every other node), emits `left` to every shard that still has subscribers.
+    /// With the channel's last subscriber on this node, the roster goes (the other nodes'
+    /// members with it: this node stops listening to the channel).
     pub fn leave(
         &mut self,
         app: AppId,
@@ -160,32 +254,97 @@ impl Rosters {
         peer: Arc<str>,
         from: ShardId,
         mut send: impl FnMut(ShardId, ShardMsg),
-    ) -> bool {
+    ) -> Left {
+        let mut out = Left {
+            last_here: false,
+            peer_last_here: false,
+        };
         let key = (app, channel);
         let Some(roster) = self.channels.get_mut(&key) else {
-            return false;
+            return out;
         };
         let slot = &mut roster.shard_subs[from.0 as usize];
         *slot = slot.saturating_sub(1);
-        let Some(entry) = roster.peers.get_mut(&peer) else {
-            return false;
-        };
-        entry.conns -= 1;
-        if entry.conns == 0 {
-            roster.cached = None;
-            let entry = roster.peers.remove(&peer).expect("present above");
-            let me = [PresencePeer {
-                peer_id: &peer,
-                metadata: entry.metadata.as_deref(),
-            }];
-            let frame = encode::presence(&key.1, &[], &me);
-            broadcast(&roster.shard_subs, app, &key.1, &peer, frame, &mut send);
+        if let Some(entry) = roster.peers.get_mut(&peer).filter(|e| e.conns > 0) {
+            entry.conns -= 1;
+            if entry.conns == 0 {
+                out.peer_last_here = true;
+                if entry.nodes.is_empty() {
+                    roster.cached = None;
+                    let entry = roster.peers.remove(&peer).expect("present above");
+                    let frame = event(&key.1, &peer, entry.metadata.as_deref(), false);
+                    broadcast(&roster.shard_subs, app, &key.1, &peer, frame, &mut send);
+                }
+            }
         }
-        if roster.peers.is_empty() {
+        if roster.shard_subs.iter().all(|&n| n == 0) {
             self.channels.remove(&key);
-            return true;
+            out.last_here = true;
         }
-        false
+        out
+    }
+
+    /// [ext] Presence on another node (protocol §9). Returns this node's own members of the
+    /// channel when the other node asked for them (and this node has subscribers there).
+    pub fn remote(
+        &mut self,
+        r: crate::cluster::RemotePresence,
+        mut send: impl FnMut(ShardId, ShardMsg),
+    ) -> Option<Vec<crate::cluster::Member>> {
+        use crate::cluster::RemoteChange;
+        let key = (r.app, r.channel);
+        // No subscriber here: this node does not keep the channel's roster (a message that
+        // crossed an unsubscribe, or came through a pattern's wider subject).
+        let roster = self.channels.get_mut(&key)?;
+        let origin = r.origin;
+        match r.change {
+            RemoteChange::Member { peer, metadata, on } => {
+                if on {
+                    roster.add_remote(r.app, &key.1, peer, metadata, (origin, 0), &mut send);
+                } else {
+                    roster.drop_remote(r.app, &key.1, |p, _| **p == *peer, origin, &mut send);
+                }
+                None
+            }
+            RemoteChange::Membership {
+                members,
+                gen,
+                last,
+                ask,
+            } => {
+                for (peer, metadata) in members {
+                    roster.add_remote(r.app, &key.1, peer, metadata, (origin, gen), &mut send);
+                }
+                if !last {
+                    return None;
+                }
+                // Whoever the membership did not list under `gen` is no longer there.
+                roster.drop_remote(
+                    r.app,
+                    &key.1,
+                    |_, e| e.nodes.iter().any(|&(o, g)| o == origin && g != gen),
+                    origin,
+                    &mut send,
+                );
+                ask.then(|| roster.local_members())
+            }
+        }
+    }
+
+    /// [ext] Node `origin` is gone (protocol §9): its members leave every roster here.
+    pub fn node_gone(&mut self, origin: u64, mut send: impl FnMut(ShardId, ShardMsg)) {
+        for ((app, channel), roster) in self.channels.iter_mut() {
+            roster.drop_remote(*app, channel, |_, _| true, origin, &mut send);
+        }
+    }
+
+    /// [ext] This node's members of every channel it owns and has subscribers on, for the
+    /// cluster link to send again.
+    pub fn memberships(&self) -> Vec<(AppId, Arc<str>, Vec<crate::cluster::Member>)> {
+        self.channels
+            .iter()
+            .map(|((app, ch), r)| (*app, ch.clone(), r.local_members()))
+            .collect()
     }
 
     /// The roster of a channel: (peerId, metadata) pairs, for the REST peers endpoint.
@@ -246,6 +405,19 @@ fn snapshot_frames(roster: &ChannelRoster, channel: &str, peer: &Arc<str>) -> Ve
         frames.push(encode::presence(channel, &chunk, &[]));
     }
     frames
+}
+
+/// A `joined` (or `left`) event for one peer.
+fn event(channel: &str, peer: &str, metadata: Option<&[u8]>, joined: bool) -> Bytes {
+    let me = [PresencePeer {
+        peer_id: peer,
+        metadata,
+    }];
+    if joined {
+        encode::presence(channel, &me, &[])
+    } else {
+        encode::presence(channel, &[], &me)
+    }
 }
 
 fn broadcast(

@@ -394,6 +394,8 @@ impl Api {
                     "cluster": {
                         "node": l.node_id,
                         "nats": if l.up.load(Ordering::Relaxed) { "connected" } else { "disconnected" },
+                        // Nodes alive, this one included (heard from within node_timeout_ms).
+                        "nodes": l.live_nodes.load(Ordering::Relaxed) + 1,
                     },
                 })),
             }

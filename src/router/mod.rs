@@ -455,6 +455,21 @@ pub enum ShardMsg {
         /// Picks so far for this publication and group (1 for the first).
         tries: u8,
     },
+    /// [ext] From the cluster link, to a channel's owner (protocol §9): presence on another
+    /// node.
+    RemotePresence(Box<crate::cluster::RemotePresence>),
+    /// [ext] From the cluster link, to every shard: node `origin` is gone (silent past
+    /// `node_timeout_ms`, or restarted); its members leave every roster.
+    NodeGone {
+        /// The node's incarnation.
+        origin: u64,
+    },
+    /// [ext] From the cluster link, to every shard: hand the link this node's membership of
+    /// every channel the shard owns (the link reconnected, or another node asked).
+    ClusterResync {
+        /// Ask the other nodes for theirs too (this node reconnected).
+        ask: bool,
+    },
     /// [ext] Back to the channel owner: the chosen member had left; pick another.
     GroupBounce {
         /// The publication.

@@ -63,20 +63,26 @@ impl Shard {
                 let shards = self.shards();
                 let mut st = self.state.borrow_mut();
                 let answer = history.map(|h| self.history_answer(&mut st, app, &channel, &h));
-                let first = st.rosters.join(
+                let joined = st.rosters.join(
                     app,
                     channel.clone(),
-                    peer,
-                    metadata,
+                    peer.clone(),
+                    metadata.clone(),
                     from,
                     wants_presence,
                     answer,
                     shards,
                     |s, m| self.route(s, m),
                 );
-                if first {
-                    if let Some(link) = &self.broker.cluster {
-                        link.interest(app, &channel, true); // [ext] protocol §9
+                // [ext] protocol §9: the first subscriber makes the node listen to the
+                // channel and ask the other nodes for their members; a peer's first
+                // subscription here is news for them.
+                if let Some(link) = &self.broker.cluster {
+                    if joined.first_here {
+                        link.interest(app, &channel, true);
+                        link.membership(app, &channel, vec![(peer, metadata)], true);
+                    } else if joined.peer_first_here {
+                        link.member(app, &channel, &peer, metadata, true);
                     }
                 }
                 self.counters()
@@ -90,12 +96,18 @@ impl Shard {
                 from,
             } => {
                 let mut st = self.state.borrow_mut();
-                let last = st
+                let left = st
                     .rosters
-                    .leave(app, channel.clone(), peer, from, |s, m| self.route(s, m));
-                if last {
-                    if let Some(link) = &self.broker.cluster {
-                        link.interest(app, &channel, false); // [ext] protocol §9
+                    .leave(app, channel.clone(), peer.clone(), from, |s, m| {
+                        self.route(s, m)
+                    });
+                if let Some(link) = &self.broker.cluster {
+                    // [ext] protocol §9
+                    if left.peer_last_here {
+                        link.member(app, &channel, &peer, None, false);
+                    }
+                    if left.last_here {
+                        link.interest(app, &channel, false);
                     }
                 }
                 self.counters()
@@ -259,6 +271,25 @@ impl Shard {
                 }
                 drop(st);
                 self.peer_maybe_gone(app, &peer);
+            }
+            ShardMsg::RemotePresence(r) => {
+                let (app, channel) = (r.app, r.channel.clone());
+                let mut st = self.state.borrow_mut();
+                let mine = st.rosters.remote(*r, |s, m| self.route(s, m));
+                if let (Some(members), Some(link)) = (mine, &self.broker.cluster) {
+                    link.membership(app, &channel, members, false);
+                }
+            }
+            ShardMsg::NodeGone { origin } => {
+                let mut st = self.state.borrow_mut();
+                st.rosters.node_gone(origin, |s, m| self.route(s, m));
+            }
+            ShardMsg::ClusterResync { ask } => {
+                if let Some(link) = &self.broker.cluster {
+                    for (app, channel, members) in self.state.borrow().rosters.memberships() {
+                        link.membership(app, &channel, members, ask);
+                    }
+                }
             }
             ShardMsg::Reply(m) => self.on_reply(*m),
             ShardMsg::ResponderFrame {
