@@ -232,3 +232,37 @@ def test_nats_restart_reconciles_every_roster_with_no_stale_member(nats, nodes):
         assert rest_peers(n, ch) == {"alice", "fred", "carl"}, n.name
     for r, expected in ((alice, {"fred", "carl"}), (fred, {"alice", "carl"}), (carl, {"alice", "fred"})):
         r.stays(expected, 0.5)
+
+
+def test_rest_peers_kick_and_usage_answer_for_the_whole_cluster(nodes):
+    """REST on a node with no subscriber and no connection of its own still answers for every
+    node: the channel's members, the peer's connections closed (4020) everywhere, the usage
+    summed."""
+    a, b, c = nodes
+    ch = chan("crest")
+    join(a, "ann", ch)
+    join(b, "ben", ch)
+    r = rest_request(c, "GET", f"/v1/channels/{ch}/peers")
+    assert r.status == 200, r
+    body = json.loads(r.body)
+    assert {p["peerId"] for p in body["peers"]} == {"ann", "ben"}
+    assert body["cluster"] == {"nodes": 3, "answered": 3}
+
+    def usage(n):
+        r = rest_request(n, "GET", "/v1/usage")
+        assert r.status == 200, r
+        return json.loads(r.body)
+
+    before = [usage(n)["concurrentNow"] for n in nodes]
+    assert len(set(before)) == 1, f"every node answers for the cluster: {before}"
+    kicked = [peer(a, "kim", shard=0), peer(a, "kim", shard=1), peer(b, "kim")]
+    wait_until(lambda: usage(c)["concurrentNow"] == before[0] + 3, timeout=5, what="usage counts every node")
+    u = usage(c)
+    assert u["cluster"] == {"nodes": 3, "answered": 3} and u["peakConcurrent"] >= u["concurrentNow"]
+    r = rest_request(c, "DELETE", "/v1/peers/kim")
+    assert r.status == 200, r
+    body = json.loads(r.body)
+    assert body["closed"] == 3 and body["cluster"] == {"nodes": 3, "answered": 3}, body
+    for k in kicked:
+        assert k.expect_close(timeout=5)[0] == 4020
+    wait_until(lambda: usage(b)["concurrentNow"] == before[0], timeout=5, what="usage back")

@@ -43,6 +43,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{
     nodes::Nodes,
+    query::{self, Gathered, QUERY_TIMEOUT},
     subject::{channel_subject, inbox_subject, nodes_subject, pattern_subject, peer_subject},
     wire::{self, Kind},
     Answer, Ctl, Interest, InterestKind, Link, LinkQueues, Member, Out, RemoteChange,
@@ -89,6 +90,13 @@ pub fn start(
 /// A remote-only `send` waiting for a node to answer.
 struct Pending {
     answer: Answer,
+    deadline: Instant,
+}
+
+/// A question to the other nodes, gathering their answers.
+struct Gather {
+    gathered: Gathered,
+    reply: tokio::sync::oneshot::Sender<Gathered>,
     deadline: Instant,
 }
 
@@ -232,6 +240,9 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
     let mut dedup = Dedup::default();
     // Bounded by `max_pending` (past it a remote-only send is answered `rate_limited`).
     let mut pending: HashMap<u64, Pending> = HashMap::new();
+    // Questions waiting for the other nodes' answers; bounded by the REST connections
+    // (one question at a time each).
+    let mut gathers: HashMap<u64, Gather> = HashMap::new();
     let mut next_id = 0u64;
     let mut sweep = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -283,6 +294,22 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
                 let Some(c) = c else { break };
                 match c {
                     Ctl::Interest(i) => interest(&client, &link, &broker, &mut subs, &in_tx, i).await,
+                    Ctl::Ask(q, reply) => {
+                        let asked = nodes.len();
+                        if asked == 0 || !link.up.load(Relaxed) {
+                            let _ = reply.send(Gathered { asked, answers: Vec::new() });
+                            continue;
+                        }
+                        next_id += 1;
+                        let (app, name, op) = q.parts();
+                        let payload = wire::encode(Kind::Query, (origin, 0), broker.auth.app_name(app), name, &[op], None);
+                        let to = format!("{inbox}.q{next_id}");
+                        if client.publish_with_reply(nodes_subject(&link.prefix), to, payload).await.is_err() {
+                            let _ = reply.send(Gathered { asked, answers: Vec::new() });
+                            continue;
+                        }
+                        gathers.insert(next_id, Gather { gathered: Gathered { asked, answers: Vec::new() }, reply, deadline: Instant::now() + QUERY_TIMEOUT });
+                    }
                     // While NATS is down presence is not sent: the memberships sent again on
                     // reconnecting carry it.
                     _ if !link.up.load(Relaxed) => {}
@@ -326,6 +353,17 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
                     Kind::Resync if w.name.is_empty() || w.name == origin.to_string() => {
                         all_shards(&broker, || ShardMsg::ClusterResync { ask: false });
                     }
+                    Kind::Query => {
+                        // Answered off the main loop: the shards may take a moment.
+                        let (Some(to), Some(app), Some(&op)) = (m.reply, broker.auth.app_id(&w.app), w.frame.first()) else { continue };
+                        let (client, broker) = (client.clone(), broker.clone());
+                        tokio::spawn(async move {
+                            if let Some(body) = query::answer(&broker, app, op, &w.name).await {
+                                let payload = wire::encode(Kind::Answer, (origin, 0), "", "", &body, None);
+                                let _ = client.publish(to, payload).await;
+                            }
+                        });
+                    }
                     _ => {}
                 }
             }
@@ -344,7 +382,22 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
             }
             m = answers.next() => {
                 let Some(m) = m else { break };
-                let Some(id) = m.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok()) else { continue };
+                let last = m.subject.rsplit('.').next().unwrap_or("");
+                if let Some(id) = last.strip_prefix('q').and_then(|t| t.parse::<u64>().ok()) {
+                    // An answer to a question: complete once every node asked answered.
+                    let Some(g) = gathers.get_mut(&id) else { continue };
+                    match wire::decode(m.payload) {
+                        Some(w) if w.kind == Kind::Answer => g.gathered.answers.push(w.frame),
+                        _ => continue,
+                    }
+                    if g.gathered.answers.len() >= g.gathered.asked {
+                        if let Some(g) = gathers.remove(&id) {
+                            let _ = g.reply.send(g.gathered);
+                        }
+                    }
+                    continue;
+                }
+                let Some(id) = last.parse::<u64>().ok() else { continue };
                 // The first answer settles it; later ones (several nodes had the peer) are
                 // ignored.
                 let Some(p) = pending.remove(&id) else { continue };
@@ -357,6 +410,13 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
                     node_gone(&link, &broker, gone);
                 }
                 link.live_nodes.store(nodes.len() as u64, Relaxed);
+                // Questions some node did not answer in time: what came is the answer.
+                let due: Vec<u64> = gathers.iter().filter(|(_, g)| g.deadline <= now).map(|(id, _)| *id).collect();
+                for id in due {
+                    if let Some(g) = gathers.remove(&id) {
+                        let _ = g.reply.send(g.gathered);
+                    }
+                }
                 pending.retain(|_, p| {
                     if p.deadline > now {
                         return true;
@@ -464,7 +524,7 @@ async fn deliver(
         return;
     }
     match w.kind {
-        Kind::Heartbeat | Kind::Resync => {}
+        Kind::Heartbeat | Kind::Resync | Kind::Query | Kind::Answer => {}
         Kind::Joined | Kind::Left | Kind::Membership => {
             let Some(list) = wire::decode_members(w.frame) else {
                 c.dropped_inbound.fetch_add(1, Relaxed);

@@ -22,6 +22,7 @@
 
 pub mod link;
 pub mod nodes;
+pub mod query;
 pub mod subject;
 pub mod wire;
 
@@ -220,6 +221,9 @@ pub(crate) enum Ctl {
         members: Vec<Member>,
         ask: bool,
     },
+    /// A question for every other node (from the REST thread; one at a time per REST
+    /// connection, so `rest_max_connections` bounds them).
+    Ask(query::Query, tokio::sync::oneshot::Sender<query::Gathered>),
 }
 
 impl Link {
@@ -480,6 +484,14 @@ impl Link {
             members,
             ask,
         });
+    }
+
+    /// Asks every other node alive (REST peers, kick, usage for the whole cluster) and
+    /// returns their answers, gathered for at most [`query::QUERY_TIMEOUT`].
+    pub async fn ask(&self, q: query::Query) -> query::Gathered {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.control(Ctl::Ask(q, tx));
+        rx.await.unwrap_or_default()
     }
 
     fn control(&self, c: Ctl) {

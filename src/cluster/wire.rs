@@ -20,7 +20,9 @@
 //!   others for theirs) | u64 generation | u32 count | count × (u16 peer length | peer |
 //!   u32 metadata length (u32::MAX: none) | metadata)`;
 //! - `H` (heartbeat: the name is the node's id) and `R` (resynchronise: the name is the node
-//!   asked, empty for every node), both with an empty app and frame.
+//!   asked, empty for every node), both with an empty app and frame;
+//! - `Q` (a question for every node: the app, the name it is about, the opcode as the frame)
+//!   and `A` (an answer: the body as the frame), see [`super::query`].
 //!
 //! Lengths are big-endian. Anything that does not parse is dropped and counted by the link.
 
@@ -46,9 +48,13 @@ pub enum Kind {
     Heartbeat,
     /// The sending node asks one node (or every node) to send its memberships again.
     Resync,
+    /// A question for every node ([`super::query`]).
+    Query,
+    /// A node's answer to a question.
+    Answer,
 }
 
-const KINDS: [(Kind, u8); 7] = [
+const KINDS: [(Kind, u8); 9] = [
     (Kind::Publication, b'P'),
     (Kind::Direct, b'D'),
     (Kind::Joined, b'J'),
@@ -56,6 +62,8 @@ const KINDS: [(Kind, u8); 7] = [
     (Kind::Membership, b'M'),
     (Kind::Heartbeat, b'H'),
     (Kind::Resync, b'R'),
+    (Kind::Query, b'Q'),
+    (Kind::Answer, b'A'),
 ];
 
 impl Kind {

@@ -36,6 +36,7 @@ use super::MAX_BODY;
 use crate::{
     auth::{jwt, jwt::MintError, keys::HistoryRule, Actions, MintRequest, SecretKeyRef},
     clock::unix_now,
+    cluster::query::{self, Query},
     protocol::{
         parse::{is_valid_data, validate_channel, DEFAULT_HISTORY_LIMIT, MAX_DEPTH},
         scan::exceeds_depth,
@@ -355,7 +356,7 @@ impl Api {
             Route::History(ch) => self.history(&key, ch, head.uri.query()).await,
             Route::Tokens => self.tokens(&key, &head.headers, body).await,
             Route::Kick(peer) => self.kick(&key, peer).await,
-            Route::Usage => Ok(self.usage(&key)),
+            Route::Usage => Ok(self.usage(&key).await),
             Route::Metrics | Route::Healthz => Err(not_found()),
         }
     }
@@ -707,25 +708,30 @@ impl Api {
         if !key.scope.allows(&channel) {
             return Err(forbidden_channel());
         }
-        let mesh = &self.shared.mesh;
-        let owner = owner_of(key.app, &channel, mesh.shards());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        mesh.push(
-            Source::External,
-            owner,
-            ShardMsg::PeersQuery {
-                app: key.app,
-                channel: Arc::from(&*channel),
-                reply: tx,
-            },
-        );
-        let mut roster = match tokio::time::timeout(SHARD_REPLY_TIMEOUT, rx).await {
-            Ok(Ok(r)) => r,
-            _ => {
-                return Err(ApiError::unavailable(
-                    "the channel's shard did not answer in time",
-                ))
+        let ch: Arc<str> = Arc::from(&*channel);
+        let Some(mut roster) = self.shared.roster(key.app, &ch).await else {
+            return Err(ApiError::unavailable(
+                "the channel's shard did not answer in time",
+            ));
+        };
+        // [ext] protocol §9: every other node's members too (this node knows them only
+        // while it has subscribers on the channel).
+        let cluster = match &self.shared.cluster {
+            Some(link) => {
+                let g = link.ask(Query::Peers(key.app, ch)).await;
+                let answered = g.answers.len();
+                let mut seen: std::collections::HashSet<Arc<str>> =
+                    roster.iter().map(|(p, _)| p.clone()).collect();
+                for members in g.answers.into_iter().filter_map(query::decode_peers) {
+                    for m in members {
+                        if seen.insert(m.0.clone()) {
+                            roster.push(m);
+                        }
+                    }
+                }
+                Some(cluster_field(g.asked, answered))
             }
+            None => None,
         };
         roster.sort_by(|a, b| a.0.cmp(&b.0));
         let peers: Vec<Value> = roster
@@ -738,7 +744,11 @@ impl Api {
                 }
             })
             .collect();
-        Ok(ok_json(json!({"channel": channel, "peers": peers})))
+        let mut body = json!({"channel": channel, "peers": peers});
+        if let Some(c) = cluster {
+            body["cluster"] = c;
+        }
+        Ok(ok_json(body))
     }
 
     async fn kick(&self, key: &SecretKeyRef, raw_peer: &str) -> Result<Resp, ApiError> {
@@ -751,52 +761,67 @@ impl Api {
         if !key.actions.contains(Actions::ADMIN) {
             return Err(forbidden_action("admin"));
         }
-        let mesh = &self.shared.mesh;
         let peer_arc: Arc<str> = Arc::from(&*peer);
-        let mut replies = Vec::with_capacity(mesh.shards());
-        for s in 0..mesh.shards() {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            mesh.push(
-                Source::External,
-                ShardId(s as u16),
-                ShardMsg::Kick {
-                    app: key.app,
-                    peer: peer_arc.clone(),
-                    reply: tx,
-                },
-            );
-            replies.push(rx);
+        let Some(mut closed) = self.shared.kick(key.app, &peer_arc).await else {
+            return Err(ApiError::unavailable("a shard did not answer in time"));
+        };
+        let mut body = json!({"peerId": peer});
+        // [ext] protocol §9: the peer's connections on every node.
+        if let Some(link) = &self.shared.cluster {
+            let g = link.ask(Query::Kick(key.app, peer_arc)).await;
+            let answered = g.answers.len();
+            closed += g
+                .answers
+                .into_iter()
+                .filter_map(query::decode_kick)
+                .sum::<u64>();
+            body["cluster"] = cluster_field(g.asked, answered);
         }
-        let deadline = tokio::time::Instant::now() + SHARD_REPLY_TIMEOUT;
-        let mut closed: u64 = 0;
-        for rx in replies {
-            match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(n)) => closed += u64::from(n),
-                _ => return Err(ApiError::unavailable("a shard did not answer in time")),
-            }
-        }
-        Ok(ok_json(json!({"peerId": peer, "closed": closed})))
+        body["closed"] = closed.into();
+        Ok(ok_json(body))
     }
 
-    fn usage(&self, key: &SecretKeyRef) -> Resp {
+    async fn usage(&self, key: &SecretKeyRef) -> Resp {
         if !key.actions.contains(Actions::ADMIN) {
             return forbidden_action("admin").into_response();
         }
-        let app = key.app.0 as usize;
-        let load = |v: &[std::sync::atomic::AtomicU32]| {
-            v.get(app).map_or(0, |c| c.load(Ordering::Relaxed))
-        };
-        let u = self.shared.metrics.app_usage(app);
-        ok_json(json!({
+        let mut u = self.shared.usage(key.app);
+        let mut cluster = None;
+        // [ext] protocol §9: summed over every node. The peak is the sum of each node's
+        // peak: an upper bound of the cluster's (nodes need not peak at the same moment).
+        if let Some(link) = &self.shared.cluster {
+            let g = link.ask(Query::Usage(key.app)).await;
+            let answered = g.answers.len();
+            for o in g.answers.into_iter().filter_map(query::decode_usage) {
+                u.concurrent += o.concurrent;
+                u.peak += o.peak;
+                u.messages += o.messages;
+                u.deliveries += o.deliveries;
+                u.rest_publishes += o.rest_publishes;
+            }
+            cluster = Some(cluster_field(g.asked, answered));
+        }
+        let mut body = json!({
             "appId": self.shared.auth.app_name(key.app),
-            "concurrentNow": load(&self.shared.app_conns),
-            "peakConcurrent": load(&self.shared.app_peak),
+            "concurrentNow": u.concurrent,
+            "peakConcurrent": u.peak,
             "messagesUsed": u.messages,
             "messagesDelivered": u.deliveries,
             "restPublishes": u.rest_publishes,
             "maxConnections": self.shared.auth.app_max_connections(key.app),
-        }))
+        });
+        if let Some(c) = cluster {
+            body["cluster"] = c;
+        }
+        ok_json(body)
     }
+}
+
+/// [ext] The `cluster` field of a cluster-wide REST answer: the nodes asked (this one
+/// included) and those that answered in time (a node missing from `answered` is left out of
+/// the figures).
+fn cluster_field(asked_others: usize, answered_others: usize) -> Value {
+    json!({"nodes": asked_others + 1, "answered": answered_others + 1})
 }
 
 #[cfg(test)]

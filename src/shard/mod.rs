@@ -35,6 +35,7 @@ pub(crate) mod housekeeping;
 pub(crate) mod inbox;
 pub(crate) mod outbound;
 pub(crate) mod pending;
+pub mod query;
 pub mod rate_limit;
 pub(crate) mod rpc;
 // The shard's io_uring code, and the only place in the shard with `unsafe`.
