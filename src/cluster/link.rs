@@ -44,7 +44,10 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use super::{
     nodes::Nodes,
     query::{self, Gathered, QUERY_TIMEOUT},
-    subject::{channel_subject, inbox_subject, nodes_subject, pattern_subject, peer_subject},
+    rpc,
+    subject::{
+        channel_subject, inbox_subject, nodes_subject, pattern_subject, peer_subject, rpc_subject,
+    },
     wire::{self, Kind},
     Answer, Ctl, Interest, InterestKind, Link, LinkQueues, Member, Out, RemoteChange,
     RemotePresence, DIRECT_ANSWER_TIMEOUT,
@@ -52,7 +55,9 @@ use super::{
 use crate::{
     auth::AppId,
     protocol::{encode, ErrorCode},
-    router::{fanout, mesh::Source, owner_of, Direct, Publication, ShardId, ShardMsg},
+    router::{
+        fanout, mesh::Source, owner_of, Direct, NodeConn, Publication, ReplyMsg, ShardId, ShardMsg,
+    },
     shard::Broker,
 };
 
@@ -220,6 +225,16 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
             return;
         }
     };
+    let mut rpc_in = match client
+        .subscribe(rpc_subject(&link.prefix, link.origin))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cluster: cannot subscribe to the node's rpc subject; this node runs alone");
+            return;
+        }
+    };
     let mut node_msgs = match client.subscribe(nodes_subject(&link.prefix)).await {
         Ok(s) => s,
         Err(e) => {
@@ -260,9 +275,10 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
                             Err(_) => link.counters.dropped_link_down.fetch_add(1, Relaxed),
                         };
                     }
-                    Out::Direct(d, answer) => {
+                    Out::Direct(d, answer, except) => {
                         let app = broker.auth.app_name(d.app);
-                        let payload = wire::encode(Kind::Direct, (origin, seq), app, &d.to, &d.frame, None);
+                        let except = except.map(rpc::except_bytes);
+                        let payload = wire::encode(Kind::Direct, (origin, seq), app, &d.to, &d.frame, except.as_deref());
                         let subject = peer_subject(&link.prefix, app, &d.to);
                         let sent = match answer {
                             None => client.publish(subject, payload).await,
@@ -288,6 +304,30 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
                             Err(_) => link.counters.dropped_link_down.fetch_add(1, Relaxed),
                         };
                     }
+                    Out::Reply(r) => {
+                        let header = rpc::reply_header(&r);
+                        let app = broker.auth.app_name(r.app);
+                        let payload = wire::encode(Kind::Reply, (origin, seq), app, &r.peer, &r.data, Some(&header));
+                        rpc_out(&client, &link, r.node, payload).await;
+                    }
+                    Out::ToResponder { to, of, n, frame, release } => {
+                        let header = rpc::frame_header(to.conn, of, n, release, frame.is_some());
+                        let payload = wire::encode(Kind::ToResponder, (origin, seq), "", "", frame.as_deref().unwrap_or(&[]), Some(&header));
+                        rpc_out(&client, &link, to.node, payload).await;
+                    }
+                    Out::ResponderGone { node, of, n, conn } => {
+                        let header = rpc::gone_header(of, n, conn);
+                        let payload = wire::encode(Kind::ResponderGone, (origin, seq), "", "", &[], Some(&header));
+                        rpc_out(&client, &link, node, payload).await;
+                    }
+                }
+            }
+            m = rpc_in.next() => {
+                let Some(m) = m else { break };
+                if rpc_deliver(&broker, m.payload).is_some() {
+                    link.counters.rpc_received.fetch_add(1, Relaxed);
+                } else {
+                    link.counters.dropped_inbound.fetch_add(1, Relaxed);
                 }
             }
             c = queues.ctl.recv() => {
@@ -524,7 +564,13 @@ async fn deliver(
         return;
     }
     match w.kind {
-        Kind::Heartbeat | Kind::Resync | Kind::Query | Kind::Answer => {}
+        Kind::Heartbeat
+        | Kind::Resync
+        | Kind::Query
+        | Kind::Answer
+        | Kind::Reply
+        | Kind::ToResponder
+        | Kind::ResponderGone => {}
         Kind::Joined | Kind::Left | Kind::Membership => {
             let Some(list) = wire::decode_members(w.frame) else {
                 c.dropped_inbound.fetch_add(1, Relaxed);
@@ -592,10 +638,16 @@ async fn deliver(
                 c.dropped_inbound.fetch_add(1, Relaxed);
                 return;
             }
+            // A connection to skip, when it is one of this node's.
+            let skip = w
+                .frame_with_meta
+                .and_then(rpc::decode_except)
+                .filter(|e| e.node == link.origin)
+                .map(|e| e.conn);
             let d = Arc::new(Direct {
                 app,
                 to: Arc::from(w.name.as_str()),
-                origin: None,
+                origin: skip,
                 frame: w.frame,
             });
             for s in shards {
@@ -613,6 +665,17 @@ async fn deliver(
 /// Tells a remote-only send's connection how it went: an ack (when it had a requestId),
 /// or the error.
 fn answer_conn(broker: &Broker, a: &Answer, outcome: Result<(), ErrorCode>) {
+    if let Some(n) = a.request {
+        // A request: found, the reply will be the answer; else it ends here.
+        if let Err(code) = outcome {
+            broker.mesh.push(
+                Source::External,
+                a.conn.shard,
+                ShardMsg::RequestFailed { n, code },
+            );
+        }
+        return;
+    }
     let frame = match (outcome, &a.request_id) {
         (Ok(()), Some(rid)) => encode::ack(rid),
         (Ok(()), None) => return,
@@ -679,6 +742,73 @@ async fn send_membership(
             return;
         }
     }
+}
+
+/// Publishes one request message on node `node`'s rpc subject.
+async fn rpc_out(client: &async_nats::Client, link: &Link, node: u64, payload: Bytes) {
+    match client
+        .publish(rpc_subject(&link.prefix, node), payload)
+        .await
+    {
+        Ok(()) => link.counters.rpc_sent.fetch_add(1, Relaxed),
+        Err(_) => link.counters.dropped_link_down.fetch_add(1, Relaxed),
+    };
+}
+
+/// Hands one message of this node's rpc subject to the shard it is for; `None` when it is
+/// malformed or names an unknown app or shard.
+fn rpc_deliver(broker: &Broker, payload: Bytes) -> Option<()> {
+    let w = wire::decode(payload)?;
+    let from_node = w.id.0;
+    let shards = broker.mesh.shards();
+    let (to, msg) = match w.kind {
+        Kind::Reply => {
+            let (of, n, from, last, request_id) = rpc::decode_reply_header(w.frame_with_meta?)?;
+            let app = broker.auth.app_id(&w.app)?;
+            let msg = ShardMsg::Reply(Box::new(ReplyMsg {
+                n,
+                app,
+                peer: Arc::from(w.name.as_str()),
+                from: NodeConn {
+                    node: from_node,
+                    conn: from,
+                },
+                data: w.frame,
+                last,
+                request_id,
+            }));
+            (of, msg)
+        }
+        Kind::ToResponder => {
+            let (to, of, n, release, has_frame) = rpc::decode_frame_header(w.frame_with_meta?)?;
+            let msg = ShardMsg::ResponderFrame {
+                conn: to.conn,
+                of_node: from_node,
+                of,
+                n,
+                frame: has_frame.then_some(w.frame),
+                release,
+            };
+            (to.shard, msg)
+        }
+        Kind::ResponderGone => {
+            let (of, n, conn) = rpc::decode_gone_header(w.frame_with_meta?)?;
+            let msg = ShardMsg::ResponderGone {
+                n,
+                conn: NodeConn {
+                    node: from_node,
+                    conn,
+                },
+            };
+            (of, msg)
+        }
+        _ => return None,
+    };
+    if usize::from(to.0) >= shards {
+        return None;
+    }
+    broker.mesh.push(Source::External, to, msg);
+    Some(())
 }
 
 /// Tells the other nodes this one is alive.

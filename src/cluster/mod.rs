@@ -23,6 +23,7 @@
 pub mod link;
 pub mod nodes;
 pub mod query;
+pub mod rpc;
 pub mod subject;
 pub mod wire;
 
@@ -37,7 +38,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     auth::AppId,
-    router::{ConnRef, Direct, Publication},
+    router::{ConnRef, Direct, NodeConn, Publication},
 };
 
 /// `[cluster]` in the config file.
@@ -115,8 +116,27 @@ pub(crate) enum Out {
     Publication(Arc<Publication>),
     /// A direct message made on this node, for the target's connections on other nodes;
     /// with `answer` when this node has none of them, so that the sender learns whether
-    /// any node had (ack or `peer_not_found`).
-    Direct(Arc<Direct>, Option<Answer>),
+    /// any node had (ack or `peer_not_found`); with `except`, one connection that must not
+    /// get it.
+    Direct(Arc<Direct>, Option<Answer>, Option<NodeConn>),
+    /// A reply to a request of another node.
+    Reply(Box<rpc::RemoteReply>),
+    /// A frame for a responder connection on another node about request `n` of shard `of`.
+    ToResponder {
+        to: NodeConn,
+        of: crate::router::ShardId,
+        n: u64,
+        frame: Option<Bytes>,
+        release: bool,
+    },
+    /// The connection `conn` of this node that took request `n` of shard `of` on node
+    /// `node` went away.
+    ResponderGone {
+        node: u64,
+        of: crate::router::ShardId,
+        n: u64,
+        conn: ConnRef,
+    },
 }
 
 /// Where the outcome of a remote-only `send` goes.
@@ -126,6 +146,9 @@ pub(crate) struct Answer {
     pub conn: ConnRef,
     /// Its requestId (the ack needs one; an error is sent either way).
     pub request_id: Option<Box<str>>,
+    /// For a `request` (protocol §8.4): its number on the sender's shard. Found, nothing is
+    /// said (the reply is the answer); not found, the request ends `peer_not_found`.
+    pub request: Option<u64>,
 }
 
 /// How long a `send` whose target is only on other nodes waits for one of them to answer
@@ -166,6 +189,10 @@ pub struct LinkCounters {
     pub presence_sent: AtomicU64,
     /// Presence messages received from the other nodes.
     pub presence_received: AtomicU64,
+    /// Request traffic (replies, frames for responders, responders gone) sent to other nodes.
+    pub rpc_sent: AtomicU64,
+    /// Request traffic received from other nodes.
+    pub rpc_received: AtomicU64,
 }
 
 /// The shards' handle on the link.
@@ -314,6 +341,15 @@ impl Link {
             &[("", c.nodes_lost.load(Relaxed))],
         );
         metric(
+            "ringcast_cluster_rpc_total",
+            "counter",
+            "Request traffic after the request itself (replies, acks and cancels for responders, responders gone) exchanged with the other nodes, by direction.",
+            &[
+                (",direction=\"sent\"", c.rpc_sent.load(Relaxed)),
+                (",direction=\"received\"", c.rpc_received.load(Relaxed)),
+            ],
+        );
+        metric(
             "ringcast_cluster_presence_total",
             "counter",
             "Presence changes (joined, left, whole memberships) exchanged with the other nodes, by direction.",
@@ -372,7 +408,8 @@ impl Link {
         let ms = std::time::Duration::from_millis;
         let link = Link {
             node_id,
-            origin: rand::random::<u64>(),
+            // Never 0, which means "this node" in a `NodeConn`.
+            origin: rand::random::<u64>() | 1,
             heartbeat: ms(config.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS)),
             node_timeout: ms(config.node_timeout_ms.unwrap_or(DEFAULT_NODE_TIMEOUT_MS)),
             live_nodes: AtomicU64::new(0),
@@ -417,7 +454,44 @@ impl Link {
     /// sender whether some node had one. Returns false, having sent nothing, when NATS is
     /// down or the queue is full (counted): the caller answers the sender itself.
     pub(crate) fn send_direct(&self, d: &Arc<Direct>, answer: Option<Answer>) -> bool {
-        self.enqueue(Out::Direct(d.clone(), answer))
+        self.enqueue(Out::Direct(d.clone(), answer, None))
+    }
+
+    /// [ext] Like [`Link::send_direct`] without an answer, skipping the connection `except`
+    /// (a `cancel` `taken` goes to every connection of the peer but the one that took it).
+    pub(crate) fn send_direct_except(&self, d: &Arc<Direct>, except: Option<NodeConn>) -> bool {
+        self.enqueue(Out::Direct(d.clone(), None, except))
+    }
+
+    /// [ext] A reply to a request of another node; false (counted) when it cannot leave.
+    pub(crate) fn reply(&self, r: rpc::RemoteReply) -> bool {
+        self.enqueue(Out::Reply(Box::new(r)))
+    }
+
+    /// [ext] A frame for responder connection `to` (on another node) about request `n` of
+    /// shard `of` of this node.
+    pub(crate) fn to_responder(
+        &self,
+        to: NodeConn,
+        of: crate::router::ShardId,
+        n: u64,
+        frame: Option<Bytes>,
+        release: bool,
+    ) -> bool {
+        self.enqueue(Out::ToResponder {
+            to,
+            of,
+            n,
+            frame,
+            release,
+        })
+    }
+
+    /// [ext] This node's connection `conn`, which took request `held` of another node, went
+    /// away.
+    pub(crate) fn responder_gone(&self, held: crate::rpc::Held, conn: ConnRef) -> bool {
+        let (node, of, n) = held;
+        self.enqueue(Out::ResponderGone { node, of, n, conn })
     }
 
     /// Called by a shard when a pattern subscription (protocol §8.3) is added (`on`) or

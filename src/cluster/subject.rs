@@ -90,6 +90,12 @@ pub fn nodes_subject(prefix: &str) -> String {
     format!("{prefix}.n")
 }
 
+/// The subject of node `origin`'s request traffic (replies, frames for its responders,
+/// responders gone): `{prefix}.rpc.{origin in 16 hex digits}`.
+pub fn rpc_subject(prefix: &str, origin: u64) -> String {
+    format!("{prefix}.rpc.{origin:016x}")
+}
+
 /// True when `prefix` is usable as a subject prefix: dot-separated tokens of
 /// `[A-Za-z0-9_-]` (no wildcard, no empty token).
 pub fn valid_prefix(prefix: &str) -> bool {

@@ -52,9 +52,15 @@ pub enum Kind {
     Query,
     /// A node's answer to a question.
     Answer,
+    /// A responder's reply, to the requester's node ([`super::rpc`]).
+    Reply,
+    /// A frame for a responder connection, to its node.
+    ToResponder,
+    /// The responder connection that took a request went away, to the requester's node.
+    ResponderGone,
 }
 
-const KINDS: [(Kind, u8); 9] = [
+const KINDS: [(Kind, u8); 12] = [
     (Kind::Publication, b'P'),
     (Kind::Direct, b'D'),
     (Kind::Joined, b'J'),
@@ -64,6 +70,9 @@ const KINDS: [(Kind, u8); 9] = [
     (Kind::Resync, b'R'),
     (Kind::Query, b'Q'),
     (Kind::Answer, b'A'),
+    (Kind::Reply, b'Y'),
+    (Kind::ToResponder, b'F'),
+    (Kind::ResponderGone, b'G'),
 ];
 
 impl Kind {

@@ -61,6 +61,23 @@ pub struct ConnRef {
     pub conn: ConnId,
 }
 
+/// [ext] A connection anywhere in the cluster (protocol §9): its node's incarnation (0: this
+/// node) and its place there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NodeConn {
+    /// The node (`cluster::Link::origin`), 0 for this one.
+    pub node: u64,
+    /// The connection on that node.
+    pub conn: ConnRef,
+}
+
+impl NodeConn {
+    /// A connection of this node.
+    pub fn here(conn: ConnRef) -> NodeConn {
+        NodeConn { node: 0, conn }
+    }
+}
+
 /// The shard that sequences presence (and, later, history offsets) for `channel` of `app`.
 /// Pure and stable for a given shard count: every shard computes the same answer.
 pub(crate) fn owner_of(app: AppId, channel: &str, shards: usize) -> ShardId {
@@ -237,8 +254,8 @@ pub struct ReplyMsg {
     pub app: AppId,
     /// The responder's peer id (a reply is accepted only from the target peer).
     pub peer: Arc<str>,
-    /// The responder connection.
-    pub from: ConnRef,
+    /// The responder connection (on another node when the request crossed NATS).
+    pub from: NodeConn,
     /// `data`, raw JSON.
     pub data: Bytes,
     /// `final`.
@@ -347,6 +364,8 @@ pub enum ShardMsg {
     ResponderFrame {
         /// The responder connection.
         conn: ConnId,
+        /// The requester's node (0: this one).
+        of_node: u64,
         /// The requester's shard.
         of: ShardId,
         /// The request there.
@@ -361,7 +380,16 @@ pub enum ShardMsg {
         /// The request.
         n: u64,
         /// The connection that went away.
-        conn: ConnRef,
+        conn: NodeConn,
+    },
+    /// [ext] From the cluster link, to a request's shard: the request, sent only to other
+    /// nodes, reached no connection of its peer (`peer_not_found`), or no node answered
+    /// (`internal_error`).
+    RequestFailed {
+        /// The request.
+        n: u64,
+        /// Why.
+        code: crate::protocol::ErrorCode,
     },
     /// One frame for one local connection (an ack or error answered by another shard).
     ConnFrame {

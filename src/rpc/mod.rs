@@ -29,10 +29,10 @@ use slab::Slab;
 
 use crate::{
     auth::AppId,
-    router::{ConnId, ConnRef, ShardId},
+    router::{ConnId, ConnRef, NodeConn, ShardId},
 };
 
-/// One request in flight: 64 bytes (plus its `requestId`'s allocation), kept small because
+/// One request in flight: 72 bytes (plus its `requestId`'s allocation), kept small because
 /// a shard may hold many thousands (docs/protocol.md: about 200 bytes per request in all).
 /// Its deadline lives only in the deadline heap.
 #[derive(Debug)]
@@ -46,8 +46,13 @@ pub struct InFlight {
     /// that a stale number (a late reply, a deadline already passed) never finds the request
     /// that reuses the slot.
     n: u64,
+    /// [ext] The node of the connection that took it (0: this node or nobody yet).
+    taken_node: u64,
     /// `seq` of the last reply delivered (0: none yet).
     pub seq: u32,
+    /// [ext] Also delivered to other nodes (protocol §9): cancels go there too, and the
+    /// peer's last connection here leaving does not end it.
+    pub remote: bool,
     /// Tenant.
     pub app: AppId,
     /// Its `requestId`.
@@ -58,10 +63,13 @@ pub struct InFlight {
 
 impl InFlight {
     /// The responder connection that replied first, once one has.
-    pub fn taken(&self) -> Option<ConnRef> {
-        (self.taken != 0).then_some(ConnRef {
-            shard: ShardId((self.taken >> 48) as u16),
-            conn: ConnId(self.taken & ((1 << 48) - 1)),
+    pub fn taken(&self) -> Option<NodeConn> {
+        (self.taken != 0).then_some(NodeConn {
+            node: self.taken_node,
+            conn: ConnRef {
+                shard: ShardId((self.taken >> 48) as u16),
+                conn: ConnId(self.taken & ((1 << 48) - 1)),
+            },
         })
     }
 }
@@ -88,23 +96,45 @@ pub struct Requests {
     /// they come up or the heap holds twice the live requests plus 1,024.
     deadlines: BinaryHeap<Reverse<(u64, u64)>>,
     started: Instant,
-    /// Responder side: per local connection, the (requester shard, request) pairs it took.
-    took: HashMap<ConnId, Vec<(ShardId, u64)>, RandomState>,
+    /// Responder side: per local connection, the requests it took.
+    took: HashMap<ConnId, Vec<Held>, RandomState>,
 }
 
-/// `replyTo` of request `n` of shard `shard`.
-pub fn reply_to(shard: ShardId, n: u64) -> String {
-    format!("{}.{}", shard.0, n)
+/// A request a responder connection holds: the requester's node (0: this one), shard and
+/// request number.
+pub type Held = (u64, ShardId, u64);
+
+/// `replyTo` of request `n` of shard `shard`: `"<shard>.<n>"`, and in a cluster (protocol §9)
+/// `"<shard>.<n>.<node>"` with the requester's node incarnation in 16 hex digits, so that a
+/// responder on any node knows where its reply goes.
+pub fn reply_to(shard: ShardId, n: u64, node: u64) -> String {
+    if node == 0 {
+        format!("{}.{}", shard.0, n)
+    } else {
+        format!("{}.{}.{:016x}", shard.0, n, node)
+    }
 }
 
-/// The shard and request a `replyTo` names; `None` for anything this broker did not make.
-pub fn parse_reply_to(x: &str) -> Option<(ShardId, u64)> {
-    let (s, n) = x.split_once('.')?;
+/// The node (0 when not named), shard and request a `replyTo` names; `None` for anything
+/// this broker did not make.
+pub fn parse_reply_to(x: &str) -> Option<Held> {
+    let mut parts = x.split('.');
+    let (s, n, node) = (parts.next()?, parts.next()?, parts.next());
+    if parts.next().is_some() {
+        return None;
+    }
     let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
     if !digits(s) || !digits(n) {
         return None;
     }
-    Some((ShardId(s.parse().ok()?), n.parse().ok()?))
+    let node = match node {
+        None => 0,
+        Some(h) if h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u64::from_str_radix(h, 16).ok()?
+        }
+        Some(_) => return None,
+    };
+    Some((node, ShardId(s.parse().ok()?), n.parse().ok()?))
 }
 
 fn remove_from<K: std::hash::Hash + Eq>(
@@ -193,8 +223,10 @@ impl Requests {
         entry.insert(InFlight {
             conn,
             taken: 0,
+            taken_node: 0,
             n,
             seq: 0,
+            remote: false,
             app,
             request_id: request_id.into(),
             peer,
@@ -217,10 +249,11 @@ impl Requests {
     }
 
     /// Marks request `n` taken by `by` (it is no longer waiting for any responder).
-    pub fn take(&mut self, n: u64, by: ConnRef) {
+    pub fn take(&mut self, n: u64, by: NodeConn) {
         if let Some(r) = self.get_mut(n) {
             if r.taken == 0 {
-                r.taken = pack(by);
+                r.taken = pack(by.conn);
+                r.taken_node = by.node;
                 let key = (r.app, r.peer.clone());
                 remove_from(&mut self.untaken_by_peer, &key, n);
             }
@@ -293,20 +326,19 @@ impl Requests {
         self.shard
     }
 
-    /// Responder side: local connection `conn` sent a non-final reply to request `n` of
-    /// shard `of` (it took it, or tries to).
-    pub fn took(&mut self, conn: ConnId, of: ShardId, n: u64) {
+    /// Responder side: local connection `conn` sent a non-final reply to request `held` (it
+    /// took it, or tries to).
+    pub fn took(&mut self, conn: ConnId, held: Held) {
         let v = self.took.entry(conn).or_default();
-        if !v.contains(&(of, n)) {
-            v.push((of, n));
+        if !v.contains(&held) {
+            v.push(held);
         }
     }
 
-    /// Responder side: `conn` is done with request `n` of `of` (final reply, refused,
-    /// cancelled).
-    pub fn released(&mut self, conn: ConnId, of: ShardId, n: u64) {
+    /// Responder side: `conn` is done with request `held` (final reply, refused, cancelled).
+    pub fn released(&mut self, conn: ConnId, held: Held) {
         if let Some(v) = self.took.get_mut(&conn) {
-            v.retain(|x| *x != (of, n));
+            v.retain(|x| *x != held);
             if v.is_empty() {
                 self.took.remove(&conn);
             }
@@ -314,8 +346,36 @@ impl Requests {
     }
 
     /// Responder side: the requests `conn` took and did not finish (its disconnect).
-    pub fn took_by(&mut self, conn: ConnId) -> Vec<(ShardId, u64)> {
+    pub fn took_by(&mut self, conn: ConnId) -> Vec<Held> {
         self.took.remove(&conn).unwrap_or_default()
+    }
+
+    /// [ext] Node `node` is gone (protocol §9): the requests of this shard its connections
+    /// took (they fail `responder_gone`). A scan: nodes do not go often.
+    pub fn taken_on(&self, node: u64) -> Vec<u64> {
+        self.table
+            .iter()
+            .filter(|(_, r)| r.taken != 0 && r.taken_node == node)
+            .map(|(_, r)| r.n)
+            .collect()
+    }
+
+    /// [ext] Node `node` is gone: the requests from it that this shard's connections hold,
+    /// forgotten and returned (their holders get `cancel` `requester_gone`).
+    pub fn held_from(&mut self, node: u64) -> Vec<(ConnId, Held)> {
+        let mut out = Vec::new();
+        self.took.retain(|conn, v| {
+            v.retain(|h| {
+                if h.0 == node {
+                    out.push((*conn, *h));
+                    false
+                } else {
+                    true
+                }
+            });
+            !v.is_empty()
+        });
+        out
     }
 }
 
@@ -327,9 +387,13 @@ mod tests {
     #[test]
     fn reply_to_round_trips_and_refuses_anything_else() {
         assert_eq!(
-            parse_reply_to(&reply_to(ShardId(3), 77)),
-            Some((ShardId(3), 77))
+            parse_reply_to(&reply_to(ShardId(3), 77, 0)),
+            Some((0, ShardId(3), 77))
         );
+        let node = 0xfedc_ba98_7654_3210;
+        let named = reply_to(ShardId(3), 77, node);
+        assert_eq!(named, "3.77.fedcba9876543210");
+        assert_eq!(parse_reply_to(&named), Some((node, ShardId(3), 77)));
         for bad in [
             "",
             "1",
@@ -337,6 +401,9 @@ mod tests {
             ".1",
             "a.1",
             "1.1.1",
+            "1.1.",
+            "1.1.0123456789abcdeg",
+            "1.1.0123456789abcdef.1",
             "1.-1",
             "99999999.1",
             "1.99999999999999999999",
@@ -369,10 +436,10 @@ mod tests {
         assert_eq!(r.untaken_to(AppId(0), &p), [a, b]);
         r.take(
             b,
-            ConnRef {
+            NodeConn::here(ConnRef {
                 shard: ShardId(1),
                 conn: ConnId(9),
-            },
+            }),
         );
         assert_eq!(r.untaken_to(AppId(0), &p), [a]);
         assert_eq!(r.due(t + Duration::from_millis(1500)), [a]);
@@ -390,11 +457,14 @@ mod tests {
     }
 
     #[test]
-    fn an_in_flight_request_is_64_bytes_and_packs_its_taker() {
-        assert_eq!(std::mem::size_of::<InFlight>(), 64);
-        let c = ConnRef {
-            shard: ShardId(127),
-            conn: ConnId((1 << 48) - 1),
+    fn an_in_flight_request_is_72_bytes_and_packs_its_taker() {
+        assert_eq!(std::mem::size_of::<InFlight>(), 72);
+        let c = NodeConn {
+            node: 42,
+            conn: ConnRef {
+                shard: ShardId(127),
+                conn: ConnId((1 << 48) - 1),
+            },
         };
         let mut r = Requests::new(ShardId(0));
         let n = r.insert(ConnId(1), "a", AppId(0), Arc::from("p"), Instant::now());
@@ -450,11 +520,23 @@ mod tests {
     #[test]
     fn responder_side_tracks_what_it_took() {
         let mut r = Requests::new(ShardId(1));
-        r.took(ConnId(5), ShardId(0), 1);
-        r.took(ConnId(5), ShardId(0), 1);
-        r.took(ConnId(5), ShardId(0), 2);
-        r.released(ConnId(5), ShardId(0), 1);
-        assert_eq!(r.took_by(ConnId(5)), [(ShardId(0), 2)]);
+        r.took(ConnId(5), (0, ShardId(0), 1));
+        r.took(ConnId(5), (0, ShardId(0), 1));
+        r.took(ConnId(5), (0, ShardId(0), 2));
+        r.took(ConnId(5), (9, ShardId(0), 2));
+        r.took(ConnId(6), (9, ShardId(1), 3));
+        r.released(ConnId(5), (0, ShardId(0), 1));
+        let mut from9 = r.held_from(9);
+        from9.sort();
+        assert_eq!(
+            from9,
+            [
+                (ConnId(5), (9, ShardId(0), 2)),
+                (ConnId(6), (9, ShardId(1), 3))
+            ]
+        );
+        assert_eq!(r.took_by(ConnId(5)), [(0, ShardId(0), 2)]);
+        assert_eq!(r.took_by(ConnId(6)), []);
         assert!(r.took.is_empty());
     }
 }

@@ -283,6 +283,8 @@ impl Shard {
             ShardMsg::NodeGone { origin } => {
                 let mut st = self.state.borrow_mut();
                 st.rosters.node_gone(origin, |s, m| self.route(s, m));
+                drop(st);
+                self.requests_of_gone_node(origin);
             }
             ShardMsg::ClusterResync { ask } => {
                 if let Some(link) = &self.broker.cluster {
@@ -294,11 +296,13 @@ impl Shard {
             ShardMsg::Reply(m) => self.on_reply(*m),
             ShardMsg::ResponderFrame {
                 conn,
+                of_node,
                 of,
                 n,
                 frame,
                 release,
-            } => self.on_responder_frame(conn, of, n, frame, release),
+            } => self.on_responder_frame(conn, of_node, of, n, frame, release),
+            ShardMsg::RequestFailed { n, code } => self.on_request_failed(n, code),
             ShardMsg::ResponderGone { n, conn } => self.on_responder_gone(n, conn),
         }
     }

@@ -556,6 +556,12 @@ impl Shard {
     }
 
     /// A reference to a local connection.
+    /// [ext] This node's incarnation in a cluster (protocol §9), 0 on a single node: what
+    /// `replyTo` names so that responders on other nodes find the requester.
+    pub(crate) fn node(&self) -> u64 {
+        self.broker.cluster.as_ref().map_or(0, |l| l.origin)
+    }
+
     pub(crate) fn conn_ref(&self, conn: ConnId) -> ConnRef {
         ConnRef {
             shard: self.id,

@@ -25,32 +25,41 @@ use crate::{
         },
         ErrorCode,
     },
-    router::{ConnId, ConnRef, Direct, ReplyMsg, ShardId, ShardMsg},
+    router::{ConnId, Direct, NodeConn, ReplyMsg, ShardId, ShardMsg},
     rpc::{reply_to, InFlight},
 };
 
 impl Shard {
     /// Sends `frame` to every connection of `peer` on every shard but `except` and the
     /// local connection `requester` (cancels to the responders that did not take a request;
-    /// the requester, which may be a connection of the same peer, never held it).
+    /// the requester, which may be a connection of the same peer, never held it); with
+    /// `remote`, on the other nodes too (protocol §9).
+    #[allow(clippy::too_many_arguments)] // the request's parts, named at each call site
     pub(crate) fn to_peer(
         &self,
         st: &State,
         app: AppId,
         peer: &Arc<str>,
-        except: Option<ConnRef>,
+        except: Option<NodeConn>,
         requester: ConnId,
         frame: bytes::Bytes,
+        remote: bool,
     ) {
+        let except_here = except.filter(|e| e.node == 0).map(|e| e.conn);
         let d = Arc::new(Direct {
             app,
             to: peer.clone(),
-            origin: except,
+            origin: except_here,
             frame,
         });
-        let remote =
+        if remote {
+            if let Some(link) = &self.broker.cluster {
+                link.send_direct_except(&d, except.filter(|e| e.node != 0));
+            }
+        }
+        let others =
             st.directory[app.0 as usize].get(peer).copied().unwrap_or(0) & !(1u128 << self.id.0);
-        for s in (0..self.shards() as u16).filter(|s| remote & (1u128 << s) != 0) {
+        for s in (0..self.shards() as u16).filter(|s| others & (1u128 << s) != 0) {
             self.broker.mesh.push(
                 super::Source::Shard(self.id),
                 ShardId(s),
@@ -58,7 +67,7 @@ impl Shard {
             );
         }
         if let Some(conns) = st.local_peers[app.0 as usize].get(peer) {
-            let skip = except.filter(|o| o.shard == self.id).map(|o| o.conn);
+            let skip = except_here.filter(|o| o.shard == self.id).map(|o| o.conn);
             for c in conns {
                 if Some(*c) != skip && *c != requester {
                     if let Some(e) = st.conns.get(c) {
@@ -69,22 +78,36 @@ impl Shard {
         }
     }
 
+    /// Sends a frame about request `n` of this shard to the responder connection `to`, on
+    /// whichever node it is; with `release`, it no longer holds the request.
+    fn to_responder(&self, to: NodeConn, n: u64, frame: Option<bytes::Bytes>, release: bool) {
+        if to.node == 0 {
+            return self.route(
+                to.conn.shard,
+                ShardMsg::ResponderFrame {
+                    conn: to.conn.conn,
+                    of_node: 0,
+                    of: self.id,
+                    n,
+                    frame,
+                    release,
+                },
+            );
+        }
+        if let Some(link) = &self.broker.cluster {
+            // Dropped (and counted) when NATS is down: the responder's own request
+            // bookkeeping ends with its connection.
+            link.to_responder(to, self.id, n, frame, release);
+        }
+    }
+
     /// Tells whoever still holds request `n` (its taker, or every connection of the peer
     /// when nobody took it) to stop.
     fn cancel_holders(&self, st: &State, n: u64, r: &InFlight, reason: CancelReason) {
-        let frame = enc::cancel(&reply_to(self.id, n), reason);
+        let frame = enc::cancel(&reply_to(self.id, n, self.node()), reason);
         match r.taken() {
-            Some(taker) => self.route(
-                taker.shard,
-                ShardMsg::ResponderFrame {
-                    conn: taker.conn,
-                    of: self.id,
-                    n,
-                    frame: Some(frame),
-                    release: true,
-                },
-            ),
-            None => self.to_peer(st, r.app, &r.peer, None, r.conn, frame),
+            Some(taker) => self.to_responder(taker, n, Some(frame), true),
+            None => self.to_peer(st, r.app, &r.peer, None, r.conn, frame, r.remote),
         }
     }
 
@@ -114,34 +137,26 @@ impl Shard {
     /// A reply for request `n` of this shard arrived.
     pub(crate) fn on_reply(&self, m: ReplyMsg) {
         let mut st = self.state.borrow_mut();
-        let refuse = |rid: Option<&str>| {
-            ShardMsg::ResponderFrame {
-            conn: m.from.conn,
-            of: self.id,
-            n: m.n,
-            frame: Some(encode::error(
-                ErrorCode::RequestNotFound,
-                rid,
-                Some("no such request in flight (finished, timed out, cancelled, or taken by another connection)"),
-            )),
-            release: true,
-        }
-        };
         let ok = st.requests.get_mut(m.n).is_some_and(|r| {
             r.app == m.app
                 && r.peer == m.peer
-                && m.from != self.conn_ref(r.conn)
+                && m.from != NodeConn::here(self.conn_ref(r.conn))
                 && r.taken().is_none_or(|t| t == m.from)
         });
         if !ok {
             drop(st);
-            return self.route(m.from.shard, refuse(m.request_id.as_deref()));
+            let refused = encode::error(
+                ErrorCode::RequestNotFound,
+                m.request_id.as_deref(),
+                Some("no such request in flight (finished, timed out, cancelled, or taken by another connection)"),
+            );
+            return self.to_responder(m.from, m.n, Some(refused), true);
         }
         let r = st.requests.get_mut(m.n).expect("checked above");
         let first = r.taken().is_none();
         r.seq += 1;
         let frame = enc::reply(&r.request_id, &m.peer, &m.data, m.last, r.seq);
-        let requester = r.conn;
+        let (requester, remote) = (r.conn, r.remote);
         if first {
             st.requests.take(m.n, m.from);
         }
@@ -151,29 +166,20 @@ impl Shard {
             e.handle.send(&frame);
         }
         if first {
-            let cancel = enc::cancel(&reply_to(self.id, m.n), CancelReason::Taken);
-            self.to_peer(st, app, &peer, Some(m.from), requester, cancel);
+            let cancel = enc::cancel(&reply_to(self.id, m.n, self.node()), CancelReason::Taken);
+            self.to_peer(st, app, &peer, Some(m.from), requester, cancel, remote);
         }
         if m.last {
             st.requests.remove(m.n);
             self.request_gauge(st);
         }
         if let Some(rid) = m.request_id {
-            self.route(
-                m.from.shard,
-                ShardMsg::ResponderFrame {
-                    conn: m.from.conn,
-                    of: self.id,
-                    n: m.n,
-                    frame: Some(encode::ack(&rid)),
-                    release: m.last,
-                },
-            );
+            self.to_responder(m.from, m.n, Some(encode::ack(&rid)), m.last);
         }
     }
 
     /// The connection that took request `n` went away before its final reply.
-    pub(crate) fn on_responder_gone(&self, n: u64, conn: ConnRef) {
+    pub(crate) fn on_responder_gone(&self, n: u64, conn: NodeConn) {
         let mut st = self.state.borrow_mut();
         if st
             .requests
@@ -194,10 +200,62 @@ impl Shard {
         }
     }
 
-    /// A frame for a local responder connection about request `n` of shard `of`.
+    /// [ext] The cluster link found no node holding the peer of request `n` (sent only to
+    /// other nodes), or no node answered: the request ends, unless a reply came meanwhile.
+    pub(crate) fn on_request_failed(&self, n: u64, code: ErrorCode) {
+        let mut st = self.state.borrow_mut();
+        if st.requests.get_mut(n).is_none_or(|r| r.taken().is_some()) {
+            return;
+        }
+        let r = st.requests.remove(n).expect("checked above");
+        let why = if code == ErrorCode::PeerNotFound {
+            "peer not connected to any node"
+        } else {
+            "no node answered in time"
+        };
+        Self::to_requester(
+            &st,
+            &r,
+            &encode::error(code, Some(&r.request_id), Some(why)),
+        );
+        self.request_gauge(&st);
+    }
+
+    /// [ext] Node `node` is gone (protocol §9): the requests its connections took fail
+    /// `responder_gone`, and this shard's connections holding requests from it are told
+    /// `cancel` `requester_gone`.
+    pub(crate) fn requests_of_gone_node(&self, node: u64) {
+        let mut st = self.state.borrow_mut();
+        for n in st.requests.taken_on(node) {
+            if let Some(r) = st.requests.remove(n) {
+                Self::to_requester(
+                    &st,
+                    &r,
+                    &encode::error(
+                        ErrorCode::ResponderGone,
+                        Some(&r.request_id),
+                        Some("the responder's node went away"),
+                    ),
+                );
+            }
+        }
+        for (conn, (node, of, n)) in st.requests.held_from(node) {
+            if let Some(e) = st.conns.get(&conn) {
+                e.handle.send(&enc::cancel(
+                    &reply_to(of, n, node),
+                    CancelReason::RequesterGone,
+                ));
+            }
+        }
+        self.request_gauge(&st);
+    }
+
+    /// A frame for a local responder connection about request `n` of shard `of` of node
+    /// `of_node` (0: this one).
     pub(crate) fn on_responder_frame(
         &self,
         conn: ConnId,
+        of_node: u64,
         of: ShardId,
         n: u64,
         frame: Option<bytes::Bytes>,
@@ -205,7 +263,7 @@ impl Shard {
     ) {
         let mut st = self.state.borrow_mut();
         if release {
-            st.requests.released(conn, of, n);
+            st.requests.released(conn, (of_node, of, n));
         }
         if let (Some(f), Some(e)) = (frame, st.conns.get(&conn)) {
             e.handle.send(&f);
@@ -213,7 +271,7 @@ impl Shard {
     }
 
     /// Ends every request of a departing connection (`requester_gone` to their holders) and
-    /// fails the requests it took (`responder_gone` to their requesters).
+    /// fails the requests it took (`responder_gone` to their requesters, on any node).
     pub(crate) fn requests_of_gone_conn(&self, conn: ConnId) {
         let mut st = self.state.borrow_mut();
         for n in st.requests.of_conn(conn) {
@@ -222,8 +280,19 @@ impl Shard {
             }
         }
         let me = self.conn_ref(conn);
-        for (of, n) in st.requests.took_by(conn) {
-            self.route(of, ShardMsg::ResponderGone { n, conn: me });
+        for held in st.requests.took_by(conn) {
+            let (node, of, n) = held;
+            if node == 0 {
+                self.route(
+                    of,
+                    ShardMsg::ResponderGone {
+                        n,
+                        conn: NodeConn::here(me),
+                    },
+                );
+            } else if let Some(link) = &self.broker.cluster {
+                link.responder_gone(held, me);
+            }
         }
         self.request_gauge(&st);
     }
@@ -242,6 +311,10 @@ impl Shard {
             return;
         }
         for n in st.requests.untaken_to(app, peer) {
+            // [ext] Also asked on other nodes: it ends with a reply or its deadline.
+            if st.requests.get_mut(n).is_some_and(|r| r.remote) {
+                continue;
+            }
             // Gone for this request when no connection of the peer but its requester (which
             // may be a connection of the same peer) is left.
             let requester = st.requests.get_mut(n).map(|r| r.conn);

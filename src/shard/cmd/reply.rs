@@ -4,13 +4,16 @@
 //! reply's own requestId with `ack`, or `request_not_found` when the request is over or
 //! taken by another connection. A `replyTo` this broker did not make is `request_not_found`
 //! at once. No action is needed: answering what one was asked is not a new message.
+//! [ext] In a cluster the `replyTo` names the requester's node; a reply for another node
+//! goes there through the cluster link (protocol §9).
 
 use bytes::Bytes;
 
 use super::reply_error;
 use crate::{
+    cluster::rpc::RemoteReply,
     protocol::ErrorCode,
-    router::{ReplyMsg, ShardMsg},
+    router::{NodeConn, ReplyMsg, ShardMsg},
     rpc::parse_reply_to,
     shard::{conn::Conn, Shard},
 };
@@ -23,7 +26,14 @@ pub(super) fn apply(
     last: bool,
     request_id: Option<&str>,
 ) {
-    let Some((of, n)) = parse_reply_to(reply_to).filter(|(s, _)| usize::from(s.0) < shard.shards())
+    // A `replyTo` naming this node is a local one.
+    let me = shard.node();
+    let parsed = parse_reply_to(reply_to).map(|(node, of, n)| {
+        let node = if node == me { 0 } else { node };
+        (node, of, n)
+    });
+    let Some((node, of, n)) =
+        parsed.filter(|(node, s, _)| *node != 0 || usize::from(s.0) < shard.shards())
     else {
         return reply_error(
             conn,
@@ -32,7 +42,7 @@ pub(super) fn apply(
             "no such request in flight",
         );
     };
-    if of != shard.id && !shard.broker.mesh.has_room(of) {
+    if node == 0 && of != shard.id && !shard.broker.mesh.has_room(of) {
         return super::refuse_overloaded(shard, conn, request_id);
     }
     {
@@ -40,21 +50,52 @@ pub(super) fn apply(
         // with `responder_gone`; a final reply releases it.
         let mut st = shard.state.borrow_mut();
         if last {
-            st.requests.released(conn.id, of, n);
+            st.requests.released(conn.id, (node, of, n));
         } else {
-            st.requests.took(conn.id, of, n);
+            st.requests.took(conn.id, (node, of, n));
         }
     }
     let id = &conn.identity;
+    // One copy of `data` per reply: the requester's shard encodes the frame.
+    let data = Bytes::copy_from_slice(data);
+    if node != 0 {
+        // [ext] protocol §9: the requester is on another node.
+        let sent = shard.broker.cluster.as_ref().is_some_and(|link| {
+            link.reply(RemoteReply {
+                node,
+                of,
+                n,
+                app: id.app,
+                peer: id.peer_id.clone(),
+                from: shard.conn_ref(conn.id),
+                data,
+                last,
+                request_id: request_id.map(Into::into),
+            })
+        });
+        if !sent {
+            shard
+                .state
+                .borrow_mut()
+                .requests
+                .released(conn.id, (node, of, n));
+            reply_error(
+                conn,
+                ErrorCode::RequestNotFound,
+                request_id,
+                "the requester's node cannot be reached",
+            );
+        }
+        return;
+    }
     shard.route(
         of,
         ShardMsg::Reply(Box::new(ReplyMsg {
             n,
             app: id.app,
             peer: id.peer_id.clone(),
-            from: shard.conn_ref(conn.id),
-            // One copy of `data` per reply: the requester's shard encodes the frame.
-            data: Bytes::copy_from_slice(data),
+            from: NodeConn::here(shard.conn_ref(conn.id)),
+            data,
             last,
             request_id: request_id.map(Into::into),
         })),

@@ -15,6 +15,7 @@ use std::{
 use super::reply_error;
 use crate::{
     auth::Actions,
+    cluster::Answer,
     metrics::ShardCounters,
     protocol::{encode::rpc, parse::validate_peer_id, ErrorCode},
     router::Direct,
@@ -82,36 +83,52 @@ pub(super) fn apply(
         st.requests
             .insert(conn.id, request_id, id.app, Arc::from(to), deadline)
     };
-    // One frame for every connection of the peer, on every shard.
+    // One frame for every connection of the peer, on every shard (and node).
     let frame = rpc::request(
         &id.peer_id,
-        &reply_to(shard.id, n),
+        &reply_to(shard.id, n, shard.node()),
         data,
         t,
         id.peer_metadata_json.as_deref(),
     );
-    // Node-local: requests do not cross nodes yet (docs/cluster.md).
-    let sent = shard.send_direct(Arc::new(Direct {
+    let d = Arc::new(Direct {
         app: id.app,
         to: Arc::from(to),
         origin: Some(shard.conn_ref(conn.id)),
         frame,
-    }));
+    });
+    let sent = shard.send_direct(d.clone());
+    let link = shard.broker.cluster.as_ref();
+    // [ext] protocol §9: the peer's connections on other nodes are asked too. When this
+    // node has none, the link learns whether any node has: if none, the request ends
+    // `peer_not_found` (`ShardMsg::RequestFailed`).
+    let remote = match (sent, link) {
+        (DirectSent::Sent, Some(link)) => link.send_direct(&d, None),
+        (DirectSent::NotFound, Some(link)) => link.send_direct(
+            &d,
+            Some(Answer {
+                conn: shard.conn_ref(conn.id),
+                request_id: None,
+                request: Some(n),
+            }),
+        ),
+        _ => false,
+    };
     let mut st = shard.state.borrow_mut();
-    match sent {
-        DirectSent::Sent => {
-            ShardCounters::add(&shard.counters().requests, 1);
-            shard.deadline_added(&st, deadline);
-            shard.request_gauge(&st);
+    if sent == DirectSent::Sent || (sent == DirectSent::NotFound && remote) {
+        if let Some(r) = st.requests.get_mut(n) {
+            r.remote = remote;
         }
-        DirectSent::NotFound | DirectSent::Busy => {
-            st.requests.remove(n);
-            drop(st);
-            if sent == DirectSent::NotFound {
-                reply_error(conn, ErrorCode::PeerNotFound, rid, "peer not connected");
-            } else {
-                super::refuse_overloaded(shard, conn, rid);
-            }
-        }
+        ShardCounters::add(&shard.counters().requests, 1);
+        shard.deadline_added(&st, deadline);
+        shard.request_gauge(&st);
+        return;
+    }
+    st.requests.remove(n);
+    drop(st);
+    if sent == DirectSent::NotFound {
+        reply_error(conn, ErrorCode::PeerNotFound, rid, "peer not connected");
+    } else {
+        super::refuse_overloaded(shard, conn, rid);
     }
 }

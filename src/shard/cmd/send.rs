@@ -65,6 +65,7 @@ pub(super) fn apply(
             let answer = Answer {
                 conn: shard.conn_ref(conn.id),
                 request_id: request_id.map(Into::into),
+                request: None,
             };
             if link.send_direct(&d, Some(answer)) {
                 count_message(shard, id.app, |c| &c.directs);
