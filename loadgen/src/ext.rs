@@ -265,6 +265,7 @@ impl Conn1 {
             key_secret: self.key_secret.clone(),
             presence: false,
             pub_addr: None,
+            sub_addrs: Vec::new(),
             src_ips: vec![std::net::Ipv4Addr::new(127, 0, 0, 2)],
         })
     }

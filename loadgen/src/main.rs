@@ -229,6 +229,10 @@ struct Common {
     /// loadgen/cluster.sh). Must be loopback.
     #[arg(long)]
     pub_addr: Option<SocketAddr>,
+    /// Subscribers connect to these, round-robin, instead of `--addr` (the nodes of a
+    /// cluster: loadgen/cluster3.sh). Comma-separated, loopback only.
+    #[arg(long, value_delimiter = ',')]
+    sub_addrs: Vec<SocketAddr>,
     #[arg(long, env = "RINGCAST_KEY_ID", default_value = "sk_id_test1")]
     key_id: String,
     #[arg(
@@ -439,6 +443,9 @@ fn coordinate(c: Common, plan: Plan) -> Result<()> {
     if let Some(a) = c.pub_addr.filter(|a| !a.ip().is_loopback()) {
         bail!("loadgen only targets loopback addresses, not {a}");
     }
+    if let Some(a) = c.sub_addrs.iter().find(|a| !a.ip().is_loopback()) {
+        bail!("loadgen only targets loopback addresses, not {a}");
+    }
     let conns = plan.subs.len() + plan.pubs.len();
     let nw = c
         .workers
@@ -454,6 +461,7 @@ fn coordinate(c: Common, plan: Plan) -> Result<()> {
         key_secret: c.key_secret.clone(),
         presence: c.presence,
         pub_addr: c.pub_addr,
+        sub_addrs: c.sub_addrs.clone(),
         src_ips: (0..c.src_ips.max(1))
             .map(|k| Ipv4Addr::new(127, 0, 0, 2 + k))
             .collect(),

@@ -219,6 +219,7 @@ fn endpoint(c: &RpcCommon) -> Endpoint {
         key_secret: c.key_secret.clone(),
         presence: false,
         pub_addr: None,
+        sub_addrs: Vec::new(),
         src_ips: (0..c.src_ips.max(1))
             .map(|k| Ipv4Addr::new(127, 0, 0, 2 + k))
             .collect(),

@@ -44,6 +44,9 @@ pub struct Endpoint {
     /// Where publishers connect, when not `addr` (another node of a cluster, protocol §9).
     #[serde(default)]
     pub pub_addr: Option<SocketAddr>,
+    /// Where subscribers connect, round-robin, when not `addr` (the nodes of a cluster).
+    #[serde(default)]
+    pub sub_addrs: Vec<SocketAddr>,
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

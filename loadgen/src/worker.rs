@@ -208,7 +208,11 @@ async fn work() -> Result<()> {
     let mut handles = Vec::new();
     let n_subs = spec.subs.len();
     for (i, s) in spec.subs.iter().enumerate() {
-        let (ep, s, sem) = (spec.ep.clone(), s.clone(), sem.clone());
+        let (mut ep, s, sem) = (spec.ep.clone(), s.clone(), sem.clone());
+        if !ep.sub_addrs.is_empty() {
+            // Spread evenly over the nodes (each worker's subscribers in turn).
+            ep.addr = ep.sub_addrs[(spec.id + i) % ep.sub_addrs.len()];
+        }
         let n = spec.id * 100_003 + i;
         handles.push(tokio::task::spawn_local(async move {
             let _p = sem.acquire().await;
