@@ -432,3 +432,60 @@ def test_nats_restart_mid_stream_loses_only_what_was_published_while_down(nats, 
         # Publications handed to NATS just before the server went can die with it: a few
         # at most (nothing acknowledges core NATS publications).
         assert uncounted <= 5, uncounted
+
+
+def test_a_queue_group_across_nodes_gets_each_publication_exactly_once(nodes):
+    """Protocol §8.2 across nodes: a group with 3 members on each of the 3 nodes; 2
+    publishers on two nodes and one member that publishes too. Every publication reaches
+    exactly one member cluster-wide (none lost, none twice), never its own publisher; a
+    plain subscriber still gets everything; every node's members get a share."""
+    ch = chan("clgroup")
+    members = []
+    for i, n in enumerate(nodes):
+        for k in range(3):
+            m = peer(n, f"gm{i}{k}", shard=k % 2)
+            m.subscribe(ch, group="workers")
+            members.append(m)
+    plain = peer(nodes[2], "gplain")
+    plain.subscribe(ch)
+    for n in nodes:
+        wait_until(lambda n=n: metric(n, "ringcast_cluster_interest", kind="group") >= 3, timeout=5, what="group interest")
+    settle(*nodes)
+    pubs = [peer(nodes[0], "gpa"), peer(nodes[1], "gpb"), members[0]]
+    counts = {"gpa": 300, "gpb": 300, members[0].name: 60}
+
+    def run(p):
+        for k in range(counts[p.name]):
+            p.publish(ch, {"p": p.name, "k": k}, ack=(k % 50 == 49))
+        p.sync()
+
+    ts = [threading.Thread(target=run, args=(p,)) for p in pubs]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    total = sum(counts.values())
+    got: dict[str, list] = {m.name: [] for m in members}
+    seen: dict[tuple, list] = {}
+    deadline = time.monotonic() + 10
+    while len(seen) < total and time.monotonic() < deadline:
+        for m in members:
+            for f in m.collect(0.05):
+                if f["type"] == "message":
+                    key = (f["data"]["p"], f["data"]["k"])
+                    seen.setdefault(key, []).append(m.name)
+                    got[m.name].append(key)
+    time.sleep(0.5)
+    for m in members:
+        for f in m.collect(0.05):
+            if f["type"] == "message":
+                seen.setdefault((f["data"]["p"], f["data"]["k"]), []).append(m.name)
+    twice = {k: v for k, v in seen.items() if len(v) > 1}
+    assert not twice, f"{len(twice)} publications reached more than one member: {list(twice.items())[:3]}"
+    assert len(seen) == total, f"{total - len(seen)} publications reached no member"
+    assert all(v[0] != members[0].name for k, v in seen.items() if k[0] == members[0].name), "a publisher is never picked"
+    share = {i: sum(len(got[f"gm{i}{k}"]) for k in range(3)) for i in range(3)}
+    print(f"queue group across 3 nodes: {total} publications, per node {share}, per member {sorted(len(v) for v in got.values())}")
+    assert all(s > total * 0.15 for s in share.values()), share
+    plain_got = [f for f in plain.collect(0.5) if f["type"] == "message"]
+    assert len(plain_got) == total

@@ -46,7 +46,8 @@ use super::{
     query::{self, Gathered, QUERY_TIMEOUT},
     rpc,
     subject::{
-        channel_subject, inbox_subject, nodes_subject, pattern_subject, peer_subject, rpc_subject,
+        channel_subject, inbox_subject, nodes_subject, pattern_subject, peer_subject, queue_name,
+        rpc_subject,
     },
     wire::{self, Kind},
     Answer, Ctl, Interest, InterestKind, Link, LinkQueues, Member, Out, RemoteChange,
@@ -109,7 +110,14 @@ struct Gather {
 struct Inbound {
     payload: Bytes,
     reply: Option<async_nats::Subject>,
+    /// Read by a queue group's subscription: NATS picked this node for that group.
+    group: Option<Arc<str>>,
 }
+
+/// NATS queue subscriptions a node holds per queue group at most: one per local member up
+/// to this, so that NATS picks nodes in proportion to their members (a node with more
+/// members than this is picked as if it had this many).
+pub const GROUP_SUBS_PER_NODE: usize = 64;
 
 /// How many received publication ids the duplicate filter remembers. A copy that arrives
 /// more than this many publications after the first would be delivered twice; the copies
@@ -141,12 +149,17 @@ impl Dedup {
 }
 
 /// A subscription's reading task.
-fn spawn_reader(mut sub: async_nats::Subscriber, tx: mpsc::Sender<Inbound>) -> JoinHandle<()> {
+fn spawn_reader(
+    mut sub: async_nats::Subscriber,
+    tx: mpsc::Sender<Inbound>,
+    group: Option<Arc<str>>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(m) = sub.next().await {
             let inbound = Inbound {
                 payload: m.payload,
                 reply: m.reply,
+                group: group.clone(),
             };
             if tx.send(inbound).await.is_err() {
                 return;
@@ -191,7 +204,13 @@ struct Subscriptions {
     peers: Counted<(AppId, Arc<str>)>,
     /// Per pattern subject: how many pattern subscriptions listen on it.
     patterns: Counted<String>,
+    /// Per queue group: its local members, and one queue subscription per member up to
+    /// [`GROUP_SUBS_PER_NODE`] (on the connection that receives its own node's messages).
+    groups: HashMap<GroupKey, (u32, Vec<JoinHandle<()>>)>,
 }
+
+/// A queue group: app, channel, group name.
+type GroupKey = (AppId, Arc<str>, Arc<str>);
 
 async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: Arc<Broker>) {
     let events = link.clone();
@@ -212,6 +231,22 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
         Ok(c) => c,
         Err(e) => {
             // Only a malformed URL gets here (connection failures are retried).
+            tracing::error!(url = %nats_url, error = %e, "cluster: cannot use the NATS URL; this node runs alone");
+            return;
+        }
+    };
+    // Queue groups (protocol §8.2) are picked by NATS among every node's queue
+    // subscriptions, the publishing node's own included: that needs a connection that
+    // receives its own node's publications, which the main one (no_echo) does not.
+    let groups_client = match async_nats::ConnectOptions::new()
+        .name(format!("ringcast {} groups", link.node_id))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(nats_url.as_str())
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
             tracing::error!(url = %nats_url, error = %e, "cluster: cannot use the NATS URL; this node runs alone");
             return;
         }
@@ -268,7 +303,7 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
                 match o {
                     Out::Publication(p) => {
                         let app = broker.auth.app_name(p.app);
-                        let payload = wire::encode(Kind::Publication, (origin, seq), app, &p.channel, &p.frame, p.frame_with_meta.as_deref());
+                        let payload = wire::encode_from(Kind::Publication, (origin, seq), app, &p.channel, &p.frame, p.frame_with_meta.as_deref(), p.origin);
                         let subject = channel_subject(&link.prefix, app, &p.channel);
                         match client.publish(subject, payload).await {
                             Ok(()) => link.counters.published.fetch_add(1, Relaxed),
@@ -333,7 +368,7 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
             c = queues.ctl.recv() => {
                 let Some(c) = c else { break };
                 match c {
-                    Ctl::Interest(i) => interest(&client, &link, &broker, &mut subs, &in_tx, i).await,
+                    Ctl::Interest(i) => interest(&client, &groups_client, &link, &broker, &mut subs, &in_tx, i).await,
                     Ctl::Ask(q, reply) => {
                         let asked = nodes.len();
                         if asked == 0 || !link.up.load(Relaxed) {
@@ -472,6 +507,7 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
 /// Applies one interest change: subscribes or unsubscribes on NATS.
 async fn interest(
     client: &async_nats::Client,
+    groups_client: &async_nats::Client,
     link: &Link,
     broker: &Broker,
     subs: &mut Subscriptions,
@@ -481,7 +517,7 @@ async fn interest(
     let app = broker.auth.app_name(i.app);
     let subscribe = |subject: String| async move {
         match client.subscribe(subject.clone()).await {
-            Ok(sub) => Some(spawn_reader(sub, tx.clone())),
+            Ok(sub) => Some(spawn_reader(sub, tx.clone(), None)),
             Err(e) => {
                 tracing::warn!(subject, error = %e, "cluster: subscribe failed");
                 None
@@ -521,6 +557,40 @@ async fn interest(
                 }
             }
         }
+        (InterestKind::Group, on) => {
+            let Some(group) = i.group else { return };
+            let key = (i.app, i.name, group);
+            let entry = subs.groups.entry(key.clone()).or_default();
+            if on {
+                entry.0 += 1;
+            } else {
+                entry.0 = entry.0.saturating_sub(1);
+            }
+            let want = (entry.0 as usize).min(GROUP_SUBS_PER_NODE);
+            while entry.1.len() > want {
+                if let Some(t) = entry.1.pop() {
+                    t.abort();
+                }
+            }
+            while entry.1.len() < want {
+                let subject = channel_subject(&link.prefix, app, &key.1);
+                match groups_client
+                    .queue_subscribe(subject, queue_name(app, &key.2))
+                    .await
+                {
+                    Ok(sub) => entry
+                        .1
+                        .push(spawn_reader(sub, tx.clone(), Some(key.2.clone()))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster: queue subscribe failed");
+                        break;
+                    }
+                }
+            }
+            if entry.0 == 0 {
+                subs.groups.remove(&key);
+            }
+        }
         (InterestKind::Pattern, false) => {
             release(
                 &mut subs.patterns,
@@ -534,6 +604,10 @@ async fn interest(
     c.interest_peers.store(subs.peers.len() as u64, Relaxed);
     c.interest_patterns
         .store(subs.patterns.len() as u64, Relaxed);
+    c.interest_groups.store(
+        subs.groups.values().map(|(_, v)| v.len() as u64).sum(),
+        Relaxed,
+    );
 }
 
 /// Hands one received message to the shards: a publication as one `Arc<Publication>` for
@@ -559,6 +633,33 @@ async fn deliver(
         c.dropped_inbound.fetch_add(1, Relaxed);
         return;
     };
+    if let Some(group) = m.group {
+        // NATS picked this node for `group`: the channel's owner picks a member.
+        if w.kind != Kind::Publication {
+            c.dropped_inbound.fetch_add(1, Relaxed);
+            return;
+        }
+        let publication = Arc::new(Publication {
+            app,
+            channel: Arc::from(w.name.as_str()),
+            // This node's own publication: its publisher is not picked.
+            origin: w.sender.filter(|_| w.id.0 == link.origin),
+            frame: w.frame,
+            frame_with_meta: w.frame_with_meta,
+        });
+        let owner = owner_of(app, &publication.channel, mesh.shards());
+        mesh.push(
+            Source::External,
+            owner,
+            ShardMsg::GroupBounce {
+                publication,
+                group,
+                tries: 0,
+            },
+        );
+        c.group_received.fetch_add(1, Relaxed);
+        return;
+    }
     if w.kind != Kind::Direct && overlapping && !dedup.first(w.id) {
         c.duplicates.fetch_add(1, Relaxed);
         return;

@@ -193,6 +193,10 @@ pub struct LinkCounters {
     pub rpc_sent: AtomicU64,
     /// Request traffic received from other nodes.
     pub rpc_received: AtomicU64,
+    /// Queue group NATS subscriptions (one per local member, capped per group).
+    pub interest_groups: AtomicU64,
+    /// Publications NATS picked this node for, for one of its queue groups.
+    pub group_received: AtomicU64,
 }
 
 /// The shards' handle on the link.
@@ -326,7 +330,14 @@ impl Link {
                 (",kind=\"channel\"", c.interest_channels.load(Relaxed)),
                 (",kind=\"peer\"", c.interest_peers.load(Relaxed)),
                 (",kind=\"pattern\"", c.interest_patterns.load(Relaxed)),
+                (",kind=\"group\"", c.interest_groups.load(Relaxed)),
             ],
+        );
+        metric(
+            "ringcast_cluster_group_received_total",
+            "counter",
+            "Publications NATS picked this node for, for one of its queue groups (protocol 8.2 across nodes).",
+            &[("", c.group_received.load(Relaxed))],
         );
         metric(
             "ringcast_cluster_nodes",
@@ -371,6 +382,8 @@ pub struct Interest {
     pub name: Arc<str>,
     /// What `name` is.
     pub kind: InterestKind,
+    /// The queue group, for [`InterestKind::Group`] (`name` is then its channel).
+    pub group: Option<Arc<str>>,
     /// Gained (true) or lost.
     pub on: bool,
 }
@@ -384,6 +397,8 @@ pub enum InterestKind {
     Peer,
     /// A pattern subscription was added or removed (the link counts per NATS subject).
     Pattern,
+    /// A queue group member (protocol §8.2) joined or left (the link counts per group).
+    Group,
 }
 
 /// The receiving ends, for [`link::start`].
@@ -502,6 +517,7 @@ impl Link {
             app,
             name: Arc::from(pattern),
             kind: InterestKind::Pattern,
+            group: None,
             on,
         }));
     }
@@ -514,6 +530,7 @@ impl Link {
             app,
             name: peer.clone(),
             kind: InterestKind::Peer,
+            group: None,
             on,
         }));
     }
@@ -526,8 +543,30 @@ impl Link {
             app,
             name: channel.clone(),
             kind: InterestKind::Channel,
+            group: None,
             on,
         }));
+    }
+
+    /// Called by a member's shard when a connection joins (`on`) or leaves queue group
+    /// `group` of `channel` (protocol §8.2): the link holds a NATS queue subscription per
+    /// member (up to [`link::GROUP_SUBS_PER_NODE`]), so that NATS picks one node per
+    /// publication cluster-wide, in proportion to its members.
+    pub fn group_interest(&self, app: AppId, channel: &Arc<str>, group: &Arc<str>, on: bool) {
+        self.control(Ctl::Interest(Interest {
+            app,
+            name: channel.clone(),
+            kind: InterestKind::Group,
+            group: Some(group.clone()),
+            on,
+        }));
+    }
+
+    /// True while queue groups are picked through NATS (the link is up): the channel's
+    /// owner then does not pick among its local members itself (NATS picks a node, and
+    /// that node's owner picks a member), so a publication reaches one member cluster-wide.
+    pub fn picks_groups(&self) -> bool {
+        self.up.load(Relaxed)
     }
 
     /// Called by a channel's owner shard: `peer`'s first subscribed connection on this node

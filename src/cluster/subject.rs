@@ -84,6 +84,17 @@ pub fn inbox_subject(prefix: &str, node: &str) -> String {
     format!("{prefix}.r.{node}")
 }
 
+/// The NATS queue group name of queue group `group` of app `app` (protocol §8.2 across
+/// nodes): `{app token}.{group token}`, encoded like channel segments, so no two groups (or
+/// apps) share a queue.
+pub fn queue_name(app: &str, group: &str) -> String {
+    let mut s = String::with_capacity(app.len() * 2 + group.len() * 2 + 1);
+    push_token(&mut s, app);
+    s.push('.');
+    push_token(&mut s, group);
+    s
+}
+
 /// The subject every node's heartbeats and resynchronisation requests travel on:
 /// `{prefix}.n` (every node subscribes).
 pub fn nodes_subject(prefix: &str) -> String {

@@ -6,6 +6,7 @@
 //! u8 version (1) | u8 kind (b'P' publication, b'D' direct) | u64 origin node | u64 sequence
 //! | u16 app id length | app id | u16 name length | name (the channel, or the target peer)
 //! | u32 frame length | frame | u32 metadata frame length (u32::MAX: none) | metadata frame
+//! | [u16 shard | u64 connection: the publishing connection, optional]
 //! ```
 //!
 //! The origin (a hash of the sending node's id) and its sequence number identify a message:
@@ -27,6 +28,8 @@
 //! Lengths are big-endian. Anything that does not parse is dropped and counted by the link.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::router::{ConnId, ConnRef, ShardId};
 
 const VERSION: u8 = 1;
 const NONE: u32 = u32::MAX;
@@ -180,6 +183,8 @@ pub struct WireMsg {
     pub frame: Bytes,
     /// The frame with `fromMetadata`, when the publisher had metadata.
     pub frame_with_meta: Option<Bytes>,
+    /// The sending connection on the origin node, when the sender said.
+    pub sender: Option<ConnRef>,
 }
 
 /// Encodes a message; one allocation, sized up front.
@@ -191,8 +196,23 @@ pub fn encode(
     frame: &[u8],
     frame_with_meta: Option<&[u8]>,
 ) -> Bytes {
+    encode_from(kind, id, app, name, frame, frame_with_meta, None)
+}
+
+/// [`encode`] with the sending connection at the end (a publication's publisher: a queue
+/// group's pick skips it when the publication comes back to its node, protocol §8.2).
+pub fn encode_from(
+    kind: Kind,
+    id: (u64, u64),
+    app: &str,
+    name: &str,
+    frame: &[u8],
+    frame_with_meta: Option<&[u8]>,
+    sender: Option<ConnRef>,
+) -> Bytes {
     let mut b = BytesMut::with_capacity(
-        2 + 16
+        10 + 2
+            + 16
             + 2
             + app.len()
             + 2
@@ -220,6 +240,10 @@ pub fn encode(
             b.put_slice(f);
         }
         None => b.put_u32(NONE),
+    }
+    if let Some(c) = sender {
+        b.put_u16(c.shard.0);
+        b.put_u64(c.conn.0);
     }
     b.freeze()
 }
@@ -259,13 +283,22 @@ pub fn decode(mut payload: Bytes) -> Option<WireMsg> {
         NONE => None,
         n => Some(take(&mut payload, n as usize)?),
     };
-    payload.is_empty().then_some(WireMsg {
+    let sender = match payload.remaining() {
+        0 => None,
+        10 => Some(ConnRef {
+            shard: ShardId(payload.get_u16()),
+            conn: ConnId(payload.get_u64()),
+        }),
+        _ => return None,
+    };
+    Some(WireMsg {
         kind,
         id,
         app,
         name,
         frame,
         frame_with_meta,
+        sender,
     })
 }
 
@@ -297,6 +330,20 @@ mod tests {
         for n in 0..good.len() {
             assert_eq!(decode(good.slice(..n)), None, "truncated at {n}");
         }
+        let from = ConnRef {
+            shard: ShardId(1),
+            conn: ConnId(99),
+        };
+        let with = encode_from(
+            Kind::Publication,
+            (1, 2),
+            "app",
+            "c",
+            b"f",
+            None,
+            Some(from),
+        );
+        assert_eq!(decode(with).unwrap().sender, Some(from));
         let mut long = good.to_vec();
         long.push(0);
         assert_eq!(decode(Bytes::from(long)), None, "trailing byte");

@@ -101,6 +101,9 @@ impl Shard {
                 .group_members
                 .store(st.memberships.len as u64, Ordering::Relaxed);
         }
+        if let Some(link) = &self.broker.cluster {
+            link.group_interest(app, &channel, &group, true); // [ext] protocol §9
+        }
         self.route(
             owner_of(app, &channel, self.shards()),
             ShardMsg::GroupJoin {
@@ -124,6 +127,9 @@ impl Shard {
             g
         };
         if let Some(group) = group {
+            if let Some(link) = &self.broker.cluster {
+                link.group_interest(app, channel, &group, false); // [ext] protocol §9
+            }
             self.route(
                 owner_of(app, channel, self.shards()),
                 ShardMsg::GroupLeave {
@@ -137,11 +143,21 @@ impl Shard {
     }
 
     /// At the channel's owner: picks one member per group of the publication's channel and
-    /// sends it the publication. Elsewhere (and on the owner of a channel without groups)
+    /// sends it the publication (on a single node, or in a cluster while NATS is away). Elsewhere (and on the owner of a channel without groups)
     /// this is an `is_empty()` test or one hash lookup.
     pub(crate) fn deliver_groups(&self, p: &Arc<Publication>) {
         let mut st = self.state.borrow_mut();
         if st.groups.is_empty() {
+            return;
+        }
+        // [ext] protocol §9: in a cluster NATS picks the node (its queue subscriptions),
+        // and the publication comes back here as a `GroupBounce` if this node is picked.
+        if self
+            .broker
+            .cluster
+            .as_ref()
+            .is_some_and(|l| l.picks_groups())
+        {
             return;
         }
         let mut undelivered = 0;
