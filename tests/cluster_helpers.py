@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from helpers import Broker, mint, rest_metrics, rest_request
+import threading
+
+from helpers import Broker, mint, rest_metrics, rest_request, wait_until
 
 FAST = ["--rate-limit-per-sec", "1000000", "--rate-limit-burst", "1000000"]
 NATS = shutil.which("nats-server")
@@ -84,3 +86,44 @@ def metric(b: Broker, name: str, **labels) -> float:
             if all(f'{lk}="{lv}"' in k for lk, lv in labels.items()):
                 total += v
     return total
+
+
+@pytest.fixture(scope="module")
+def nats():
+    """A nats-server for the module's nodes."""
+    n = Nats()
+    yield n
+    n.stop()
+
+
+def start_nodes(nats: Nats, prefix: str, count: int = 3) -> list[Broker]:
+    """`count` ringcast nodes (2 shards each) joined through `nats`, once each sees the others
+    (node ids `{prefix}0`, `{prefix}1`, …)."""
+    bs = [
+        Broker(args=[*FAST, "--nats-url", nats.url, "--node-id", f"{prefix}{i}"], shards=2, name=f"{prefix}node{i}")
+        for i in range(count)
+    ]
+    for b in bs:
+        wait_until(
+            lambda b=b: link_up(b) and health(b)["cluster"].get("nodes") == count,
+            timeout=10,
+            what=f"{b.name} sees {count} nodes",
+        )
+    return bs
+
+
+def publish_concurrently(channel: str, counts: dict, publishers: list) -> None:
+    """Each publisher (a client whose name is a key of `counts`) publishes `{"p": name,
+    "k": k}` for k in range(counts[name]) on its own thread, acked every 50th; returns when
+    all are done."""
+
+    def run(p):
+        for k in range(counts[p.name]):
+            p.publish(channel, {"p": p.name, "k": k}, ack=(k % 50 == 49))
+        p.sync()
+
+    ts = [threading.Thread(target=run, args=(p,)) for p in publishers]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)

@@ -26,7 +26,15 @@ import time
 
 import pytest
 
-from cluster_helpers import FAST, Nats, health, link_up, metric, peer
+from cluster_helpers import (  # noqa: F401 (nats: fixture)
+    health,
+    link_up,
+    metric,
+    nats,
+    peer,
+    publish_concurrently,
+    start_nodes,
+)
 from helpers import (
     OTHER_KEY_ID,
     OTHER_SECRET,
@@ -39,20 +47,8 @@ from helpers import (
 
 
 @pytest.fixture(scope="module")
-def nats():
-    n = Nats()
-    yield n
-    n.stop()
-
-
-@pytest.fixture(scope="module")
 def nodes(nats):
-    bs = [
-        Broker(args=[*FAST, "--nats-url", nats.url, "--node-id", f"n{i}"], shards=2, name=f"node{i}")
-        for i in range(3)
-    ]
-    for b in bs:
-        wait_until(lambda b=b: link_up(b), timeout=10, what=f"{b.name} connected to NATS")
+    bs = start_nodes(nats, "n")
     yield bs
     for b in bs:
         b.stop()
@@ -109,17 +105,7 @@ def test_a_publication_reaches_every_subscriber_on_every_node_once_in_order(node
     settle(*nodes)
     pubs = [peer(nodes[0], "pubA", shard=0), peer(nodes[2], "pubC", shard=1)]
     per = 300
-
-    def run(p):
-        for k in range(per):
-            p.publish(ch, {"p": p.name, "k": k}, ack=(k % 50 == 49))
-        p.sync()
-
-    ts = [threading.Thread(target=run, args=(p,)) for p in pubs]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(30)
+    publish_concurrently(ch, {"pubA": per, "pubC": per}, pubs)
     for c in subs:
         got = {"pubA": [], "pubC": []}
         deadline = time.monotonic() + 10
@@ -453,17 +439,7 @@ def test_a_queue_group_across_nodes_gets_each_publication_exactly_once(nodes):
     settle(*nodes)
     pubs = [peer(nodes[0], "gpa"), peer(nodes[1], "gpb"), members[0]]
     counts = {"gpa": 300, "gpb": 300, members[0].name: 60}
-
-    def run(p):
-        for k in range(counts[p.name]):
-            p.publish(ch, {"p": p.name, "k": k}, ack=(k % 50 == 49))
-        p.sync()
-
-    ts = [threading.Thread(target=run, args=(p,)) for p in pubs]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(30)
+    publish_concurrently(ch, counts, pubs)
     total = sum(counts.values())
     got: dict[str, list] = {m.name: [] for m in members}
     seen: dict[tuple, list] = {}

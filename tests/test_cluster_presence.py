@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from cluster_helpers import FAST, Nats, health, link_up, metric, peer
+from cluster_helpers import FAST, health, link_up, metric, nats, peer, start_nodes  # noqa: F401 (nats: fixture)
 from helpers import Broker, chan, mint, rest_request, wait_until
 
 
@@ -85,17 +85,8 @@ def join(b: Broker, name: str, ch: str, shard=None) -> Roster:
 
 
 @pytest.fixture(scope="module")
-def nats():
-    n = Nats()
-    yield n
-    n.stop()
-
-
-@pytest.fixture(scope="module")
 def nodes(nats):
-    bs = [Broker(args=[*FAST, "--nats-url", nats.url, "--node-id", f"p{i}"], shards=2, name=f"pnode{i}") for i in range(3)]
-    for b in bs:
-        wait_until(lambda b=b: link_up(b) and health(b)["cluster"]["nodes"] == 3, timeout=10, what=f"{b.name} sees 3 nodes")
+    bs = start_nodes(nats, "p")
     yield bs
     for b in bs:
         b.stop()

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from cluster_helpers import FAST, Nats, health, link_up, metric, peer
+from cluster_helpers import FAST, health, metric, nats, peer, start_nodes  # noqa: F401 (nats: fixture)
 from helpers import Broker, wait_until
 from test_rpc import cancel_frame, expect, expect_error, reply_frame, send_reply, send_request
 
@@ -35,17 +35,8 @@ def uniq(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def nats():
-    n = Nats()
-    yield n
-    n.stop()
-
-
-@pytest.fixture(scope="module")
 def nodes(nats):
-    bs = [Broker(args=[*FAST, "--nats-url", nats.url, "--node-id", f"r{i}"], shards=2, name=f"rnode{i}") for i in range(3)]
-    for b in bs:
-        wait_until(lambda b=b: link_up(b) and health(b)["cluster"]["nodes"] == 3, timeout=10, what=f"{b.name} sees 3 nodes")
+    bs = start_nodes(nats, "r")
     yield bs
     for b in bs:
         b.stop()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster_helpers import FAST, Nats, health, link_up
-from helpers import Broker, mint, wait_until
+from cluster_helpers import Nats, start_nodes
+from helpers import Broker, mint
 
 metered = pytest.importorskip("metered_realtime", reason="metered-realtime is listed in tests/requirements.txt")
 from metered_realtime import Direct, Message, Presence, ServerRequestError, SignallingClient  # noqa: E402
@@ -33,10 +33,9 @@ pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (CI 
 def test_metered_js_and_python_sdks_on_different_nodes():
     assert (COMPAT / "node_modules" / "@metered-ca" / "realtime").is_dir(), "run npm ci in tests/compat (scripts/test.sh does)"
     nats = Nats()
-    nodes = [Broker(args=[*FAST, "--nats-url", nats.url, "--node-id", f"s{i}"], shards=2, name=f"snode{i}") for i in range(3)]
+    nodes = []
     try:
-        for b in nodes:
-            wait_until(lambda b=b: link_up(b) and health(b)["cluster"]["nodes"] == 3, timeout=10, what="cluster up")
+        nodes = start_nodes(nats, "s")
         channel = f"room-{uuid.uuid4().hex[:8]}"
         asyncio.run(asyncio.wait_for(scenario(nodes, channel), 90))
     finally:

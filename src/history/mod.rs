@@ -290,10 +290,14 @@ impl Histories {
         };
         let cost = e.cost();
         if h.entries.len() == h.entries.capacity() {
-            // Grow by doubling, but never past the channel's `size`: a full ring has no
-            // spare slots.
+            // Grow by doubling up to 1,024 entries, then by a quarter, never past the
+            // channel's `size`: a full ring has no spare slots, and a growing one at most a
+            // quarter of its entries spare (24 B each; doubling left up to one per entry,
+            // 6 to 15 B per retained message at 10,000). Each entry is moved about four times
+            // over a ring's growth instead of about once: 24-byte copies, amortised O(1).
             let len = h.entries.len();
-            let want = (len.max(4) * 2).min(h.rule.size as usize).max(len + 1);
+            let step = if len < 1024 { len.max(4) } else { len / 4 };
+            let want = (len + step).min(h.rule.size as usize).max(len + 1);
             h.entries.reserve_exact(want - len);
         }
         h.entries.push_back(e);

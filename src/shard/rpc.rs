@@ -111,6 +111,14 @@ impl Shard {
         }
     }
 
+    /// Ends request `n` with the error `code` (saying `why`) to its requester; the request,
+    /// when it was still in flight.
+    fn end_request(st: &mut State, n: u64, code: ErrorCode, why: &str) -> Option<InFlight> {
+        let r = st.requests.remove(n)?;
+        Self::to_requester(st, &r, &encode::error(code, Some(&r.request_id), Some(why)));
+        Some(r)
+    }
+
     /// Sends `frame` to the requesting connection of `r`, if it is still there.
     fn to_requester(st: &State, r: &InFlight, frame: &bytes::Bytes) {
         if let Some(e) = st.conns.get(&r.conn) {
@@ -186,15 +194,11 @@ impl Shard {
             .get_mut(n)
             .is_some_and(|r| r.taken() == Some(conn))
         {
-            let r = st.requests.remove(n).expect("checked above");
-            Self::to_requester(
-                &st,
-                &r,
-                &encode::error(
-                    ErrorCode::ResponderGone,
-                    Some(&r.request_id),
-                    Some("the responder went away before its final reply"),
-                ),
+            Self::end_request(
+                &mut st,
+                n,
+                ErrorCode::ResponderGone,
+                "the responder went away before its final reply",
             );
             self.request_gauge(&st);
         }
@@ -207,17 +211,12 @@ impl Shard {
         if st.requests.get_mut(n).is_none_or(|r| r.taken().is_some()) {
             return;
         }
-        let r = st.requests.remove(n).expect("checked above");
         let why = if code == ErrorCode::PeerNotFound {
             "peer not connected to any node"
         } else {
             "no node answered in time"
         };
-        Self::to_requester(
-            &st,
-            &r,
-            &encode::error(code, Some(&r.request_id), Some(why)),
-        );
+        Self::end_request(&mut st, n, code, why);
         self.request_gauge(&st);
     }
 
@@ -227,17 +226,12 @@ impl Shard {
     pub(crate) fn requests_of_gone_node(&self, node: u64) {
         let mut st = self.state.borrow_mut();
         for n in st.requests.taken_on(node) {
-            if let Some(r) = st.requests.remove(n) {
-                Self::to_requester(
-                    &st,
-                    &r,
-                    &encode::error(
-                        ErrorCode::ResponderGone,
-                        Some(&r.request_id),
-                        Some("the responder's node went away"),
-                    ),
-                );
-            }
+            Self::end_request(
+                &mut st,
+                n,
+                ErrorCode::ResponderGone,
+                "the responder's node went away",
+            );
         }
         for (conn, (node, of, n)) in st.requests.held_from(node) {
             if let Some(e) = st.conns.get(&conn) {
@@ -324,17 +318,12 @@ impl Shard {
             if left {
                 continue;
             }
-            if let Some(r) = st.requests.remove(n) {
-                Self::to_requester(
-                    &st,
-                    &r,
-                    &encode::error(
-                        ErrorCode::ResponderGone,
-                        Some(&r.request_id),
-                        Some("no connection of the peer is left to answer"),
-                    ),
-                );
-            }
+            Self::end_request(
+                &mut st,
+                n,
+                ErrorCode::ResponderGone,
+                "no connection of the peer is left to answer",
+            );
         }
         self.request_gauge(&st);
     }
@@ -347,17 +336,9 @@ impl Shard {
             return;
         }
         for n in due {
-            if let Some(r) = st.requests.remove(n) {
+            let why = "no final reply before the deadline";
+            if let Some(r) = Self::end_request(&mut st, n, ErrorCode::RequestTimeout, why) {
                 ShardCounters::add(&self.counters().request_timeouts, 1);
-                Self::to_requester(
-                    &st,
-                    &r,
-                    &encode::error(
-                        ErrorCode::RequestTimeout,
-                        Some(&r.request_id),
-                        Some("no final reply before the deadline"),
-                    ),
-                );
                 self.cancel_holders(&st, n, &r, CancelReason::Timeout);
             }
         }
