@@ -11,7 +11,7 @@
 //!
 //! # Memory
 //! A retained message is its JSON payload in one exact-size allocation plus a 24-byte
-//! [`Entry`] in the channel's ring (`VecDeque`); it is counted as payload length +
+//! [`Entry`] in the channel's ring (blocks of 256 entries, [`ring`]); it is counted as payload length +
 //! [`ENTRY_OVERHEAD`] against the shard's share of `history_max_bytes`. Past that share
 //! the oldest entries of the largest histories go first, down to 15/16 of the share, so
 //! the O(channels) search for the largest runs once per 1/16 of the share at most.
@@ -19,11 +19,10 @@
 //! Pure data structure: no sockets, no runtime; the shard calls it and sends what it
 //! returns.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-    time::Instant,
-};
+mod ring;
+
+use ring::Ring;
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use ahash::RandomState;
 use bytes::Bytes;
@@ -110,8 +109,8 @@ struct ChannelHistory {
     last: u64,
     /// Size and TTL.
     rule: HistoryRule,
-    /// Retained messages: `entries[i]` has offset `first() + i`.
-    entries: VecDeque<Entry>,
+    /// Retained messages: the `i`-th has offset `first() + i`.
+    entries: Ring<Entry>,
     /// Sum of the entries' costs.
     bytes: usize,
 }
@@ -243,7 +242,7 @@ impl Histories {
                     epoch: format!("{boot:08x}-{shard}-{epochs}").into(),
                     last: 0,
                     rule,
-                    entries: VecDeque::new(),
+                    entries: Ring::default(),
                     bytes: 0,
                 }
             });
@@ -289,17 +288,6 @@ impl Histories {
             json,
         };
         let cost = e.cost();
-        if h.entries.len() == h.entries.capacity() {
-            // Grow by doubling up to 1,024 entries, then by a quarter, never past the
-            // channel's `size`: a full ring has no spare slots, and a growing one at most a
-            // quarter of its entries spare (24 B each; doubling left up to one per entry,
-            // 6 to 15 B per retained message at 10,000). Each entry is moved about four times
-            // over a ring's growth instead of about once: 24-byte copies, amortised O(1).
-            let len = h.entries.len();
-            let step = if len < 1024 { len.max(4) } else { len / 4 };
-            let want = (len + step).min(h.rule.size as usize).max(len + 1);
-            h.entries.reserve_exact(want - len);
-        }
         h.entries.push_back(e);
         h.bytes += cost;
         let mut freed = (0, 0);
@@ -386,7 +374,7 @@ impl Histories {
         };
         let frames = h
             .entries
-            .range(h.index_after(from)..)
+            .range_from(h.index_after(from))
             .map(|e| e.frame(include_meta))
             .collect();
         Resume {
@@ -417,7 +405,7 @@ impl Histories {
         let chan_json = crate::protocol::encode::json_str_len(channel);
         let items: Vec<Item<'_>> = h
             .entries
-            .range(start..)
+            .range_from(start)
             .take(limit)
             .enumerate()
             .map(|(i, e)| {
