@@ -126,3 +126,49 @@ for chunk, frames in [
     (255, b"\x81\xff\x7f\xff\xff\xff\xff\xff\xff\xff\x00\x00\x00\x00"),
 ]:
     put("ws_read", bytes([chunk]) + frames)
+
+
+def wire(kind, origin, seq, app, name, frame, meta=None, sender=None):
+    """protocol §9: src/cluster/wire.rs."""
+    app, name = app.encode(), name.encode()
+    out = struct.pack(">BBQQ", 1, ord(kind), origin, seq)
+    out += struct.pack(">H", len(app)) + app + struct.pack(">H", len(name)) + name
+    out += struct.pack(">I", len(frame)) + frame
+    out += struct.pack(">I", 0xFFFFFFFF) if meta is None else struct.pack(">I", len(meta)) + meta
+    if sender is not None:
+        out += struct.pack(">HQ", *sender)
+    return out
+
+
+def members(flags, gen, ms):
+    out = struct.pack(">BQI", flags, gen, len(ms))
+    for peer, meta in ms:
+        p = peer.encode()
+        out += struct.pack(">H", len(p)) + p
+        out += struct.pack(">I", 0xFFFFFFFF) if meta is None else struct.pack(">I", len(meta)) + meta
+    return out
+
+
+msg = b'\x81\x3f{"type":"message","channel":"room","from":"alice","data":{"n":1}}'
+for data in [
+    wire("P", 7, 1, "app", "room/1", msg),
+    wire("P", 7, 2, "app", "room/1", msg, meta=msg, sender=(1, 42)),
+    wire("D", 7, 3, "app", "bob", msg, meta=struct.pack(">QHQ", 9, 0, 5)),
+    wire("J", 7, 4, "app", "room", members(0, 0, [("alice", b'{"n":"A"}')])),
+    wire("L", 7, 5, "app", "room", members(0, 0, [("alice", None)])),
+    wire("M", 7, 6, "app", "room", members(3, 6, [("a", None), ("b", b"{}")])),
+    wire("H", 7, 7, "", "n1", b""),
+    wire("R", 7, 8, "", "", b""),
+    wire("Q", 7, 0, "app", "room", b"p"),
+    wire("A", 7, 0, "", "", struct.pack(">QQQQQ", 1, 2, 3, 4, 5)),
+    wire("Y", 7, 9, "app", "bob", b'{"ok":true}', meta=struct.pack(">HQHQB", 1, 5, 0, 3, 3) + b"rid"),
+    wire("F", 7, 10, "", "", b"", meta=struct.pack(">HQHQBB", 0, 3, 1, 5, 1, 0)),
+    wire("G", 7, 11, "", "", b"", meta=struct.pack(">HQHQ", 1, 5, 0, 3)),
+    members(1, 2, [("x" * 128, b'{"blob":"' + b"y" * 300 + b'"}')]),
+    struct.pack(">HQHQ", 1, 5, 0, 3),
+    struct.pack(">QHQ", 9, 0, 5),
+    b"",
+    b"\x01",
+    b"\x02P",
+]:
+    put("cluster_wire", data)

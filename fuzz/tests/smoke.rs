@@ -122,3 +122,8 @@ fn upgrade_parse() {
 fn ws_read() {
     smoke("ws_read", ringcast_fuzz::ws_read);
 }
+
+#[test]
+fn cluster_wire() {
+    smoke("cluster_wire", ringcast_fuzz::cluster_wire);
+}
