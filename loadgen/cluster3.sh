@@ -111,18 +111,12 @@ for r in $(seq "$RUNS"); do
   stop_all
 done
 python3 - "$OUT" "$RUNS" <<'PY' | tee "$OUT/cluster3.md"
-import json, statistics, sys
+import sys
+sys.path.insert(0, "loadgen")
+from medians import cell as f, load as load_run, med  # noqa: E402
 out, runs = sys.argv[1], int(sys.argv[2])
 def load(mode, r):
-    try:
-        return json.load(open(f"{out}/{mode}-{r}.json")), json.load(open(f"{out}/{mode}-{r}.cpu"))
-    except (OSError, ValueError):
-        return None
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return (statistics.median(xs), min(xs), max(xs)) if xs else None
-def f(t, fmt="{:,.2f}"):
-    return "-" if t is None else f"{fmt.format(t[0])} ({fmt.format(t[1])}..{fmt.format(t[2])})"
+    return load_run(out, mode, r)
 data = {m: [d for d in (load(m, r) for r in range(1, runs + 1)) if d] for m in ("ringcast3", "nats3", "lat-single", "lat-cross")}
 def per_cpu(d, cpu):
     delivered = sum(s["delivered"] for s in d["steps"])
