@@ -112,6 +112,20 @@ def start_nodes(nats: Nats, prefix: str, count: int = 3) -> list[Broker]:
     return bs
 
 
+def nodes_fixture(prefix: str):
+    """A module-scoped `nodes` fixture: three nodes of `start_nodes(nats, prefix)`, stopped
+    after the module (`nodes = nodes_fixture("n")` in a test module)."""
+
+    @pytest.fixture(scope="module")
+    def nodes(nats):
+        bs = start_nodes(nats, prefix)
+        yield bs
+        for b in bs:
+            b.stop()
+
+    return nodes
+
+
 def publish_concurrently(channel: str, counts: dict, publishers: list) -> None:
     """Each publisher (a client whose name is a key of `counts`) publishes `{"p": name,
     "k": k}` for k in range(counts[name]) on its own thread, acked every 50th; returns when

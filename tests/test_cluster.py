@@ -31,9 +31,9 @@ from cluster_helpers import (  # noqa: F401 (nats: fixture)
     link_up,
     metric,
     nats,
+    nodes_fixture,
     peer,
     publish_concurrently,
-    start_nodes,
 )
 from helpers import (
     OTHER_KEY_ID,
@@ -46,12 +46,7 @@ from helpers import (
 )
 
 
-@pytest.fixture(scope="module")
-def nodes(nats):
-    bs = start_nodes(nats, "n")
-    yield bs
-    for b in bs:
-        b.stop()
+nodes = nodes_fixture("n")
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from cluster_helpers import FAST, health, link_up, metric, nats, peer, start_nodes  # noqa: F401 (nats: fixture)
+from cluster_helpers import FAST, health, link_up, metric, nats, nodes_fixture, peer  # noqa: F401 (nats: fixture)
 from helpers import Broker, chan, mint, rest_request, wait_until
 
 
@@ -84,12 +84,7 @@ def join(b: Broker, name: str, ch: str, shard=None) -> Roster:
     return r
 
 
-@pytest.fixture(scope="module")
-def nodes(nats):
-    bs = start_nodes(nats, "p")
-    yield bs
-    for b in bs:
-        b.stop()
+nodes = nodes_fixture("p")
 
 
 def test_a_roster_spans_the_nodes_and_a_peer_on_two_nodes_is_one_entry(nodes):

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from cluster_helpers import FAST, health, metric, nats, peer, start_nodes  # noqa: F401 (nats: fixture)
+from cluster_helpers import FAST, health, metric, nats, nodes_fixture, peer  # noqa: F401 (nats: fixture)
 from helpers import Broker, wait_until
 from test_rpc import cancel_frame, expect, expect_error, reply_frame, send_reply, send_request
 
@@ -34,12 +34,7 @@ def uniq(prefix: str) -> str:
     return f"{prefix}-{next(_n)}"
 
 
-@pytest.fixture(scope="module")
-def nodes(nats):
-    bs = start_nodes(nats, "r")
-    yield bs
-    for b in bs:
-        b.stop()
+nodes = nodes_fixture("r")
 
 
 @pytest.fixture(autouse=True)
