@@ -425,7 +425,7 @@ async fn run(nats_url: String, link: Arc<Link>, mut queues: LinkQueues, broker: 
                         }
                         link.live_nodes.store(nodes.len() as u64, Relaxed);
                     }
-                    Kind::Resync if w.name.is_empty() || w.name == origin.to_string() => {
+                    Kind::Resync if w.name.is_empty() || w.name.parse() == Ok(origin) => {
                         all_shards(&broker, || ShardMsg::ClusterResync { ask: false });
                     }
                     Kind::Query => {
@@ -734,8 +734,7 @@ async fn deliver(
             };
         }
         Kind::Direct => {
-            let shards = (0..mesh.shards() as u16).map(ShardId);
-            if !shards.clone().all(|s| mesh.has_room(s)) {
+            if !mesh.all_have_room(None) {
                 c.dropped_inbound.fetch_add(1, Relaxed);
                 return;
             }
@@ -751,9 +750,7 @@ async fn deliver(
                 origin: skip,
                 frame: w.frame,
             });
-            for s in shards {
-                mesh.push(Source::External, s, ShardMsg::Direct(d.clone()));
-            }
+            all_shards(broker, || ShardMsg::Direct(d.clone()));
             c.directs_received.fetch_add(1, Relaxed);
             if let Some(r) = m.reply {
                 // The sender's node waits for one answer: "delivered here".
