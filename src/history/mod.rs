@@ -10,8 +10,9 @@
 //! in the same queue (`docs/design.md`, "History and resume").
 //!
 //! # Memory
-//! A retained message is its JSON payload in one exact-size allocation plus a 24-byte
-//! [`Entry`] in the channel's ring (blocks of 256 entries, [`ring`]); it is counted as payload length +
+//! A retained message is its JSON payload, copied into the channel's chunks ([`chunks`]:
+//! back to back, no allocation per message), plus a 20-byte [`Entry`] in the channel's ring
+//! (blocks of 256 entries, [`ring`]); it is counted as payload length +
 //! [`ENTRY_OVERHEAD`] against the shard's share of `history_max_bytes`. Past that share
 //! the oldest entries of the largest histories go first, down to 15/16 of the share, so
 //! the O(channels) search for the largest runs once per 1/16 of the share at most.
@@ -19,8 +20,10 @@
 //! Pure data structure: no sockets, no runtime; the shard calls it and sends what it
 //! returns.
 
+mod chunks;
 mod ring;
 
+use chunks::{At, Chunks};
 use ring::Ring;
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
@@ -33,8 +36,8 @@ use crate::{
     protocol::encode::history::{self as enc, Item, MessageLayout},
 };
 
-/// What each retained message counts beyond its payload length: the [`Entry`] (24 B), its
-/// share of the ring's spare capacity and the allocator's rounding of the payload.
+/// What each retained message counts beyond its payload length: the [`Entry`] (20 B), its
+/// share of the ring's spare capacity and of the chunks' spare room.
 pub const ENTRY_OVERHEAD: usize = 64;
 
 /// Resolution of the retention clock: `at` is rounded up to it and "now" down, so a
@@ -45,9 +48,12 @@ pub const TICK_MS: u64 = 10;
 /// One retained message.
 #[derive(Debug)]
 struct Entry {
-    /// The `message` payload (JSON, no WebSocket header), with `fromMetadata` when the
-    /// publisher had metadata (see `protocol::encode::history` for the layout).
-    json: Box<[u8]>,
+    /// Where the `message` payload is in the channel's [`Chunks`] (JSON, no WebSocket
+    /// header), with `fromMetadata` when the publisher had metadata (see
+    /// `protocol::encode::history` for the layout).
+    json: At,
+    /// The payload's length (a frame is far below 4 GiB: `max_message_bytes`).
+    len: u32,
     /// When it was published, in [`TICK_MS`] ticks since the store was created, rounded
     /// up (so that it never expires early).
     at: u32,
@@ -60,41 +66,47 @@ struct Entry {
 }
 
 impl Entry {
-    /// Where `,"fromMetadata":` starts in `json`; 0 when there is none.
+    /// The payload, from the channel's chunks.
+    fn json<'a>(&self, chunks: &'a Chunks) -> &'a [u8] {
+        chunks.get(self.json, self.len as usize)
+    }
+
+    /// Where `,"fromMetadata":` starts in the payload; 0 when there is none.
     fn meta_at(&self) -> usize {
         match self.meta_len {
             0 => 0,
-            m => self.json.len() - 1 - usize::from(m) - enc::MSG_META.len(),
+            m => self.len as usize - 1 - usize::from(m) - enc::MSG_META.len(),
         }
     }
 
     fn cost(&self) -> usize {
-        self.json.len() + ENTRY_OVERHEAD
+        self.len as usize + ENTRY_OVERHEAD
     }
 
     /// The `message` frame for a subscriber, with or without `fromMetadata`. Copies the
     /// payload once into a new frame (retained payloads are stored without a WebSocket
     /// header and with metadata, to keep a retained message at payload + 64 B).
-    fn frame(&self, include_meta: bool) -> Bytes {
+    fn frame(&self, chunks: &Chunks, include_meta: bool) -> Bytes {
+        let json = self.json(chunks);
         match (self.meta_at(), include_meta) {
-            (0, _) | (_, true) => enc::text_parts(&self.json, b""),
-            (m, false) => enc::text_parts(&self.json[..m], b"}"),
+            (0, _) | (_, true) => enc::text_parts(json, b""),
+            (m, false) => enc::text_parts(&json[..m], b"}"),
         }
     }
 
     /// The parts the `history` answer lists.
-    fn item(&self, offset: u64, from: (usize, usize)) -> Item<'_> {
+    fn item<'a>(&self, json: &'a [u8], offset: u64, from: (usize, usize)) -> Item<'a> {
         let data_end = match self.meta_at() {
-            0 => self.json.len() - 1,
+            0 => json.len() - 1,
             m => m,
         };
         Item {
             offset,
-            from: &self.json[from.0..from.1],
-            data: &self.json[self.data_at as usize..data_end],
+            from: &json[from.0..from.1],
+            data: &json[self.data_at as usize..data_end],
             meta: match self.meta_at() {
                 0 => None,
-                m => Some(&self.json[m + enc::MSG_META.len()..self.json.len() - 1]),
+                m => Some(&json[m + enc::MSG_META.len()..json.len() - 1]),
             },
         }
     }
@@ -111,6 +123,8 @@ struct ChannelHistory {
     rule: HistoryRule,
     /// Retained messages: the `i`-th has offset `first() + i`.
     entries: Ring<Entry>,
+    /// Their payloads.
+    chunks: Chunks,
     /// Sum of the entries' costs.
     bytes: usize,
 }
@@ -124,6 +138,8 @@ impl ChannelHistory {
     fn pop_front(&mut self) -> usize {
         match self.entries.pop_front() {
             Some(e) => {
+                self.chunks
+                    .release_before(self.entries.front().map(|f| f.json.chunk));
                 let c = e.cost();
                 self.bytes -= c;
                 c
@@ -243,6 +259,7 @@ impl Histories {
                     last: 0,
                     rule,
                     entries: Ring::default(),
+                    chunks: Chunks::default(),
                     bytes: 0,
                 }
             });
@@ -278,14 +295,15 @@ impl Histories {
         let offset = h.last + 1;
         let p = build(offset);
         h.last = offset;
-        let json: Box<[u8]> = enc::payload(frame_of(&p)).into();
+        let json = enc::payload(frame_of(&p));
         let layout = MessageLayout::of(channel, from, offset);
         let e = Entry {
             at,
+            len: json.len() as u32, // see `Entry::len`
+            json: h.chunks.push(json, h.bytes),
             // Both fit (see `Entry`); saturating keeps a bug from wrapping silently.
             data_at: u16::try_from(layout.data_at).unwrap_or(u16::MAX),
             meta_len: meta_len.map_or(0, |m| u16::try_from(m).unwrap_or(u16::MAX)),
-            json,
         };
         let cost = e.cost();
         h.entries.push_back(e);
@@ -375,7 +393,7 @@ impl Histories {
         let frames = h
             .entries
             .range_from(h.index_after(from))
-            .map(|e| e.frame(include_meta))
+            .map(|e| e.frame(&h.chunks, include_meta))
             .collect();
         Resume {
             epoch: h.epoch.clone(),
@@ -411,7 +429,8 @@ impl Histories {
             .map(|(i, e)| {
                 let offset = first + (start + i) as u64;
                 let from_at = MessageLayout::with_from_len(chan_json, 0, offset).from.0;
-                e.item(offset, (from_at, from_end(&e.json, from_at)))
+                let json = e.json(&h.chunks);
+                e.item(json, offset, (from_at, from_end(json, from_at)))
             })
             .collect();
         f(&h.epoch, h.last, &items)

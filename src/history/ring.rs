@@ -2,14 +2,14 @@
 //!
 //! A `VecDeque` that doubles leaves up to one spare slot per entry while it grows, and
 //! every doubling frees the old buffer after copying it, memory the allocator keeps (with
-//! huge pages, resident): at 10,000 entries of 24 B in a ring of 16,384 that was 15 B more
+//! huge pages, resident): at 10,000 entries of 24 B (as they were) in a ring of 16,384 that was 15 B more
 //! per retained message, and growing by a quarter instead left four times the ring's size
 //! in freed buffers. Blocks never move: growing allocates one block, the oldest entries
 //! leave with their block, and the spare room is at most one block per channel.
 
 use std::collections::VecDeque;
 
-/// Entries per block (24-byte entries: 6 KiB, one allocator size class).
+/// Entries per block (20-byte entries: 5 KiB, one allocator size class).
 const BLOCK: usize = 256;
 
 /// A FIFO queue in blocks of [`BLOCK`] entries: every block but the first and the last is

@@ -201,6 +201,6 @@ fn an_epoch_is_new_for_each_record() {
 }
 
 #[test]
-fn an_entry_is_24_bytes() {
-    assert_eq!(std::mem::size_of::<Entry>(), 24);
+fn an_entry_is_20_bytes() {
+    assert_eq!(std::mem::size_of::<Entry>(), 20);
 }
